@@ -1,0 +1,62 @@
+"""What every action's YAML model shares: strictness, SES field mapping, notification object.
+
+An action module declares its YAML fields, how they map to the SES API (`ses_fields`,
+`ses_values`) and to the `receipt.action` object of notifications (`receipt_fields`).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, get_args
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ActionModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    # The key of this action in the SES API's ReceiptAction union, e.g. "S3Action".
+    ses_key: ClassVar[str]
+    # The `receipt.action.type` of notifications, e.g. "S3".
+    receipt_type: ClassVar[str]
+    # SES API field name -> YAML field name.
+    ses_fields: ClassVar[dict[str, str]]
+    # YAML field -> {YAML value: SES API value}, for enums spelt differently.
+    ses_values: ClassVar[dict[str, dict[str, str]]] = {}
+    # SES API fields that have one fixed value and no YAML field (StopAction.Scope).
+    ses_constants: ClassVar[dict[str, str]] = {}
+    # notification field name -> YAML field name, in SES's order.
+    receipt_fields: ClassVar[dict[str, str]]
+    # True for actions that store or deliver the message (SPEC section 2, in-session bounce).
+    delivers: ClassVar[bool] = False
+
+    def receipt_action(self, message_id: str) -> dict[str, object]:
+        """The `receipt.action` object of notifications for this action (SPEC section 3)."""
+        out: dict[str, object] = {"type": self.receipt_type}
+        for receipt_name, field in self.receipt_fields.items():
+            value = getattr(self, field)
+            if value is None:
+                continue  # SES omits unset fields (topicArn, statusCode)
+            out[receipt_name] = value
+        return out
+
+    def to_ses(self) -> dict[str, object]:
+        """This action as the SES API's ReceiptAction member, e.g. {"S3Action": {...}}."""
+        body: dict[str, object] = dict(self.ses_constants)
+        for ses_name, field in self.ses_fields.items():
+            value = getattr(self, field)
+            if value is None:
+                continue
+            body[ses_name] = self.ses_values.get(field, {}).get(value, value)
+        return {self.ses_key: body}
+
+    @classmethod
+    def yaml_type(cls) -> str:
+        """The `type:` of this action in YAML, e.g. "s3"."""
+        (name,) = get_args(cls.model_fields["type"].annotation)
+        return str(name)
+
+    @classmethod
+    def yaml_from_ses(cls, field: str, value: object) -> object:
+        """Translate one SES API value of `field` to its YAML spelling."""
+        reverse = {v: k for k, v in cls.ses_values.get(field, {}).items()}
+        return reverse.get(value, value) if isinstance(value, str) else value

@@ -1,0 +1,29 @@
+"""The `sns` action: publish the Received notification with the message (SES SNSAction)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from inbound.actions.base import ActionModel
+from inbound.config.fields import TopicArn
+
+# The notification spells the encoding differently from the API ("UTF8" vs "UTF-8").
+_RECEIPT_ENCODING = {"utf-8": "UTF8", "base64": "BASE64"}
+
+
+class SnsAction(ActionModel):
+    ses_key = "SNSAction"
+    receipt_type = "SNS"
+    ses_fields = {"TopicArn": "topic_arn", "Encoding": "encoding"}
+    ses_values = {"encoding": {"utf-8": "UTF-8", "base64": "Base64"}}
+    receipt_fields = {"topicArn": "topic_arn", "encoding": "encoding"}
+    delivers = True
+
+    type: Literal["sns"]
+    topic_arn: TopicArn
+    encoding: Literal["utf-8", "base64"] = "utf-8"
+
+    def receipt_action(self, message_id: str) -> dict[str, object]:
+        out = super().receipt_action(message_id)
+        out["encoding"] = _RECEIPT_ENCODING[self.encoding]
+        return out

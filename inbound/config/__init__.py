@@ -1,0 +1,1 @@
+"""Configuration input: YAML with positions, and the constrained field types of config models."""

@@ -1,0 +1,1 @@
+"""Value types shared by every stage: replies, verdicts, envelopes, plans, errors. No I/O."""

@@ -1,0 +1,50 @@
+"""The exception tree of inbound: every error a user can cause is an `InboundError`.
+
+`ConfigError` carries every problem found in a file at once, each with its position, so the
+command line can print them GNU style (`FILE:LINE:COL: path: message`) and editors jump to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Severity(Enum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class ConfigIssue:
+    """One problem in a configuration file, with the position of the offending node."""
+
+    file: str
+    line: int
+    column: int
+    path: str
+    message: str
+    severity: Severity = field(default=Severity.ERROR, compare=False)
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        prefix = "warning: " if self.severity is Severity.WARNING else ""
+        if self.path:
+            return f"{where}: {prefix}{self.path}: {self.message}"
+        return f"{where}: {prefix}{self.message}"
+
+
+class InboundError(Exception):
+    """Root of every error inbound raises on purpose."""
+
+
+class ConfigError(InboundError):
+    """A file could not be loaded; `issues` lists every problem, sorted by position."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = sorted(issues)
+        super().__init__("\n".join(str(issue) for issue in self.issues))
+
+
+class InputError(InboundError):
+    """An input other than a rule file is unusable (missing file, unreadable message, bad flag)."""

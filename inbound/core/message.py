@@ -1,0 +1,45 @@
+"""What the rules may ask of a message: headers, From, Subject, attachments, size.
+
+`MessageFacts` is built once per message by `inbound.message.parse` and never changes; the
+raw bytes stay with the spool, not here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    name: str
+    # Unfolded, as received (non-UTF-8 bytes decoded with surrogateescape, then replaced).
+    value: str
+    # RFC 2047 encoded words decoded; equal to `value` when there are none or they are broken.
+    decoded: str
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    filename: str | None
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFacts:
+    size: int
+    headers: tuple[Header, ...] = ()
+    from_addresses: tuple[str, ...] = ()
+    to_addresses: tuple[str, ...] = ()
+    cc_addresses: tuple[str, ...] = ()
+    subject: str | None = None
+    attachments: tuple[Attachment, ...] = ()
+    # Names of the parser's defect classes (e.g. "CloseBoundaryNotFoundDefect"), for the trace.
+    defects: tuple[str, ...] = field(default=())
+
+    def header_values(self, name: str) -> list[str]:
+        """Decoded values of every header called `name` (case-insensitive), in order."""
+        wanted = name.lower()
+        return [h.decoded for h in self.headers if h.name.lower() == wanted]
+
+
+EMPTY_MESSAGE = MessageFacts(size=0)

@@ -1,0 +1,48 @@
+"""SMTP replies as values, with the named catalogue every stage and every test uses.
+
+Reply codes follow RFC 5321 §4.2 and enhanced status codes RFC 3463. No reply text is ever
+built from an exception: an unexpected error is `INTERNAL_ERROR` (451 4.3.0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpReply:
+    code: int
+    status: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.status} {self.text}"
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.code < 300
+
+    def as_json(self) -> dict[str, object]:
+        return {"code": self.code, "status": self.status, "text": self.text}
+
+
+RECIPIENT_OK = SmtpReply(250, "2.1.5", "Ok")
+SENDER_OK = SmtpReply(250, "2.1.0", "Ok")
+# RFC 5321 §3.3: a recipient no enabled rule accepts.
+MAILBOX_UNAVAILABLE = SmtpReply(550, "5.1.1", "Recipient address rejected: mailbox unavailable")
+# A domain that is not ours: we are not an open relay (RFC 5321 §3.6.2).
+RELAY_DENIED = SmtpReply(550, "5.7.1", "Recipient address rejected: relay access denied")
+BAD_RECIPIENT_SYNTAX = SmtpReply(501, "5.1.3", "Bad recipient address syntax")
+# RFC 3207 §4: the text SES and Postfix use.
+TLS_REQUIRED = SmtpReply(530, "5.7.0", "Must issue a STARTTLS command first")
+CLIENT_REFUSED = SmtpReply(554, "5.7.1", "Access denied")
+TOO_MANY_RECIPIENTS = SmtpReply(452, "4.5.3", "Too many recipients")
+MESSAGE_TOO_BIG = SmtpReply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+BARE_LINE_ENDING = SmtpReply(550, "5.5.2", "Bare CR or LF in message is not allowed")
+INTERNAL_ERROR = SmtpReply(451, "4.3.0", "Temporary server error, please try again later")
+TOO_MANY_CONNECTIONS = SmtpReply(421, "4.7.0", "Too many connections, try again later")
+
+
+def queued(message_id: str) -> SmtpReply:
+    """The reply to DATA once the message is durably spooled (SPEC section 7)."""
+    return SmtpReply(250, "2.0.0", f"Ok: queued as {message_id}")

@@ -1,0 +1,1 @@
+"""Rule sets: the model, loading with positions, the recipient index, and evaluation."""

@@ -1,0 +1,283 @@
+"""Load a rule set from native YAML or from SES `describe-receipt-rule-set` JSON.
+
+Every problem is reported at once with its position (`ConfigError`); SES quota overruns and
+likely mistakes are warnings returned beside the rule set. Nothing here evaluates rules.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import types
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+
+from inbound.config.yamlsource import Path_, SourceMap, format_path, load_yaml, parse_yaml
+from inbound.core.errors import ConfigError, ConfigIssue, InputError, Severity
+from inbound.rules import ses_json
+from inbound.rules.model import RuleSet
+
+# SES quotas for receiving (DG quotas.md); errors only for `inbound ses export/apply`.
+SES_MAX_RULES = 200
+SES_MAX_ACTIONS = 10
+SES_MAX_RECIPIENTS = 100
+SES_MAX_FILTERS = 100
+
+
+@dataclass(frozen=True)
+class LoadedRuleSet:
+    rule_set: RuleSet
+    warnings: list[ConfigIssue]
+    source: SourceMap
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a file") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def load_rule_set(path: Path, *, extra_domains: Sequence[str] = ()) -> LoadedRuleSet:
+    """Read, validate and check a rule file; raise `ConfigError` listing every error."""
+    text = read_text(path)
+    file = str(path)
+    early: list[ConfigIssue] = []
+    if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+        data, source = _load_json(text, file)
+        data, source = ses_json.to_native(data, source, stem=path.stem)
+        if isinstance(data, dict) and not data.get("domains"):
+            data["domains"] = ses_json.derive_domains(data)
+    else:
+        data, source, early = parse_yaml(text, file)
+    if extra_domains and isinstance(data, dict):
+        known = data.get("domains")
+        data["domains"] = [*(known if isinstance(known, list) else []), *extra_domains]
+    errors = early + list(_duplicate_names(data, source))
+    try:
+        rule_set = validate(RuleSet, data, source)
+    except ConfigError as exc:
+        # A value flagged while reading (`off`, a duplicate key) is reported once.
+        flagged = {i.path for i in early}
+        errors += [i for i in exc.issues if i.path not in flagged]
+    if errors:
+        raise ConfigError(errors)
+    return LoadedRuleSet(rule_set, sorted(_warnings(rule_set, source)), source)
+
+
+def _load_json(text: str, file: str) -> tuple[object, SourceMap]:
+    try:
+        return load_yaml(text, file)  # JSON is YAML, and YAML keeps positions
+    except ConfigError:
+        pass
+    try:
+        return json.loads(text), SourceMap(file)
+    except json.JSONDecodeError as exc:
+        issue = ConfigIssue(file, exc.lineno, exc.colno, "", f"invalid JSON: {exc.msg}")
+        raise ConfigError([issue]) from None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], data: object, source: SourceMap) -> M:
+    """Validate `data` against `model`; raise `ConfigError` with positions and hints."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_issue(model, data, source, err) for err in exc.errors()]) from None
+
+
+def _issue(model: type[BaseModel], data: object, source: SourceMap, err: Any) -> ConfigIssue:
+    kind = err["type"]
+    path = _data_path(data, tuple(err["loc"]), kind)
+    if kind == "extra_forbidden":
+        key = str(path[-1])
+        allowed = _allowed_keys(model, tuple(err["loc"])[:-1], data)
+        return source.issue(path, f"unknown key {key!r}{_did_you_mean(key, allowed)}", at_key=True)
+    if kind == "missing":
+        return source.issue(path[:-1], f"missing required key {path[-1]!r}")
+    if kind == "union_tag_invalid":
+        tag = str(err["ctx"]["tag"])
+        tags = [t.strip(" '") for t in str(err["ctx"]["expected_tags"]).split(",")]
+        message = f"unknown action type {tag!r}{_did_you_mean(tag, tags)}"
+        return source.issue((*path, "type"), message)
+    if kind == "union_tag_not_found":
+        return source.issue(path, "missing required key 'type'")
+    got = _value_at(data, path)
+    if kind in ("literal_error", "enum"):
+        message = f"must be {err['ctx']['expected']}, not {_show(got)}"
+    elif kind in ("string_type", "bool_type", "int_type", "list_type", "dict_type", "model_type"):
+        wanted = {
+            "string_type": "a string",
+            "bool_type": "true or false",
+            "int_type": "an integer",
+            "list_type": "a list",
+            "dict_type": "a mapping",
+            "model_type": "a mapping",
+        }[kind]
+        message = f"must be {wanted}, not {_show(got)}"
+    elif kind == "value_error":
+        message = str(err["msg"]).removeprefix("Value error, ")
+    else:
+        message = str(err["msg"])[:1].lower() + str(err["msg"])[1:]
+    return source.issue(path, message)
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _data_path(data: object, loc: tuple[Any, ...], kind: str) -> Path_:
+    """Drop the parts of a pydantic `loc` that are not in the data (union tags)."""
+    out: list[str | int] = []
+    current = data
+    for part in loc:
+        if _has(current, part):
+            out.append(part)
+            current = current[part]  # type: ignore[index]
+        elif kind in ("missing", "extra_forbidden") and part == loc[-1]:
+            out.append(part)  # a missing key, or an unknown key pydantic reports
+        # else: a union tag such as 's3' in ('actions', 0, 's3', 'bucket')
+    return tuple(out)
+
+
+def _has(container: object, part: object) -> bool:
+    if isinstance(container, dict):
+        return part in container
+    return isinstance(container, list) and isinstance(part, int) and 0 <= part < len(container)
+
+
+def _value_at(data: object, path: Path_) -> object:
+    current = data
+    for part in path:
+        if _has(current, part):
+            current = current[part]  # type: ignore[index]
+        else:
+            return None
+    return current
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The concrete types an annotation allows: Optional, Annotated and unions removed."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return [t for arg in get_args(annotation) for t in _unwrap(arg) if t is not type(None)]
+    return [annotation]
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...], data: object) -> list[str]:
+    """The keys the model accepts at `loc`, for "did you mean"."""
+    candidates: list[Any] = [model]
+    for part in loc:
+        following: list[Any] = []
+        for candidate in candidates:
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                for name, info in candidate.model_fields.items():
+                    if part in (name, info.alias):
+                        following.extend(_unwrap(info.annotation))
+                tag = candidate.model_fields.get("type")
+                if tag is not None and part in get_args(tag.annotation):
+                    following.append(candidate)  # the union tag names this model
+            elif get_origin(candidate) in (list, tuple) and isinstance(part, int):
+                following.extend(t for arg in get_args(candidate)[:1] for t in _unwrap(arg))
+            elif get_origin(candidate) is dict:
+                following.extend(_unwrap(get_args(candidate)[1]))
+        candidates = following
+    keys: list[str] = []
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            keys.extend(info.alias or name for name, info in candidate.model_fields.items())
+    return keys
+
+
+def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _duplicate_names(data: object, source: SourceMap) -> Iterable[ConfigIssue]:
+    """Rule names are unique (case-insensitively, as SES compares them); so are filter names."""
+    if not isinstance(data, dict):
+        return
+    for section in ("rules", "filters"):
+        items = data.get(section)
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            name = item.get("name") if isinstance(item, dict) else None
+            if not isinstance(name, str):
+                continue
+            if name.lower() in seen:
+                first = source.value_at((section, seen[name.lower()], "name")).line
+                what = section.removesuffix("s")
+                message = f"duplicate {what} name {name!r} (first at line {first})"
+                yield source.issue((section, i, "name"), message)
+            else:
+                seen[name.lower()] = i
+
+
+def _warn(source: SourceMap, path: Path_, message: str) -> ConfigIssue:
+    issue = source.issue(path, message)
+    return ConfigIssue(
+        issue.file, issue.line, issue.column, issue.path, issue.message, Severity.WARNING
+    )
+
+
+def _warnings(rule_set: RuleSet, source: SourceMap) -> Iterable[ConfigIssue]:
+    if len(rule_set.rules) > SES_MAX_RULES:
+        yield _warn(source, ("rules",), f"{len(rule_set.rules)} rules: SES allows {SES_MAX_RULES}")
+    if len(rule_set.filters) > SES_MAX_FILTERS:
+        count = len(rule_set.filters)
+        yield _warn(source, ("filters",), f"{count} filters: SES allows {SES_MAX_FILTERS}")
+    domains = set(rule_set.domains)
+    for i, rule in enumerate(rule_set.rules):
+        if len(rule.actions) > SES_MAX_ACTIONS:
+            count = len(rule.actions)
+            message = f"{count} actions: SES allows {SES_MAX_ACTIONS} per rule"
+            yield _warn(source, ("rules", i, "actions"), message)
+        if len(rule.recipients) > SES_MAX_RECIPIENTS:
+            count = len(rule.recipients)
+            message = f"{count} recipients: SES allows {SES_MAX_RECIPIENTS} per rule"
+            yield _warn(source, ("rules", i, "recipients"), message)
+        for j, pattern in enumerate(rule.recipients):
+            domain = _pattern_domain(pattern)
+            if domain is not None and not _within(domain, domains):
+                message = (
+                    f"{pattern!r} is outside the receiving domains "
+                    f"({', '.join(rule_set.domains)}): mail to it is refused with 550 5.7.1"
+                )
+                yield _warn(source, ("rules", i, "recipients", j), message)
+
+
+def _pattern_domain(pattern: str) -> str | None:
+    if pattern.startswith("re:") or "*" in pattern or "?" in pattern:
+        return None
+    return pattern.rpartition("@")[2].lower().lstrip(".")
+
+
+def _within(domain: str, domains: set[str]) -> bool:
+    return any(domain == d or domain.endswith("." + d) for d in domains)
+
+
+def describe_path(path: Path_) -> str:
+    return format_path(path)

@@ -1,0 +1,145 @@
+"""Recipient patterns compiled at load time into hash lookups (SPEC section 2, matching).
+
+Addresses, domains and `.subdomain` patterns are dict keys, so finding the rules for a
+recipient costs a few lookups whatever the number of rules; only globs and `re:` patterns are
+scanned. Matching is case-insensitive throughout (a decision where SES is silent).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+AddressPredicate = Callable[[str], bool]
+
+
+def split_address(address: str) -> tuple[str, str] | None:
+    """(local part, domain) lower-cased, or None when the address has no domain."""
+    local, at, domain = address.strip().lower().rpartition("@")
+    if not at or not local or not domain:
+        return None
+    return local, domain.rstrip(".")
+
+
+def base_local(local: str) -> str:
+    """`user+label` -> `user`: an address pattern also matches its +label forms."""
+    return local.split("+", 1)[0] or local
+
+
+def parent_domains(domain: str) -> Iterable[str]:
+    """`a.b.example.com` -> `b.example.com`, `example.com`, `com` (proper suffixes)."""
+    rest = domain
+    while "." in rest:
+        rest = rest.split(".", 1)[1]
+        yield rest
+
+
+def is_scanned_pattern(pattern: str) -> bool:
+    return pattern.startswith("re:") or "*" in pattern or "?" in pattern
+
+
+def compile_scanned(pattern: str) -> re.Pattern[str]:
+    """A glob over the whole value, or `re:PATTERN` matched against the whole value."""
+    if pattern.startswith("re:"):
+        return re.compile(pattern[3:], re.IGNORECASE)
+    return re.compile(fnmatch.translate(pattern), re.IGNORECASE)
+
+
+def address_predicate(pattern: str) -> AddressPredicate:
+    """One recipient-form pattern as a predicate over an address (for `sender`, `from`)."""
+    if is_scanned_pattern(pattern):
+        regex = compile_scanned(pattern)
+        return lambda address: regex.fullmatch(address) is not None
+    wanted = pattern.lower()
+    if "@" in wanted:
+        return lambda address: _address_matches(wanted, address)
+    if wanted.startswith("."):
+        parent = wanted[1:]
+        return lambda address: (
+            (s := split_address(address)) is not None and s[1].endswith("." + parent)
+        )
+    return lambda address: (s := split_address(address)) is not None and s[1] == wanted
+
+
+def _address_matches(pattern: str, address: str) -> bool:
+    parts = split_address(address)
+    if parts is None:
+        return False
+    local, domain = parts
+    full = f"{local}@{domain}"
+    return full == pattern or f"{base_local(local)}@{domain}" == pattern
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientIndex:
+    """Which rules (by position) match a recipient address."""
+
+    addresses: dict[str, tuple[int, ...]]
+    domains: dict[str, tuple[int, ...]]
+    subdomains: dict[str, tuple[int, ...]]
+    catch_all: tuple[int, ...]
+    scanned: tuple[tuple[re.Pattern[str], int], ...]
+
+    @classmethod
+    def build(cls, rules: Sequence[tuple[int, Sequence[str]]]) -> RecipientIndex:
+        """`rules` are (position, recipient patterns) of the rules to index, in order."""
+        addresses: dict[str, list[int]] = defaultdict(list)
+        domains: dict[str, list[int]] = defaultdict(list)
+        subdomains: dict[str, list[int]] = defaultdict(list)
+        catch_all: list[int] = []
+        scanned: list[tuple[re.Pattern[str], int]] = []
+        for position, patterns in rules:
+            if not patterns:
+                catch_all.append(position)
+            for pattern in patterns:
+                key = pattern.lower()
+                if is_scanned_pattern(pattern):
+                    scanned.append((compile_scanned(pattern), position))
+                elif "@" in key:
+                    _add(addresses, key, position)
+                elif key.startswith("."):
+                    _add(subdomains, key[1:], position)
+                else:
+                    _add(domains, key, position)
+        return cls(
+            {k: tuple(v) for k, v in addresses.items()},
+            {k: tuple(v) for k, v in domains.items()},
+            {k: tuple(v) for k, v in subdomains.items()},
+            tuple(catch_all),
+            tuple(scanned),
+        )
+
+    def rules_for(self, address: str) -> tuple[int, ...]:
+        """Positions of the rules matching `address`, ascending. The catch-all rules match
+        every address; the caller has already refused domains that are not ours."""
+        parts = split_address(address)
+        if parts is None:
+            return ()
+        local, domain = parts
+        found: set[int] = set(self.catch_all)
+        full = f"{local}@{domain}"
+        found.update(self.addresses.get(full, ()))
+        base = base_local(local)
+        if base != local:
+            found.update(self.addresses.get(f"{base}@{domain}", ()))
+        found.update(self.domains.get(domain, ()))
+        for parent in parent_domains(domain):
+            found.update(self.subdomains.get(parent, ()))
+        for regex, position in self.scanned:
+            if position not in found and regex.fullmatch(full):
+                found.add(position)
+        return tuple(sorted(found))
+
+
+def _add(table: dict[str, list[int]], key: str, position: int) -> None:
+    bucket = table[key]
+    if not bucket or bucket[-1] != position:
+        bucket.append(position)
+
+
+def within_domains(domain: str, domains: frozenset[str]) -> bool:
+    """A domain is ours if it is in `domains` or a subdomain of one (SPEC section 2)."""
+    return domain in domains or any(parent in domains for parent in parent_domains(domain))

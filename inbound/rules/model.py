@@ -1,0 +1,130 @@
+"""The rule set model (SPEC section 1): what a valid rule file says, checked field by field.
+
+Models are strict at the YAML boundary: unknown keys, wrong types and YAML 1.1 surprises are
+errors. Cross-field checks that need the whole set (duplicate names) live in `load.py`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+from inbound.actions import Action
+from inbound.config.fields import Cidr, Domain, Name, check_domain
+from inbound.core.verdicts import DmarcPolicy, Verdict
+
+
+def _as_list(value: object) -> object:
+    # "A list means any of": a single value is a list of one.
+    return value if isinstance(value, list) else [value]
+
+
+def _check_pattern(value: str) -> str:
+    if value.startswith("re:"):
+        try:
+            re.compile(value[3:])
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression {value[3:]!r}: {exc}") from None
+    elif not value:
+        raise ValueError("a pattern cannot be empty")
+    return value
+
+
+def _check_recipient(value: str) -> str:
+    value = _check_pattern(value)
+    if value.startswith("re:") or "*" in value or "?" in value:
+        return value
+    if value.count("@") > 1 or value.endswith("@") or value.startswith("@"):
+        raise ValueError(f"{value!r} is not an address, a domain or a .subdomain pattern")
+    if "@" not in value:
+        check_domain(value.removeprefix("."))
+    return value
+
+
+Pattern = Annotated[str, AfterValidator(_check_pattern)]
+# Enums read from YAML strings; strict mode would only take enum instances.
+VerdictList = Annotated[list[Annotated[Verdict, Field(strict=False)]], BeforeValidator(_as_list)]
+DmarcPolicies = Annotated[
+    list[Annotated[DmarcPolicy, Field(strict=False)]], BeforeValidator(_as_list)
+]
+RecipientPattern = Annotated[str, AfterValidator(_check_recipient)]
+Patterns = Annotated[list[Pattern], BeforeValidator(_as_list), Field(min_length=1)]
+RecipientPatterns = Annotated[
+    list[RecipientPattern], BeforeValidator(_as_list), Field(min_length=1)
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+
+class SizeRange(_Strict):
+    min: Annotated[int, Field(ge=0)] | None = None
+    max: Annotated[int, Field(ge=0)] | None = None
+
+
+class AttachmentMatch(_Strict):
+    filename: Pattern | None = None
+    content_type: Pattern | None = None
+
+
+class Conditions(_Strict):
+    """`when` (every key holds) and `unless` (no key holds), SPEC section 4."""
+
+    sender: RecipientPatterns | None = None
+    from_: Annotated[RecipientPatterns | None, Field(alias="from")] = None
+    subject: Patterns | None = None
+    header: dict[Annotated[str, Field(pattern=r"^[!-9;-~]+$")], Patterns] | None = None
+    size: SizeRange | None = None
+    client_ip: Annotated[list[Cidr], BeforeValidator(_as_list)] | None = None
+    tls: bool | None = None
+    spam: VerdictList | None = None
+    virus: VerdictList | None = None
+    spf: VerdictList | None = None
+    dkim: VerdictList | None = None
+    dmarc: VerdictList | None = None
+    dmarc_policy: DmarcPolicies | None = None
+    attachment: AttachmentMatch | None = None
+
+    def used(self) -> list[str]:
+        """The condition keys that are set, in YAML spelling."""
+        return [
+            (info.alias or name)
+            for name, info in type(self).model_fields.items()
+            if getattr(self, name) is not None
+        ]
+
+
+class Rule(_Strict):
+    name: Name
+    enabled: bool = True
+    recipients: list[RecipientPattern] = []
+    tls_policy: Literal["optional", "require"] = "optional"
+    scan_enabled: bool = False
+    when: Conditions | None = None
+    unless: Conditions | None = None
+    actions: list[Action] = []
+
+    @property
+    def uses_extensions(self) -> bool:
+        return (
+            self.when is not None
+            or self.unless is not None
+            or any(r.startswith("re:") or "*" in r or "?" in r for r in self.recipients)
+        )
+
+
+class Filter(_Strict):
+    name: Name
+    policy: Literal["allow", "block"]
+    cidr: Cidr
+
+
+class RuleSet(_Strict):
+    version: Literal[1] = 1
+    name: Name
+    domains: Annotated[list[Domain], Field(min_length=1)]
+    filters: list[Filter] = []
+    rules: list[Rule] = []
