@@ -54,9 +54,3 @@ class ActionModel(BaseModel):
         """The `type:` of this action in YAML, e.g. "s3"."""
         (name,) = get_args(cls.model_fields["type"].annotation)
         return str(name)
-
-    @classmethod
-    def yaml_from_ses(cls, field: str, value: object) -> object:
-        """Translate one SES API value of `field` to its YAML spelling."""
-        reverse = {v: k for k, v in cls.ses_values.get(field, {}).items()}
-        return reverse.get(value, value) if isinstance(value, str) else value

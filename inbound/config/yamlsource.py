@@ -17,7 +17,7 @@ from inbound.core.errors import ConfigError, ConfigIssue
 Path_ = tuple[str | int, ...]
 
 _TAG = "tag:yaml.org,2002:"
-_PLAIN_INT = re.compile(r"[-+]?(0|[1-9][0-9]*)")
+_PLAIN_NUMBER = re.compile(r"[-+]?(0|[1-9][0-9]*)(\.[0-9]*)?([eE][-+]?[0-9]+)?|[-+]?\.[0-9]+")
 _PLAIN_BOOL = {"true", "false"}
 # A rule file is small; this bounds alias expansion ("billion laughs").
 _MAX_NODES = 2_000_000
@@ -36,6 +36,16 @@ class SourceMap:
     file: str
     values: dict[Path_, Position] = field(default_factory=dict)
     keys: dict[Path_, Position] = field(default_factory=dict)
+    # For data translated from another shape (SES JSON): our path -> the path as written.
+    aliases: dict[Path_, Path_] = field(default_factory=dict)
+
+    def display(self, path: Path_) -> Path_:
+        """`path` as the user wrote it: translated through the longest aliased prefix."""
+        for end in range(len(path), 0, -1):
+            alias = self.aliases.get(path[:end])
+            if alias is not None:
+                return alias + path[end:]
+        return path
 
     def value_at(self, path: Path_) -> Position:
         """The position of the value at `path`, or of its nearest known ancestor."""
@@ -50,7 +60,9 @@ class SourceMap:
 
     def issue(self, path: Path_, message: str, *, at_key: bool = False) -> ConfigIssue:
         pos = self.key_at(path) if at_key else self.value_at(path)
-        return ConfigIssue(self.file, pos.line, pos.column, format_path(path), message)
+        return ConfigIssue(
+            self.file, pos.line, pos.column, format_path(self.display(path)), message
+        )
 
 
 def format_path(path: Path_) -> str:
@@ -130,21 +142,21 @@ class _Builder:
         if tag == "bool":
             if text.lower() in _PLAIN_BOOL:
                 return text.lower() == "true"
-            self.error(node, path, f"{text!r} is read as a boolean by YAML 1.1; quote it")
-            return text
-        if tag == "int":
-            if _PLAIN_INT.fullmatch(text):
-                return int(text)
+            meaning = "true" if yaml.safe_load(text) else "false"
             self.error(
-                node, path, f"{text!r} is read as a YAML 1.1 number, not as written; quote it"
+                node,
+                path,
+                f"{text!r} is read as {meaning} by YAML 1.1: "
+                "write true or false for a flag, or quote it for text",
             )
             return text
+        if tag in ("int", "float") and (":" in text or not _PLAIN_NUMBER.fullmatch(text)):
+            value = yaml.safe_load(text)
+            self.error(node, path, f"{text!r} is read as the number {value} by YAML 1.1; quote it")
+            return text
+        if tag == "int":
+            return int(text)
         if tag == "float":
-            if ":" in text:
-                self.error(
-                    node, path, f"{text!r} is read as a base-60 number by YAML 1.1; quote it"
-                )
-                return text
             return float(text)
         if tag == "timestamp":
             return text

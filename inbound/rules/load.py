@@ -55,7 +55,7 @@ def load_rule_set(path: Path, *, extra_domains: Sequence[str] = ()) -> LoadedRul
     early: list[ConfigIssue] = []
     if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
         data, source = _load_json(text, file)
-        data, source = ses_json.to_native(data, source, stem=path.stem)
+        data, source, early = ses_json.to_native(data, source, stem=path.stem)
         if isinstance(data, dict) and not data.get("domains"):
             data["domains"] = ses_json.derive_domains(data)
     else:
@@ -67,9 +67,15 @@ def load_rule_set(path: Path, *, extra_domains: Sequence[str] = ()) -> LoadedRul
     try:
         rule_set = validate(RuleSet, data, source)
     except ConfigError as exc:
-        # A value flagged while reading (`off`, a duplicate key) is reported once.
+        # A value flagged while reading (`off`, a duplicate key) is reported once, and a
+        # key reported unknown is not reported missing as well.
         flagged = {i.path for i in early}
-        errors += [i for i in exc.issues if i.path not in flagged]
+        errors += [
+            i
+            for i in exc.issues
+            if i.path not in flagged
+            and not (i.message.startswith("missing") and any(f.startswith(i.path) for f in flagged))
+        ]
     if errors:
         raise ConfigError(errors)
     return LoadedRuleSet(rule_set, sorted(_warnings(rule_set, source)), source)
@@ -95,7 +101,25 @@ def validate(model: type[M], data: object, source: SourceMap) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_issue(model, data, source, err) for err in exc.errors()]) from None
+        issues = [_issue(model, data, source, err) for err in exc.errors()]
+        raise ConfigError(_without_implied_missing(issues)) from None
+
+
+def _without_implied_missing(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    """`bukcet` (did you mean 'bucket'?) already says that 'bucket' is missing."""
+    suggested = {
+        (issue.path.rpartition(".")[0], issue.message.split("did you mean ")[1][1:-3])
+        for issue in issues
+        if "(did you mean " in issue.message and issue.message.startswith("unknown key")
+    }
+    return [
+        issue
+        for issue in issues
+        if not (
+            issue.message.startswith("missing required key ")
+            and (issue.path, issue.message.removeprefix("missing required key ")[1:-1]) in suggested
+        )
+    ]
 
 
 def _issue(model: type[BaseModel], data: object, source: SourceMap, err: Any) -> ConfigIssue:
@@ -106,7 +130,7 @@ def _issue(model: type[BaseModel], data: object, source: SourceMap, err: Any) ->
         allowed = _allowed_keys(model, tuple(err["loc"])[:-1], data)
         return source.issue(path, f"unknown key {key!r}{_did_you_mean(key, allowed)}", at_key=True)
     if kind == "missing":
-        return source.issue(path[:-1], f"missing required key {path[-1]!r}")
+        return source.issue(path[:-1], f"missing required key {source.display(path)[-1]!r}")
     if kind == "union_tag_invalid":
         tag = str(err["ctx"]["tag"])
         tags = [t.strip(" '") for t in str(err["ctx"]["expected_tags"]).split(",")]

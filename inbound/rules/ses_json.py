@@ -10,7 +10,7 @@ import difflib
 
 from inbound.actions import ACTION_TYPES
 from inbound.config.yamlsource import Path_, SourceMap
-from inbound.core.errors import ConfigError, ConfigIssue
+from inbound.core.errors import ConfigIssue
 
 _RULE_FIELDS = {
     "Name": "name",
@@ -34,6 +34,7 @@ class _Translator:
     def place(self, ses_path: Path_, native_path: Path_) -> None:
         self.target.values[native_path] = self.source.value_at(ses_path)
         self.target.keys[native_path] = self.source.key_at(ses_path)
+        self.target.aliases[native_path] = ses_path
 
     def unknown(self, ses_path: Path_, key: str, known: list[str]) -> None:
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
@@ -41,6 +42,14 @@ class _Translator:
         self.issues.append(
             self.source.issue((*ses_path, key), f"unknown key {key!r}{hint}", at_key=True)
         )
+
+    def enum(self, value: object, spellings: dict[str, str], ses_path: Path_) -> object:
+        """An SES enum value in our spelling; an unknown one is reported in SES spelling."""
+        if isinstance(value, str) and value in spellings:
+            return spellings[value]
+        choices = " or ".join(repr(s) for s in spellings)
+        self.issues.append(self.source.issue(ses_path, f"must be {choices}, not {value!r}"))
+        return value
 
     def mapping(self, value: object, ses_path: Path_) -> dict[str, object]:
         if isinstance(value, dict):
@@ -61,11 +70,14 @@ class _Translator:
         return out
 
     def rule(self, value: object, ses_path: Path_, native_path: Path_) -> dict[str, object]:
+        self.place(ses_path, native_path)
+        for ses_name, field in _RULE_FIELDS.items():
+            self.target.aliases[(*native_path, field)] = (*ses_path, ses_name)
         rule = self.fields(self.mapping(value, ses_path), _RULE_FIELDS, ses_path, native_path)
         # The SES API defaults Enabled to false (unlike the console and our YAML).
         rule.setdefault("enabled", False)
-        if isinstance(rule.get("tls_policy"), str):
-            rule["tls_policy"] = _TLS.get(str(rule["tls_policy"]), rule["tls_policy"])
+        if "tls_policy" in rule:
+            rule["tls_policy"] = self.enum(rule["tls_policy"], _TLS, (*ses_path, "TlsPolicy"))
         actions = rule.get("actions")
         if isinstance(actions, list):
             rule["actions"] = [
@@ -92,8 +104,16 @@ class _Translator:
             body.pop(constant, None)
         out: dict[str, object] = {"type": model.yaml_type()}
         self.place(body_path, (*native_path, "type"))
+        for ses_name, field in model.ses_fields.items():
+            self.target.aliases[(*native_path, field)] = (*body_path, ses_name)
         fields = self.fields(body, model.ses_fields, body_path, native_path)
-        out.update({k: model.yaml_from_ses(k, v) for k, v in fields.items()})
+        ses_names = {field: ses_name for ses_name, field in model.ses_fields.items()}
+        for field, given in fields.items():
+            if field in model.ses_values:
+                spellings = {ses: ours for ours, ses in model.ses_values[field].items()}
+                out[field] = self.enum(given, spellings, (*body_path, ses_names[field]))
+            else:
+                out[field] = given
         return out
 
     def filter(self, value: object, ses_path: Path_, native_path: Path_) -> dict[str, object]:
@@ -107,13 +127,19 @@ class _Translator:
         ip = self.mapping(body.get("IpFilter", {}), (*ses_path, "IpFilter"))
         ip_path = (*ses_path, "IpFilter")
         out.update(self.fields(ip, {"Policy": "policy", "Cidr": "cidr"}, ip_path, native_path))
-        if isinstance(out.get("policy"), str):
-            out["policy"] = _POLICY.get(str(out["policy"]), out["policy"])
+        if "policy" in out:
+            out["policy"] = self.enum(out["policy"], _POLICY, (*ip_path, "Policy"))
         return out
 
 
-def to_native(data: object, source: SourceMap, *, stem: str) -> tuple[dict[str, object], SourceMap]:
-    """Translate SES JSON (`Metadata`, `Rules`, optional `Filters`) to native rule-set data."""
+def to_native(
+    data: object, source: SourceMap, *, stem: str
+) -> tuple[dict[str, object], SourceMap, list[ConfigIssue]]:
+    """Translate SES JSON (`Metadata`, `Rules`, optional `Filters`) to native rule-set data.
+
+    Returns the problems found on the way (unknown keys) beside the data, so validation can
+    go on and report the rest of the file too.
+    """
     t = _Translator(source)
     top = t.mapping(data, ())
     known = ["Metadata", "Rules", "Filters", "ResponseMetadata"]
@@ -134,9 +160,7 @@ def to_native(data: object, source: SourceMap, *, stem: str) -> tuple[dict[str, 
             t.filter(f, ("Filters", i), ("filters", i)) for i, f in enumerate(filters)
         ]
     t.place((), ())
-    if t.issues:
-        raise ConfigError(t.issues)
-    return native, t.target
+    return native, t.target, t.issues
 
 
 def derive_domains(data: dict[str, object]) -> list[str]:

@@ -1,0 +1,1 @@
+"""The command line: parse flags, call the stages, print results. No decisions here."""

@@ -1,0 +1,37 @@
+"""`inbound check RULES`: validate a rule file; warnings never change the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from inbound.rules.load import load_rule_set
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser("check", help="validate a rule file (YAML or SES JSON)")
+    parser.add_argument("rules", type=Path, metavar="RULES")
+    parser.add_argument(
+        "--domain",
+        action="append",
+        default=[],
+        metavar="DOMAIN",
+        help="a receiving domain (for SES JSON rule sets)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = load_rule_set(args.rules, extra_domains=args.domain)
+    for warning in loaded.warnings:
+        print(warning, file=sys.stderr)
+    rs = loaded.rule_set
+    enabled = sum(1 for r in rs.rules if r.enabled)
+    print(
+        f"{args.rules}: ok: rule set {rs.name!r}, {len(rs.rules)} rules ({enabled} enabled), "
+        f"{len(rs.filters)} filters, domains {', '.join(rs.domains)}"
+        + (f", {len(loaded.warnings)} warnings" if loaded.warnings else "")
+    )
+    return 0

@@ -1,0 +1,109 @@
+"""`inbound evaluate`: the full decision for one message, without side effects."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from inbound.cli.render import plan_json, plan_trace
+from inbound.core.envelope import Connection, Envelope
+from inbound.core.errors import InputError
+from inbound.core.ids import MessageIdGenerator
+from inbound.rules.compiled import CompiledRuleSet
+from inbound.rules.evaluate import evaluate, results_by_function
+from inbound.rules.load import load_rule_set
+from inbound.testing.model import VerdictInput
+from inbound.testing.run import default_sender, read_message
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser("evaluate", help="decide one message against a rule set")
+    parser.add_argument("--rules", type=Path, required=True)
+    parser.add_argument("--eml", type=Path, required=True, help="the message (.eml)")
+    parser.add_argument(
+        "--rcpt",
+        action="append",
+        required=True,
+        metavar="ADDR",
+        help="an envelope recipient (repeat for several)",
+    )
+    parser.add_argument(
+        "--mail-from", metavar="ADDR", help="envelope sender (default: the From address; '' for <>)"
+    )
+    parser.add_argument("--client-ip", default="127.0.0.1", metavar="IP")
+    parser.add_argument("--helo", default="localhost", metavar="NAME")
+    parser.add_argument("--tls", action="store_true", help="the session is under TLS")
+    parser.add_argument(
+        "--verdict",
+        action="append",
+        default=[],
+        metavar="KIND=STATUS",
+        help="spam|virus|spf|dkim|dmarc=PASS|FAIL|GRAY|PROCESSING_FAILED|"
+        "DISABLED, or dmarc_policy=none|quarantine|reject",
+    )
+    parser.add_argument(
+        "--lambda-result",
+        action="append",
+        default=[],
+        metavar="NAME=DISPOSITION",
+        help="what a request_response function returns (STOP_RULE, ...)",
+    )
+    parser.add_argument(
+        "--domain",
+        action="append",
+        default=[],
+        metavar="DOMAIN",
+        help="a receiving domain (for SES JSON rule sets)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the SPEC section 6 object")
+    parser.set_defaults(run=run)
+
+
+def _pairs(flag: str, values: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in values:
+        key, sep, item = value.partition("=")
+        if not sep or not key:
+            raise InputError(f"{flag} {value!r}: expected NAME=VALUE")
+        out[key] = item
+    return out
+
+
+def parse_verdicts(values: list[str]) -> VerdictInput:
+    given = _pairs("--verdict", values)
+    try:
+        return VerdictInput.model_validate(given)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InputError(f"--verdict: {problems}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    verdicts = parse_verdicts(args.verdict)
+    lambda_results = _pairs("--lambda-result", args.lambda_result)
+    try:
+        client_ip = ip_address(args.client_ip)
+    except ValueError:
+        raise InputError(f"--client-ip {args.client_ip!r}: not an IP address") from None
+    rules = CompiledRuleSet.build(load_rule_set(args.rules, extra_domains=args.domain).rule_set)
+    message = read_message(args.eml)
+    mail_from = args.mail_from if args.mail_from is not None else default_sender(message)
+    plan = evaluate(
+        rules,
+        message_id=MessageIdGenerator().next(),
+        connection=Connection(client_ip, args.helo, args.tls),
+        envelope=Envelope(mail_from, tuple(args.rcpt)),
+        message=message,
+        verdicts=verdicts.to_verdicts(),
+        lambda_results=results_by_function(lambda_results),
+    )
+    if args.json:
+        print(json.dumps(plan_json(plan), indent=2, ensure_ascii=False))
+    else:
+        print(plan_trace(plan, rules))
+    return 0

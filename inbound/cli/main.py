@@ -1,0 +1,53 @@
+"""`inbound`: the front door. Parses flags, calls the stages, prints; exit codes of SPEC 6.
+
+0 success, 1 a failure of what was asked (a test failed), 2 bad input. Bad input never
+prints a traceback: every `InboundError` becomes a message naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from inbound import __version__
+from inbound.cli import check, evaluate, test
+from inbound.core.errors import ConfigError, InboundError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inbound",
+        description="Inbound mail pipeline with the semantics of Amazon SES email receiving.",
+    )
+    parser.add_argument("--version", action="version", version=f"inbound {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    check.add_parser(commands)
+    evaluate.add_parser(commands)
+    test.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 with a usage message on a bad flag
+    try:
+        code: int = args.run(args)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        count = len(exc.issues)
+        print(f"{count} error{'s' if count != 1 else ''}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except InboundError as exc:
+        print(f"inbound {args.command}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Plans as output: the JSON object of SPEC section 6 and the readable trace."""
+
+from __future__ import annotations
+
+from inbound.core.plan import Plan
+from inbound.core.reply import SmtpReply
+from inbound.rules.compiled import CompiledRuleSet
+
+
+def _reply(reply: SmtpReply | None) -> dict[str, object] | None:
+    return reply.as_json() if reply is not None else None
+
+
+def plan_json(plan: Plan) -> dict[str, object]:
+    """Exactly the keys of SPEC section 6 (`inbound evaluate --json`)."""
+    refused = not plan.connection.accepted
+    return {
+        "message_id": plan.message_id,
+        "connection": {
+            "client_ip": plan.connection.client_ip,
+            "accepted": plan.connection.accepted,
+            "filter": plan.connection.filter if refused else None,
+            "reply": _reply(plan.connection.reply),
+        },
+        "recipients": [
+            {"address": r.address, "accepted": r.accepted, "reply": _reply(r.reply)}
+            for r in plan.recipients
+        ],
+        "data_reply": _reply(plan.data_reply),
+        "verdicts": plan.verdicts.as_json(),
+        "dmarc_policy": plan.verdicts.dmarc_policy.value if plan.verdicts.dmarc_policy else None,
+        "rules": [
+            {
+                "name": run.name,
+                "recipients": list(run.recipients),
+                "actions": [step.receipt for step in run.actions],
+                "stop": run.stop,
+            }
+            for run in plan.rules
+        ],
+        "outcome": plan.outcome,
+    }
+
+
+def _describe_action(receipt: dict[str, object], disposition: str | None) -> str:
+    kind = receipt["type"]
+    details = {k: v for k, v in receipt.items() if k != "type"}
+    text = f"{kind} " + " ".join(f"{k}={v}" for k, v in details.items())
+    if disposition is not None or (
+        kind == "Lambda" and receipt["invocationType"] == "RequestResponse"
+    ):
+        text += f" -> {disposition or 'no result: CONTINUE'}"
+    return text.rstrip()
+
+
+def plan_trace(plan: Plan, rules: CompiledRuleSet) -> str:
+    """The decision in words, including why each rule did or did not apply."""
+    lines = [f"message {plan.message_id} (evaluation only: nothing is stored or sent)"]
+    c = plan.connection
+    if not c.accepted:
+        lines.append(f"connect {c.client_ip}: {c.reply} (refused by filter {c.filter})")
+        lines.append("outcome: rejected")
+        return "\n".join(lines)
+    by = f" (allowed by filter {c.filter})" if c.filter else ""
+    lines.append(f"connect {c.client_ip}: accepted{by}")
+    for r in plan.recipients:
+        lines.append(f"RCPT TO:<{r.address}>  {r.reply}  ({r.reason})")
+    verdicts = " ".join(f"{k}={v}" for k, v in plan.verdicts.as_json().items())
+    if plan.verdicts.dmarc_policy:
+        verdicts += f" dmarc_policy={plan.verdicts.dmarc_policy.value}"
+    lines.append(f"verdicts: {verdicts}")
+    lines.extend(f"note: {note}" for note in plan.notes)
+    if plan.data_reply is None:
+        lines.append("DATA: never sent (no recipient accepted)")
+        lines.append(f"outcome: {plan.outcome}")
+        return "\n".join(lines)
+    lines.append("rules:")
+    ran = {run.index: run for run in plan.rules}
+    skipped = {skip.index: skip for skip in plan.skipped}
+    last_ran = max(ran, default=-1)
+    stopped = bool(plan.rules) and plan.rules[-1].stop in ("Stop", "STOP_RULE_SET")
+    for rule in rules.rules:
+        head = f"  {rule.index + 1:>3}. {rule.name}:"
+        if rule.index in ran:
+            run = ran[rule.index]
+            lines.append(f"{head} applies to {', '.join(run.recipients)}")
+            lines.extend(
+                f"         {_describe_action(s.receipt, s.disposition)}" for s in run.actions
+            )
+            if run.stop:
+                lines.append(f"         stop: {run.stop}")
+        elif not rule.enabled:
+            lines.append(f"{head} skipped: disabled")
+        elif rule.index in skipped:
+            lines.append(f"{head} skipped: {skipped[rule.index].reason}")
+        elif stopped and rule.index > last_ran:
+            lines.append(f"{head} not evaluated: evaluation stopped")
+        else:
+            lines.append(f"{head} skipped: no accepted recipient matches")
+    if plan.session_bounce is not None:
+        name, index = plan.session_bounce
+        lines.append(
+            f"DATA: {plan.data_reply} (bounce {index + 1} of rule {name} came before any "
+            "action that stores the message: rejected in the session, no action runs)"
+        )
+    else:
+        lines.append(f"DATA: {plan.data_reply}")
+    lines.append(f"outcome: {plan.outcome}")
+    return "\n".join(lines)

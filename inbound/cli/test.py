@@ -1,0 +1,56 @@
+"""`inbound test [PATH ...]`: run rule test files; exit 1 if any case failed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from inbound.core.ids import MessageIdGenerator
+from inbound.testing.run import TestFileError, discover, load_files, run_case
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser("test", help="run rule test files (*.test.yaml)")
+    parser.add_argument(
+        "paths",
+        type=Path,
+        nargs="*",
+        metavar="PATH",
+        help="test files or directories (default: the current directory)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only failures")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    paths = discover(args.paths)
+    if not paths:
+        print("inbound test: no test files (*.test.yaml) found", file=sys.stderr)
+        return 2
+    try:
+        files = load_files(paths)
+    except TestFileError as exc:
+        for line in [*map(str, exc.issues), *exc.inputs]:
+            print(line, file=sys.stderr)
+        count = len(exc.issues) + len(exc.inputs)
+        print(f"{count} error{'s' if count != 1 else ''}: no test was run", file=sys.stderr)
+        return 2
+    ids = MessageIdGenerator()
+    passed = failed = 0
+    for loaded in files:
+        print(loaded.path)
+        for case in loaded.cases:
+            result = run_case(case, ids)
+            if result.passed:
+                passed += 1
+                if not args.quiet:
+                    print(f"  PASS  {result.name}")
+            else:
+                failed += 1
+                print(f"  FAIL  {result.name}")
+                for failure in result.failures:
+                    print(f"          {failure}")
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0

@@ -1,0 +1,89 @@
+"""The rule test file format (SPEC section 6): cases with facts and expectations."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+from inbound.config.fields import Domain
+from inbound.core.verdicts import DmarcPolicy, Verdict, Verdicts
+
+_REPLY = re.compile(r"([2-5][0-9][0-9])(?: ([2-5]\.[0-9]{1,3}\.[0-9]{1,3}))?")
+
+
+def _as_list(value: object) -> object:
+    return value if isinstance(value, list) else [value]
+
+
+def _reply_text(value: object) -> object:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _check_reply(value: str) -> str:
+    if not _REPLY.fullmatch(value):
+        raise ValueError(f"{value!r} is not a reply code like 550 or '550 5.7.1'")
+    return value
+
+
+ExpectedReply = Annotated[str, BeforeValidator(_reply_text), AfterValidator(_check_reply)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+
+class VerdictInput(_Strict):
+    """Verdicts a case (or `--verdict`) assumes; the rest default as SPEC section 6 says."""
+
+    spam: Annotated[Verdict, Field(strict=False)] | None = None
+    virus: Annotated[Verdict, Field(strict=False)] | None = None
+    spf: Annotated[Verdict, Field(strict=False)] | None = None
+    dkim: Annotated[Verdict, Field(strict=False)] | None = None
+    dmarc: Annotated[Verdict, Field(strict=False)] | None = None
+    dmarc_policy: Annotated[DmarcPolicy, Field(strict=False)] | None = None
+
+    def to_verdicts(self) -> Verdicts:
+        # Given spam/virus verdicts count only when scanning is on (evaluate decides);
+        # SPF, DKIM and DMARC not given are GRAY.
+        return Verdicts(
+            spam=self.spam or Verdict.GRAY,
+            virus=self.virus or Verdict.GRAY,
+            spf=self.spf or Verdict.GRAY,
+            dkim=self.dkim or Verdict.GRAY,
+            dmarc=self.dmarc or Verdict.GRAY,
+            dmarc_policy=self.dmarc_policy,
+        )
+
+
+class Expect(_Strict):
+    """Every key is optional; each one given must hold."""
+
+    outcome: Literal["accepted", "rejected"] | None = None
+    # null: no recipient was accepted, so DATA was never answered.
+    data_reply: ExpectedReply | None = None
+    rules: list[str] | None = None
+    not_rules: list[str] | None = None
+    actions: list[str] | None = None
+    recipients: dict[str, ExpectedReply] | None = None
+
+
+class Case(_Strict):
+    name: Annotated[str, Field(min_length=1)]
+    eml: Annotated[str, Field(min_length=1)]
+    mail_from: str | None = None
+    rcpt: Annotated[list[str], BeforeValidator(_as_list), Field(min_length=1)]
+    client_ip: str = "127.0.0.1"
+    helo: str = "localhost"
+    tls: bool = False
+    verdicts: VerdictInput = VerdictInput()
+    lambda_: Annotated[dict[str, str], Field(alias="lambda")] = {}
+    expect: Expect
+
+
+class TestFile(_Strict):
+    rules: Annotated[str, Field(min_length=1)]
+    # Receiving domains to add, for SES JSON rule sets that have none.
+    domains: list[Domain] = []
+    cases: Annotated[list[Case], Field(min_length=1)]

@@ -1,0 +1,220 @@
+"""Run rule test files: load every file first (bad input is exit 2), then each case.
+
+Rule sets and messages are loaded once per path, so a thousand cases over a few fixtures
+run in seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+from pathlib import Path
+
+from inbound.config.yamlsource import SourceMap, parse_yaml
+from inbound.core.envelope import Connection, Envelope
+from inbound.core.errors import ConfigError, ConfigIssue, InputError
+from inbound.core.ids import MessageIdGenerator
+from inbound.core.message import MessageFacts
+from inbound.core.plan import Plan
+from inbound.message.parse import parse_message
+from inbound.rules.compiled import CompiledRuleSet
+from inbound.rules.evaluate import evaluate, results_by_function
+from inbound.rules.load import load_rule_set, read_text, validate
+from inbound.testing.model import Case, Expect, TestFile
+
+TEST_FILE_SUFFIXES = (".test.yaml", ".test.yml")
+
+
+@dataclass(frozen=True)
+class LoadedCase:
+    case: Case
+    rules: CompiledRuleSet
+    message: MessageFacts
+    connection: Connection
+    envelope: Envelope
+
+
+@dataclass(frozen=True)
+class LoadedFile:
+    path: Path
+    cases: list[LoadedCase]
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    name: str
+    failures: list[str]
+    plan: Plan
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+@dataclass
+class _Cache:
+    rules: dict[tuple[Path, tuple[str, ...]], CompiledRuleSet] = field(default_factory=dict)
+    messages: dict[Path, MessageFacts] = field(default_factory=dict)
+
+
+def discover(paths: Sequence[Path]) -> list[Path]:
+    """Files as given; directories searched for `*.test.yaml` / `*.test.yml`."""
+    found: list[Path] = []
+    for path in paths or [Path()]:
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*.test.y*ml") if p.is_file()))
+        else:
+            found.append(path)
+    return found
+
+
+def read_message(path: Path) -> MessageFacts:
+    try:
+        return parse_message(path.read_bytes())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def load_files(paths: Sequence[Path]) -> list[LoadedFile]:
+    """Load every test file, its rules and its messages; raise with every problem found."""
+    cache = _Cache()
+    loaded: list[LoadedFile] = []
+    issues: list[ConfigIssue] = []
+    inputs: list[str] = []
+    for path in paths:
+        try:
+            loaded.append(_load_file(path, cache, issues))
+        except ConfigError as exc:
+            issues.extend(exc.issues)
+        except InputError as exc:
+            inputs.append(str(exc))
+    if issues or inputs:
+        raise TestFileError(issues, inputs)
+    return loaded
+
+
+class TestFileError(InputError):
+    """Test files that cannot run: config issues with positions, and unreadable inputs."""
+
+    def __init__(self, issues: list[ConfigIssue], inputs: list[str]) -> None:
+        self.issues = sorted(issues)
+        self.inputs = inputs
+        super().__init__("\n".join([*map(str, self.issues), *inputs]))
+
+
+def _load_file(path: Path, cache: _Cache, issues: list[ConfigIssue]) -> LoadedFile:
+    data, source, early = parse_yaml(read_text(path), str(path))
+    if early:
+        raise ConfigError(early)
+    test_file = validate(TestFile, data, source)
+    base = path.parent
+    rules_path = base / test_file.rules
+    key = (rules_path.resolve(), tuple(test_file.domains))
+    if key not in cache.rules:
+        rule_set = load_rule_set(rules_path, extra_domains=test_file.domains).rule_set
+        cache.rules[key] = CompiledRuleSet.build(rule_set)
+    rules = cache.rules[key]
+    cases: list[LoadedCase] = []
+    names: set[str] = set()
+    for i, case in enumerate(test_file.cases):
+        if case.name in names:
+            issues.append(source.issue(("cases", i, "name"), f"duplicate case name {case.name!r}"))
+        names.add(case.name)
+        loaded = _load_case(case, i, base, rules, cache, source, issues)
+        if loaded is not None:
+            cases.append(loaded)
+    return LoadedFile(path, cases)
+
+
+def _load_case(  # noqa: PLR0917 - private helper of _load_file, called once
+    case: Case,
+    i: int,
+    base: Path,
+    rules: CompiledRuleSet,
+    cache: _Cache,
+    source: SourceMap,
+    issues: list[ConfigIssue],
+) -> LoadedCase | None:
+    eml = (base / case.eml).resolve()
+    if eml not in cache.messages:
+        try:
+            cache.messages[eml] = read_message(eml)
+        except InputError as exc:
+            issues.append(source.issue(("cases", i, "eml"), str(exc)))
+            return None
+    try:
+        client_ip = ip_address(case.client_ip)
+    except ValueError:
+        issues.append(source.issue(("cases", i, "client_ip"), f"{case.client_ip!r} is not an IP"))
+        return None
+    message = cache.messages[eml]
+    mail_from = case.mail_from if case.mail_from is not None else default_sender(message)
+    return LoadedCase(
+        case,
+        rules,
+        message,
+        Connection(client_ip, case.helo, case.tls),
+        Envelope(mail_from, tuple(case.rcpt)),
+    )
+
+
+def default_sender(message: MessageFacts) -> str:
+    """Without an explicit MAIL FROM, the From header's first address (else `<>`)."""
+    return message.from_addresses[0] if message.from_addresses else ""
+
+
+def run_case(loaded: LoadedCase, ids: MessageIdGenerator) -> CaseResult:
+    case = loaded.case
+    plan = evaluate(
+        loaded.rules,
+        message_id=ids.next(),
+        connection=loaded.connection,
+        envelope=loaded.envelope,
+        message=loaded.message,
+        verdicts=case.verdicts.to_verdicts(),
+        lambda_results=results_by_function(case.lambda_),
+    )
+    return CaseResult(case.name, list(check_expectations(case.expect, plan)), plan)
+
+
+def _reply_matches(expected: str, code: int, status: str) -> bool:
+    want_code, _, want_status = expected.partition(" ")
+    return int(want_code) == code and (not want_status or want_status == status)
+
+
+def check_expectations(expect: Expect, plan: Plan) -> Iterable[str]:
+    """One line per expectation that failed, saying what was expected and what was seen."""
+    if expect.outcome is not None and expect.outcome != plan.outcome:
+        yield f"outcome: expected {expect.outcome}, saw {plan.outcome}"
+    if "data_reply" in expect.model_fields_set:
+        seen = plan.data_reply
+        if expect.data_reply is None:
+            if seen is not None:
+                yield f"data_reply: expected none, saw {seen}"
+        elif seen is None or not _reply_matches(expect.data_reply, seen.code, seen.status):
+            shown = seen or "none (no recipient accepted)"
+            yield f"data_reply: expected {expect.data_reply}, saw {shown}"
+    ran = [run.name for run in plan.rules]
+    if expect.rules is not None and expect.rules != ran:
+        yield f"rules: expected {_list(expect.rules)}, saw {_list(ran)}"
+    if expect.not_rules is not None:
+        unwanted = [name for name in expect.not_rules if name in ran]
+        if unwanted:
+            yield f"not_rules: {_list(unwanted)} matched (saw {_list(ran)})"
+    if expect.actions is not None:
+        types = [step.action.receipt_type for run in plan.rules for step in run.actions]
+        if expect.actions != types:
+            yield f"actions: expected {_list(expect.actions)}, saw {_list(types)}"
+    for address, wanted in (expect.recipients or {}).items():
+        decision = next((r for r in plan.recipients if r.address.lower() == address.lower()), None)
+        if decision is None:
+            yield f"recipients: {address} was not in the envelope"
+        elif not _reply_matches(wanted, decision.reply.code, decision.reply.status):
+            yield f"recipients: {address} expected {wanted}, saw {decision.reply}"
+
+
+def _list(items: Sequence[str]) -> str:
+    return "[" + ", ".join(items) + "]"
