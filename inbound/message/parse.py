@@ -23,11 +23,18 @@ MAX_PARTS = 1_000
 MAX_DEPTH = 50
 # decode_header() does quadratic work in the number of encoded words; longer values stay as is.
 MAX_DECODE_CHARS = 16 * 1024
+# The stdlib reads MIME parameters in time quadratic in a field's length and its ";" count, so
+# only this much of a Content-Type or Content-Disposition is read for parameters.
+MAX_PARAMS_CHARS = 4 * 1024
+MAX_PARAMS = 50
 
-# Errors the stdlib raises on bad charsets, bad base64/quoted-printable and odd syntax.
+# What the stdlib raises on hostile encodings: an unknown charset (LookupError; ValueError if
+# it holds a NUL), bytes the charset cannot decode, broken base64 (HeaderParseError), and RFC 2231
+# parameters mixing "filename*=" with "filename*0*=" (TypeError).
 _DECODE_ERRORS = (LookupError, UnicodeError, ValueError, HeaderParseError, TypeError)
-# getaddresses() recurses once per nested "(" comment and indexes past the end on odd input.
-_ADDRESS_ERRORS = (RecursionError, IndexError, ValueError, TypeError)
+# getaddresses() recurses per nested "(" comment and per ":" (a group), so a long list of
+# encoded words holding times overflows; the others guard its hand-written index arithmetic.
+_ADDRESS_ERRORS = (RecursionError, IndexError, ValueError)
 _FOLD = re.compile(r"(?:\r\n|\r|\n)[ \t]*")
 # The line breaks of str.splitlines() besides CR and LF, on which decode_header() splits too.
 _OTHER_BREAKS = dict.fromkeys(map(ord, "\v\f\x1c\x1d\x1e\x85\u2028\u2029"), " ")
@@ -142,6 +149,7 @@ def _getaddresses(value: str) -> list[str] | None:
 
 
 def _cut(spec: str) -> bool:
+    """Half an address, as getaddresses() leaves of "x@y z@y": "@y"."""
     return spec.startswith("@") or spec.endswith("@")
 
 
@@ -171,13 +179,12 @@ def _attachment(part: Message) -> Attachment | None:
     for name in ("Content-Type", "Content-Disposition"):
         value = _first(part, name)
         if value is not None:
-            fields[name] = value
+            fields[name] = ";".join(value[:MAX_PARAMS_CHARS].split(";", MAX_PARAMS)[:MAX_PARAMS])
     try:
         filename = _decode(fields.get_filename() or "") or None
-        disposition = fields.get_content_disposition()
     except _DECODE_ERRORS:
-        filename, disposition = None, None
-    if filename is None and disposition != "attachment":
+        filename = None
+    if filename is None and fields.get_content_disposition() != "attachment":
         return None
     content_type = (fields.get("Content-Type") or "").partition(";")[0].strip().lower()
     if not _MIME_TYPE.fullmatch(content_type):
