@@ -24,9 +24,10 @@ def split_address(address: str) -> tuple[str, str] | None:
     return local, domain.rstrip(".")
 
 
-def base_local(local: str) -> str:
-    """`user+label` -> `user`: an address pattern also matches its +label forms."""
-    return local.split("+", 1)[0] or local
+def local_forms(local: str) -> list[str]:
+    """`a+x+y` -> `a+x`, `a`: the addresses whose +label forms this local part is."""
+    parts = local.split("+")
+    return [f for f in ("+".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)) if f]
 
 
 def parent_domains(domain: str) -> Iterable[str]:
@@ -70,7 +71,7 @@ def _address_matches(pattern: str, address: str) -> bool:
         return False
     local, domain = parts
     full = f"{local}@{domain}"
-    return full == pattern or f"{base_local(local)}@{domain}" == pattern
+    return full == pattern or any(f"{form}@{domain}" == pattern for form in local_forms(local))
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +123,8 @@ class RecipientIndex:
         found: set[int] = set(self.catch_all)
         full = f"{local}@{domain}"
         found.update(self.addresses.get(full, ()))
-        base = base_local(local)
-        if base != local:
-            found.update(self.addresses.get(f"{base}@{domain}", ()))
+        for form in local_forms(local):
+            found.update(self.addresses.get(f"{form}@{domain}", ()))
         found.update(self.domains.get(domain, ()))
         for parent in parent_domains(domain):
             found.update(self.subdomains.get(parent, ()))
