@@ -57,14 +57,18 @@ def check_connection(rules: CompiledRuleSet, connection: Connection) -> Connecti
     return ConnectionDecision(client_ip, accepted=True)
 
 
-def check_recipient(rules: CompiledRuleSet, address: str, *, tls: bool) -> RecipientDecision:
-    """The RCPT TO answer for one recipient (SPEC section 2, Recipients)."""
+def check_recipient(
+    rules: CompiledRuleSet, address: str, *, tls: bool, matched: tuple[int, ...] | None = None
+) -> RecipientDecision:
+    """The RCPT TO answer for one recipient (SPEC section 2, Recipients); `matched` are the
+    positions of the rules matching it, when the caller has them already."""
     parts = split_address(address)
     if parts is None:
         return RecipientDecision(address, replies.BAD_RECIPIENT_SYNTAX, "no domain in address")
     if not within_domains(parts[1], rules.domains):
         return RecipientDecision(address, replies.RELAY_DENIED, f"{parts[1]} is not ours")
-    matched = rules.index.rules_for(address)
+    if matched is None:
+        matched = rules.index.rules_for(address)
     if not matched:
         return RecipientDecision(address, replies.MAILBOX_UNAVAILABLE, "no enabled rule matches")
     names = ", ".join(rules.rules[i].name for i in matched)
@@ -76,6 +80,19 @@ def check_recipient(rules: CompiledRuleSet, address: str, *, tls: bool) -> Recip
 def scanning_enabled(rules: CompiledRuleSet, accepted: Sequence[str]) -> bool:
     """Spam and virus scans run if an enabled rule matching an accepted recipient asks."""
     return any(rules.rules[i].scan_enabled for i in _candidates(rules, accepted))
+
+
+def message_keys(rules: CompiledRuleSet, accepted: Sequence[str]) -> frozenset[str]:
+    """The condition keys of the rules that may apply that look inside the message."""
+    keys: set[str] = set()
+    for i in _candidates(rules, accepted):
+        keys.update(rules.rules[i].message_keys)
+    return frozenset(keys)
+
+
+def pause_at_lambdas(_rule: int, _action: int, _lambda: LambdaAction) -> str:
+    """Lambda results for a decision made before any Lambda ran (at the end of DATA)."""
+    return PAUSE
 
 
 def effective_verdicts(given: Verdicts, *, scanning: bool) -> tuple[Verdicts, tuple[str, ...]]:
@@ -132,10 +149,10 @@ def evaluate(
     decision = check_connection(rules, connection)
     if not decision.accepted:
         return Plan(message_id, decision, verdicts=effective_verdicts(verdicts, scanning=False)[0])
-    recipients = _decide_recipients(rules, envelope.rcpt_tos, tls=connection.tls)
+    matches = {address: rules.index.rules_for(address) for address in envelope.rcpt_tos}
+    recipients = _decide_recipients(rules, envelope.rcpt_tos, matches, tls=connection.tls)
     accepted = tuple(r.address for r in recipients if r.accepted)
-    matches = {address: rules.index.rules_for(address) for address in accepted}
-    candidates = sorted({i for found in matches.values() for i in found})
+    candidates = sorted({i for address in accepted for i in matches[address]})
     scanning = any(rules.rules[i].scan_enabled for i in candidates)
     final_verdicts, notes = effective_verdicts(verdicts, scanning=scanning)
     if not accepted:
@@ -177,12 +194,16 @@ def evaluate(
 
 
 def _decide_recipients(
-    rules: CompiledRuleSet, rcpt_tos: Sequence[str], *, tls: bool
+    rules: CompiledRuleSet,
+    rcpt_tos: Sequence[str],
+    matches: Mapping[str, tuple[int, ...]],
+    *,
+    tls: bool,
 ) -> tuple[RecipientDecision, ...]:
     decisions: list[RecipientDecision] = []
     seen: set[str] = set()
     for address in rcpt_tos:
-        decision = check_recipient(rules, address, tls=tls)
+        decision = check_recipient(rules, address, tls=tls, matched=matches[address])
         key = address.lower()
         if decision.accepted and key in seen:
             continue  # a repeated RCPT TO is one recipient
