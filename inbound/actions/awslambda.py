@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from inbound.actions.base import ActionModel
+from inbound.actions.base import ActionContext, ActionModel
 from inbound.config.fields import FunctionArn, TopicArn, function_name
+from inbound.core.targets import Targets
 
 
 class LambdaAction(ActionModel):
@@ -38,3 +39,14 @@ class LambdaAction(ActionModel):
         out = super().receipt_action(message_id)
         out["invocationType"] = self.ses_values["invocation_type"][self.invocation_type]
         return out
+
+    async def execute(self, ctx: ActionContext, targets: Targets) -> str | None:
+        event = ctx.lambda_event(self.receipt_action(ctx.message_id))
+        wait = self.invocation_type == "request_response"
+        result = await targets.invoke(self.function_arn, event, wait=wait)
+        await self.notify(ctx, targets)
+        if not wait:
+            return None
+        # SES reads {"disposition": ...}; anything else continues (SPEC section 2).
+        disposition = result.get("disposition") if isinstance(result, dict) else None
+        return disposition if isinstance(disposition, str) else "CONTINUE"

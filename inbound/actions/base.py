@@ -6,9 +6,35 @@ An action module declares its YAML fields, how they map to the SES API (`ses_fie
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar, get_args
 
 from pydantic import BaseModel, ConfigDict
+
+from inbound.core.targets import BounceRequest, Targets
+
+JsonObject = dict[str, object]
+
+
+@dataclass(frozen=True)
+class ActionContext:
+    """What an executing action may know: the message as later actions see it, the rule's
+    recipients, and builders for the SES objects of this message."""
+
+    message_id: str
+    # The message with the prepended headers and the headers added by earlier actions.
+    content: bytes
+    mail_from: str
+    recipients: tuple[str, ...]
+    # The Received notification (mail + receipt, no content) for a `receipt.action` object.
+    notification: Callable[[JsonObject], JsonObject]
+    # The SES Lambda event for a `receipt.action` object.
+    lambda_event: Callable[[JsonObject], JsonObject]
+    # A DSN for this message: (smtp reply code, status, diagnostic, sender) -> request.
+    bounce: Callable[[str, str, str, str], BounceRequest]
+    # Messages larger than this are not published by an SNS action (SES: 150 KB).
+    sns_max_bytes: int = 150 * 1024
 
 
 class ActionModel(BaseModel):
@@ -38,6 +64,19 @@ class ActionModel(BaseModel):
                 continue  # SES omits unset fields (topicArn, statusCode)
             out[receipt_name] = value
         return out
+
+    async def execute(self, ctx: ActionContext, targets: Targets) -> str | None:
+        """Run the action; return a result worth recording (a Lambda disposition) or None.
+
+        The default records and does nothing: `workmail` and `connect` exist for round trips
+        with SES and are not executed locally (SPEC section 1)."""
+        return None
+
+    async def notify(self, ctx: ActionContext, targets: Targets) -> None:
+        """Publish the Received notification (no content) to this action's topic, if any."""
+        topic = getattr(self, "topic_arn", None)
+        if topic:
+            await targets.publish(topic, ctx.notification(self.receipt_action(ctx.message_id)))
 
     def to_ses(self) -> dict[str, object]:
         """This action as the SES API's ReceiptAction member, e.g. {"S3Action": {...}}."""

@@ -6,9 +6,10 @@ from typing import Literal
 
 from pydantic import model_validator
 
-from inbound.actions.base import ActionModel
+from inbound.actions.base import ActionContext, ActionModel
 from inbound.config.fields import Address, NonEmpty, ReplyCode, StatusCode, TopicArn
 from inbound.core.reply import SmtpReply
+from inbound.core.targets import Targets
 
 
 class BounceAction(ActionModel):
@@ -49,3 +50,15 @@ class BounceAction(ActionModel):
     def reply(self) -> SmtpReply:
         status = self.status_code or f"{self.smtp_reply_code[0]}.0.0"
         return SmtpReply(int(self.smtp_reply_code), status, self.message)
+
+    async def execute(self, ctx: ActionContext, targets: Targets) -> str | None:
+        result = None
+        if ctx.mail_from:
+            reply = self.reply()
+            await targets.send_bounce(
+                ctx.bounce(self.smtp_reply_code, reply.status, self.message, self.sender)
+            )
+        else:
+            result = "no DSN: null sender"  # RFC 3464 §2: never bounce a bounce
+        await self.notify(ctx, targets)
+        return result

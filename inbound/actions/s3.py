@@ -7,8 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator
 
-from inbound.actions.base import ActionModel
+from inbound.actions.base import ActionContext, ActionModel
 from inbound.config.fields import IamRoleArn, KmsKeyArn, TopicArn
+from inbound.core.targets import Targets
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
@@ -60,3 +61,14 @@ class S3Action(ActionModel):
         out = super().receipt_action(message_id)
         out["objectKey"] = self.object_key(message_id)
         return out
+
+    async def execute(self, ctx: ActionContext, targets: Targets) -> str | None:
+        await targets.store(
+            self.bucket,
+            self.object_key(ctx.message_id),
+            ctx.content,
+            kms_key_arn=self.kms_key_arn,
+            iam_role_arn=self.iam_role_arn,
+        )
+        await self.notify(ctx, targets)
+        return None

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from inbound.actions.base import ActionModel
+from inbound.actions.base import ActionContext, ActionModel
 from inbound.config.fields import TopicArn
+from inbound.core.targets import Targets
+from inbound.message.notification import encode_content
 
 # The notification spells the encoding differently from the API ("UTF8" vs "UTF-8").
 _RECEIPT_ENCODING = {"utf-8": "UTF8", "base64": "BASE64"}
@@ -27,3 +29,15 @@ class SnsAction(ActionModel):
         out = super().receipt_action(message_id)
         out["encoding"] = _RECEIPT_ENCODING[self.encoding]
         return out
+
+    async def execute(self, ctx: ActionContext, targets: Targets) -> str | None:
+        if len(ctx.content) > ctx.sns_max_bytes:
+            # SES: "Larger emails bounce" (SNSAction, 150 KB with headers).
+            if ctx.mail_from:
+                message = "Message too large to publish (over the SNS action's size limit)"
+                await targets.send_bounce(ctx.bounce("552", "5.3.4", message, ""))
+            return "bounced: too large for SNS"
+        notification = ctx.notification(self.receipt_action(ctx.message_id))
+        notification["content"] = encode_content(ctx.content, self.encoding)
+        await targets.publish(self.topic_arn, notification)
+        return None

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from inbound.actions.base import ActionModel
+from inbound.actions.base import ActionContext, ActionModel
 from inbound.config.fields import TopicArn
+from inbound.core.targets import Targets
 
 
 class StopAction(ActionModel):
@@ -17,3 +18,7 @@ class StopAction(ActionModel):
 
     type: Literal["stop"]
     topic_arn: TopicArn | None = None
+
+    async def execute(self, ctx: ActionContext, targets: Targets) -> str | None:
+        await self.notify(ctx, targets)
+        return None

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from inbound import __version__
-from inbound.cli import check, evaluate, test
+from inbound.cli import check, evaluate, serve, spool, test
 from inbound.core.errors import ConfigError, InboundError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_parser(commands)
     evaluate.add_parser(commands)
     test.add_parser(commands)
+    serve.add_parser(commands)
+    spool.add_parser(commands)
     return parser
 
 

@@ -48,3 +48,21 @@ class ConfigError(InboundError):
 
 class InputError(InboundError):
     """An input other than a rule file is unusable (missing file, unreadable message, bad flag)."""
+
+
+class ActionError(InboundError):
+    """An action did not succeed. The dispatcher retries transient ones, dead-letters the rest."""
+
+    transient: bool = True
+
+
+class TransientActionError(ActionError):
+    """Worth retrying: throttling, timeouts, a target that is down."""
+
+    transient = True
+
+
+class PermanentActionError(ActionError):
+    """Retrying cannot help: a missing bucket, a denied permission, an invalid parameter."""
+
+    transient = False

@@ -38,6 +38,8 @@ TLS_REQUIRED = SmtpReply(530, "5.7.0", "Must issue a STARTTLS command first")
 CLIENT_REFUSED = SmtpReply(554, "5.7.1", "Access denied")
 TOO_MANY_RECIPIENTS = SmtpReply(452, "4.5.3", "Too many recipients")
 MESSAGE_TOO_BIG = SmtpReply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+# RFC 5321 §4.5.3.1.6; the whole message is refused, never cut.
+LINE_TOO_LONG = SmtpReply(500, "5.5.2", "Line too long (RFC 5321 4.5.3.1.6)")
 BARE_LINE_ENDING = SmtpReply(550, "5.5.2", "Bare CR or LF in message is not allowed")
 INTERNAL_ERROR = SmtpReply(451, "4.3.0", "Temporary server error, please try again later")
 TOO_MANY_CONNECTIONS = SmtpReply(421, "4.7.0", "Too many connections, try again later")

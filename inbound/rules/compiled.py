@@ -26,6 +26,8 @@ class CompiledRule:
     unless: tuple[Check, ...]
     actions: tuple[ActionModel, ...]
     model: Rule
+    # Condition keys that look inside the message ("from", "subject", "header ...", ...).
+    message_keys: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,4 +69,15 @@ def _compile_rule(index: int, rule: Rule) -> CompiledRule:
         unless=compile_conditions(rule.unless) if rule.unless else (),
         actions=tuple(rule.actions),
         model=rule,
+        message_keys=frozenset(
+            key
+            for conditions in (rule.when, rule.unless)
+            if conditions is not None
+            for key in conditions.used()
+            if key in _MESSAGE_KEYS
+        ),
     )
+
+
+# Conditions answered from the message itself; the rest come from the session and verdicts.
+_MESSAGE_KEYS = frozenset({"from", "subject", "header", "attachment"})

@@ -50,9 +50,13 @@ def read_text(path: Path) -> str:
 
 def load_rule_set(path: Path, *, extra_domains: Sequence[str] = ()) -> LoadedRuleSet:
     """Read, validate and check a rule file; raise `ConfigError` listing every error."""
-    text = read_text(path)
-    file = str(path)
+    return parse_rule_set(read_text(path), str(path), extra_domains=extra_domains)
+
+
+def parse_rule_set(text: str, file: str, *, extra_domains: Sequence[str] = ()) -> LoadedRuleSet:
+    """Validate rule-set text (YAML or SES JSON); `file` names it in error messages."""
     early: list[ConfigIssue] = []
+    path = Path(file)
     if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
         data, source = _load_json(text, file)
         data, source, early = ses_json.to_native(data, source, stem=path.stem)

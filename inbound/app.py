@@ -1,0 +1,204 @@
+"""The composition root of `inbound serve`: builds every stage from settings and wires them.
+
+This is the only place that knows all stages: rule book, spool, intake (the SMTP session's
+policy), SMTP server, dispatcher, targets, metrics. It owns the process lifecycle: SIGHUP
+reloads the rules, SIGTERM drains the sessions in flight and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import importlib
+import logging
+import signal
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from inbound.core.errors import ConfigError, InputError
+from inbound.dispatch import Dispatcher, RetryPolicy
+from inbound.intake import Intake
+from inbound.observe.log import emit
+from inbound.observe.metrics import Metrics
+from inbound.receive.limits import ReceiverLimits
+from inbound.receive.smtp import SmtpServer
+from inbound.rules.book import RuleBook
+from inbound.spool.store import GroupCommitter, Spool
+from inbound.targets.local import LambdaFunction, LocalTargets
+from inbound.tls import load_tls_context, self_signed_context
+
+log = logging.getLogger("inbound.app")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    rules: Path
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 2525
+    hostname: str = "localhost"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_self_signed: bool = False
+    lambdas: Mapping[str, str] = field(default_factory=dict)
+    metrics: tuple[str, int] | None = None
+    limits: ReceiverLimits = field(default_factory=ReceiverLimits)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    domains: tuple[str, ...] = ()
+    # How long SIGTERM waits for the SMTP sessions in flight.
+    drain_timeout: float = 30.0
+
+
+def load_functions(mapping: Mapping[str, str]) -> dict[str, LambdaFunction]:
+    """`NAME=module:function` flags to callables; a bad one is an `InputError`."""
+    functions: dict[str, LambdaFunction] = {}
+    for name, target in mapping.items():
+        module_name, _, attribute = target.partition(":")
+        if not module_name or not attribute:
+            raise InputError(f"--lambda {name}={target}: expected NAME=module:function")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise InputError(
+                f"--lambda {name}={target}: cannot import {module_name}: {exc}"
+            ) from None
+        function = getattr(module, attribute, None)
+        if not callable(function):
+            raise InputError(f"--lambda {name}={target}: {module_name} has no function {attribute}")
+        functions[name] = function
+    return functions
+
+
+class Receiver:
+    """A running `inbound serve`."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        data_dir = settings.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_data_dir(data_dir)
+        self.metrics = Metrics()
+        self.spool = Spool(data_dir / "spool")
+        self.book = RuleBook(
+            settings.rules,
+            save_text=self.spool.save_rules,
+            load_text=self.spool.load_rules,
+            extra_domains=settings.domains,
+        )
+        self.tls_context = self._tls()
+        self.committer = GroupCommitter(self.spool)
+        targets = LocalTargets(data_dir, functions=load_functions(settings.lambdas))
+        self.dispatcher = Dispatcher(
+            self.spool, self.book, targets, metrics=self.metrics, retry=settings.retry
+        )
+        self.intake = Intake(
+            self.book,
+            self.spool,
+            self.committer,
+            hostname=settings.hostname,
+            metrics=self.metrics,
+            on_queued=self.dispatcher.notify,
+        )
+        self.server = SmtpServer(
+            self.intake,
+            host=settings.host,
+            port=settings.port,
+            hostname=settings.hostname,
+            limits=settings.limits,
+            tls_context=self.tls_context,
+        )
+        self.stopping = asyncio.Event()
+
+    def _tls(self) -> ssl.SSLContext | None:
+        s = self.settings
+        if s.tls_cert is not None and s.tls_key is not None:
+            return load_tls_context(s.tls_cert, s.tls_key)
+        if s.tls_self_signed:
+            return self_signed_context(s.data_dir / "tls", s.hostname)
+        requiring = [r.name for r in self.book.current.compiled.rules if r.require_tls]
+        emit(
+            log,
+            "tls.disabled",
+            level=logging.WARNING,
+            hint="no certificate: STARTTLS is not offered; use --tls-cert and --tls-key, "
+            "or --tls-self-signed for development",
+            rules_requiring_tls=requiring,
+        )
+        return None
+
+    async def start(self) -> None:
+        recovered = self.spool.recover()
+        queued = self.dispatcher.load_queue()
+        self.committer.start()
+        await self.server.start()
+        if self.settings.metrics is not None:
+            host, port = self.settings.metrics
+            self.metrics.serve(host, port)
+        emit(
+            log,
+            "server.started",
+            listen=f"{self.settings.host}:{self.server.port}",
+            data_dir=str(self.settings.data_dir),
+            queued=queued,
+            discarded_partial=recovered,
+            tls=self.tls_context is not None,
+            rules_digest=self.book.current.digest[:12],
+        )
+
+    def reload(self) -> None:
+        try:
+            snapshot = self.book.reload()
+        except ConfigError as exc:
+            emit(
+                log, "rules.reload_failed", level=logging.ERROR, errors=[str(i) for i in exc.issues]
+            )
+        except InputError as exc:
+            emit(log, "rules.reload_failed", level=logging.ERROR, errors=[str(exc)])
+        else:
+            emit(log, "rules.reloaded", rules_digest=snapshot.digest[:12])
+
+    async def run(self) -> None:
+        """Serve until SIGTERM or SIGINT; then drain and return."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        await self.start()
+        dispatching = asyncio.create_task(self.dispatcher.run(self.stopping))
+        await self.stopping.wait()
+        await self.shutdown(dispatching)
+
+    async def shutdown(self, dispatching: asyncio.Task[None] | None = None) -> None:
+        emit(log, "server.stopping")
+        self.server.stop_accepting()
+        drained = await self.server.wait_idle(self.settings.drain_timeout)
+        self.stopping.set()
+        if dispatching is not None:
+            await dispatching
+        await self.committer.close()
+        emit(log, "server.stopped", drained=drained)
+        self._lock.close()
+
+
+def _lock_data_dir(data_dir: Path) -> IO[bytes]:
+    """One receiver per data directory: two would dispatch the same messages twice."""
+    handle = (data_dir / "inbound.lock").open("ab")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise InputError(
+            f"{data_dir}: another inbound serve is using this data directory"
+        ) from None
+    return handle
+
+
+def serve(settings: ServeSettings) -> int:
+    receiver = Receiver(settings)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(receiver.run())
+    return 0

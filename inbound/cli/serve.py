@@ -1,0 +1,166 @@
+"""`inbound serve`: run the SMTP receiver (SPEC section 6)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from inbound.app import ServeSettings, serve
+from inbound.core.errors import InputError
+from inbound.dispatch import RetryPolicy
+from inbound.observe.log import configure
+from inbound.receive.limits import ReceiverLimits
+
+_DEFAULTS = ReceiverLimits()
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_SIZE = re.compile(r"(\d+)([kKmMgG]?)[bB]?")
+
+
+def _host_port(flag: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InputError(f"{flag} {value!r}: expected HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - ":2525" means every address
+
+
+def _duration(flag: str, value: str) -> float:
+    match = _DURATION.fullmatch(value.strip())
+    if not match:
+        raise InputError(f"{flag} {value!r}: expected a duration like 30s, 10m, 4h")
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    return float(match.group(1)) * unit
+
+
+def _size(flag: str, value: str) -> int:
+    match = _SIZE.fullmatch(value.strip())
+    if not match:
+        raise InputError(f"{flag} {value!r}: expected a size like 40MB or 512k")
+    unit = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2).lower()]
+    return int(match.group(1)) * unit
+
+
+def add_parser(commands: Any) -> None:
+    p = commands.add_parser("serve", help="run the SMTP receiver")
+    p.add_argument("--rules", type=Path, required=True)
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:2525",
+        metavar="HOST:PORT",
+        help="where to listen (default 127.0.0.1:2525; port 0 picks a free one)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("inbound-data"),
+        metavar="DIR",
+        help="spool and local targets (default ./inbound-data)",
+    )
+    p.add_argument("--hostname", default=socket.getfqdn(), help="our name in greetings and headers")
+    p.add_argument("--tls-cert", type=Path, metavar="FILE")
+    p.add_argument("--tls-key", type=Path, metavar="FILE")
+    p.add_argument(
+        "--tls-self-signed",
+        action="store_true",
+        help="offer STARTTLS with a generated certificate (development only)",
+    )
+    p.add_argument("--targets", choices=["local", "aws"], default="local")
+    p.add_argument(
+        "--lambda",
+        dest="lambdas",
+        action="append",
+        default=[],
+        metavar="NAME=module:function",
+        help="run a Lambda action as this function",
+    )
+    p.add_argument("--relay", metavar="HOST:PORT", help="outbound relay for bounce DSNs")
+    p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
+    p.add_argument("--clamd", metavar="ADDR", help="ClamAV clamd (host:port or unix socket)")
+    p.add_argument("--spamd", metavar="ADDR", help="SpamAssassin spamd (host:port)")
+    p.add_argument(
+        "--domain",
+        action="append",
+        default=[],
+        metavar="DOMAIN",
+        help="a receiving domain (for SES JSON rule sets)",
+    )
+    limits = p.add_argument_group("limits")
+    limits.add_argument("--max-message-size", default="40MB", metavar="SIZE")
+    limits.add_argument("--max-recipients", type=int, default=_DEFAULTS.max_recipients)
+    limits.add_argument("--max-line-length", type=int, default=_DEFAULTS.max_line_length)
+    limits.add_argument("--command-timeout", default="5m", metavar="DURATION")
+    limits.add_argument("--data-timeout", default="10m", metavar="DURATION")
+    limits.add_argument("--max-connections", type=int, default=_DEFAULTS.max_connections)
+    limits.add_argument(
+        "--max-connections-per-ip", type=int, default=_DEFAULTS.max_connections_per_ip
+    )
+    limits.add_argument(
+        "--max-retry-age",
+        default="4h",
+        metavar="DURATION",
+        help="how long failing actions are retried before dead-lettering",
+    )
+    limits.add_argument(
+        "--retry-delay",
+        default="60s",
+        metavar="DURATION",
+        help="first retry delay; doubles up to an hour",
+    )
+    p.set_defaults(run=run)
+
+
+def settings_from(args: argparse.Namespace) -> ServeSettings:
+    host, port = _host_port("--listen", args.listen)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise InputError("--tls-cert and --tls-key go together: give both, or neither")
+    if args.tls_cert is not None and args.tls_self_signed:
+        raise InputError("--tls-self-signed makes its own certificate: drop --tls-cert/--tls-key")
+    if args.targets == "aws":
+        raise InputError("--targets aws is not available yet: use --targets local")
+    for flag, value in (("--relay", args.relay), ("--clamd", args.clamd), ("--spamd", args.spamd)):
+        if value:
+            raise InputError(f"{flag} is not available yet in this version of inbound")
+    lambdas: dict[str, str] = {}
+    for value in args.lambdas:
+        name, sep, target = value.partition("=")
+        if not sep or not name:
+            raise InputError(f"--lambda {value!r}: expected NAME=module:function")
+        lambdas[name] = target
+    metrics = _host_port("--metrics", args.metrics) if args.metrics else None
+    limits = ReceiverLimits(
+        max_message_size=_size("--max-message-size", args.max_message_size),
+        max_recipients=args.max_recipients,
+        max_line_length=args.max_line_length,
+        command_timeout=_duration("--command-timeout", args.command_timeout),
+        data_timeout=_duration("--data-timeout", args.data_timeout),
+        max_connections=args.max_connections,
+        max_connections_per_ip=args.max_connections_per_ip,
+    )
+    retry = RetryPolicy(
+        max_age=timedelta(seconds=_duration("--max-retry-age", args.max_retry_age)),
+        base_delay=_duration("--retry-delay", args.retry_delay),
+    )
+    return ServeSettings(
+        rules=args.rules,
+        data_dir=args.data_dir,
+        host=host,
+        port=port,
+        hostname=args.hostname,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_self_signed=args.tls_self_signed,
+        lambdas=lambdas,
+        metrics=metrics,
+        limits=limits,
+        retry=retry,
+        domains=tuple(args.domain),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    configure()
+    return serve(settings)

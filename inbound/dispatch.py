@@ -1,0 +1,353 @@
+"""The dispatcher: runs the actions of spooled messages, in order, with retries (SPEC section 7).
+
+For each queued message it evaluates the rule set the message was received with, runs the
+actions that have not succeeded yet through the target set, and records each outcome before
+going on, so a retry (or a restart) never repeats a succeeded action. A request_response
+Lambda's disposition is recorded too and steers the next evaluation. Transient failures wait
+with exponential backoff up to the maximum age; then, or on a permanent failure, the message
+is dead-lettered with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from inbound.actions import ActionModel, AddHeaderAction
+from inbound.actions.base import ActionContext, JsonObject
+from inbound.core.errors import ActionError
+from inbound.core.plan import Plan
+from inbound.core.targets import BounceRequest, Targets
+from inbound.intake import utc_now
+from inbound.message.headers import ReceivedFacts, add_header, prepend_headers
+from inbound.message.notification import (
+    lambda_event,
+    mail_object,
+    receipt_object,
+    received_notification,
+)
+from inbound.message.read import need_for, read_facts
+from inbound.observe.log import emit, emit_fields
+from inbound.observe.metrics import Metrics
+from inbound.rules.book import RuleBook
+from inbound.rules.evaluate import PAUSE, evaluate, message_keys
+from inbound.spool.retry import is_expired, next_delay, window_start
+from inbound.spool.store import DispatchState, Spool, SpoolError, SpoolMeta, StepRecord
+
+log = logging.getLogger("inbound.dispatch")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    # SES retries a failing action for up to 4 hours (PublishExpired).
+    max_age: timedelta = timedelta(hours=4)
+    base_delay: float = 60.0
+    max_delay: float = 3600.0
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        spool: Spool,
+        book: RuleBook,
+        targets: Targets,
+        *,
+        metrics: Metrics,
+        retry: RetryPolicy | None = None,
+        concurrency: int = 8,
+        sns_max_bytes: int = 150 * 1024,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.spool = spool
+        self.book = book
+        self.targets = targets
+        self.metrics = metrics
+        self.retry = retry or RetryPolicy()
+        self.concurrency = concurrency
+        self.sns_max_bytes = sns_max_bytes
+        self.clock = clock
+        self._due: dict[str, datetime] = {}
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+
+    def notify(self, message_id: str) -> None:
+        """A message was queued: run it now."""
+        self._due[message_id] = self.clock()
+        self._wake.set()
+
+    def load_queue(self) -> int:
+        """Schedule every queued message (at start-up: resume what was unfinished)."""
+        for message_id in self.spool.queued():
+            state = self.spool.state(message_id)
+            self._due[message_id] = state.next_attempt_at or self.clock()
+        self._update_depth()
+        return len(self._due)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Dispatch until `stop` is set, then let the messages in flight finish."""
+        while not stop.is_set():
+            now = self.clock()
+            for message_id, due in sorted(self._due.items(), key=lambda item: item[1]):
+                if len(self._running) >= self.concurrency:
+                    break
+                if due <= now and message_id not in self._running:
+                    task = asyncio.create_task(self._process_guarded(message_id))
+                    self._running[message_id] = task
+                    task.add_done_callback(self._done_callback(message_id))
+            self._wake.clear()
+            await self._sleep(stop)
+        if self._running:
+            await asyncio.gather(*self._running.values(), return_exceptions=True)
+
+    async def _sleep(self, stop: asyncio.Event) -> None:
+        pending = [d for m, d in self._due.items() if m not in self._running]
+        timeout = 1.0
+        if pending:
+            timeout = max(0.0, min(timeout, (min(pending) - self.clock()).total_seconds()))
+        waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+
+    def _done_callback(self, message_id: str) -> Callable[[asyncio.Task[None]], None]:
+        def done(_task: asyncio.Task[None]) -> None:
+            self._running.pop(message_id, None)
+            self._wake.set()
+
+        return done
+
+    async def _process_guarded(self, message_id: str) -> None:
+        try:
+            await self.process(message_id)
+        except SpoolError as exc:
+            self._due.pop(message_id, None)
+            emit(
+                log,
+                "message.unreadable",
+                level=logging.ERROR,
+                message_id=message_id,
+                error=str(exc),
+            )
+        except Exception as exc:  # a bug must not stop the dispatcher; retry later
+            self._due[message_id] = self.clock() + timedelta(seconds=self.retry.base_delay)
+            log.exception(
+                "dispatch.failed",
+                extra={
+                    "event": "dispatch.failed",
+                    "fields": {"message_id": message_id, "error": type(exc).__name__},
+                },
+            )
+
+    async def process(self, message_id: str) -> None:
+        """Run what is left of one message; schedule, finish or dead-letter it."""
+        self._due.pop(message_id, None)
+        meta = await asyncio.to_thread(self.spool.meta, message_id)
+        state = await asyncio.to_thread(self.spool.state, message_id)
+        run = _MessageRun(self, meta, state)
+        await run.load()
+        while True:
+            plan = run.evaluate()
+            failed = await run.execute(plan)
+            if failed is not None:
+                await self._failed(meta, run.state, failed)
+                return
+            if plan.pending is None:
+                break
+            failed = await run.execute_pending(plan)
+            if failed is not None:
+                await self._failed(meta, run.state, failed)
+                return
+        await asyncio.to_thread(self.spool.finish, message_id)
+        age = (self.clock() - meta.received_at).total_seconds()
+        self.metrics.dispatch_latency.observe(max(age, 0.0))
+        emit(log, "message.dispatched", message_id=message_id, attempts=run.state.attempts + 1)
+        self._update_depth()
+
+    async def _failed(self, meta: SpoolMeta, state: DispatchState, error: ActionError) -> None:
+        now = self.clock()
+        state.attempts += 1
+        state.last_error = str(error)
+        # A message an operator retried gets a new window (`inbound spool retry`).
+        start = window_start(meta.received_at, state)
+        if not error.transient or is_expired(start, now, self.retry.max_age):
+            why = "permanent failure" if not error.transient else "retries expired"
+            reason = f"{why}: {error}"
+            await asyncio.to_thread(self.spool.dead_letter, meta.message_id, reason)
+            emit(
+                log,
+                "message.dead_lettered",
+                level=logging.WARNING,
+                message_id=meta.message_id,
+                reason=reason,
+            )
+        else:
+            delay = next_delay(state.attempts, base=self.retry.base_delay, cap=self.retry.max_delay)
+            state.next_attempt_at = now + timedelta(seconds=delay)
+            await asyncio.to_thread(self.spool.save_state, meta.message_id, state)
+            self._due[meta.message_id] = state.next_attempt_at
+            emit(
+                log,
+                "message.deferred",
+                message_id=meta.message_id,
+                attempt=state.attempts,
+                retry_in=delay,
+            )
+        self._update_depth()
+
+    def _update_depth(self) -> None:
+        queued, dead = self.spool.depth()
+        self.metrics.spool_depth.labels(state="queued").set(queued)
+        self.metrics.spool_depth.labels(state="dead").set(dead)
+
+
+class _MessageRun:
+    """One attempt at one message: its rules, its bytes, its recorded progress."""
+
+    def __init__(self, dispatcher: Dispatcher, meta: SpoolMeta, state: DispatchState) -> None:
+        self.d = dispatcher
+        self.meta = meta
+        self.state = state
+        self.rules = dispatcher.book.snapshot(meta.rules_digest).compiled
+        self.base = b""
+        self.headers = b""
+
+    async def load(self) -> None:
+        path = self.d.spool.message_path(self.meta.message_id) / "message.eml"
+        need = need_for(message_keys(self.rules, self.meta.envelope.rcpt_tos))
+        self.facts = await asyncio.to_thread(read_facts, path, need)
+        raw = await asyncio.to_thread(path.read_bytes)
+        self.base = prepend_headers(raw, self._received())
+        end = self.base.find(b"\r\n\r\n")
+        self.headers = self.base[: end + 2] if end >= 0 else self.base
+
+    def _received(self) -> ReceivedFacts:
+        m = self.meta
+        return ReceivedFacts(
+            message_id=m.message_id,
+            hostname=m.hostname,
+            mail_from=m.envelope.mail_from,
+            rcpt_tos=m.envelope.rcpt_tos,
+            helo=m.connection.helo,
+            client_ip=m.connection.client_ip,
+            rdns=None,
+            tls=m.connection.tls,
+            received_at=m.received_at,
+            verdicts=m.verdicts,
+        )
+
+    def _recorded(self, rule: int, action: int, _lambda: object) -> str | None:
+        record = self.state.steps.get(f"{rule}:{action}")
+        if record is None or record.outcome != "succeeded":
+            return PAUSE
+        return record.result
+
+    def evaluate(self) -> Plan:
+        return evaluate(
+            self.rules,
+            message_id=self.meta.message_id,
+            connection=self.meta.connection,
+            envelope=self.meta.envelope,
+            message=self.facts,
+            verdicts=self.meta.verdicts,
+            lambda_results=self._recorded,
+        )
+
+    async def execute(self, plan: Plan) -> ActionError | None:
+        """Run the plan's steps that have not succeeded; the first failure stops the rest."""
+        self.content = self.base
+        for rule_run in plan.rules:
+            for step in rule_run.actions:
+                action = step.action
+                assert isinstance(action, ActionModel)
+                failed = await self._step(rule_run.index, step.index, action, rule_run.recipients)
+                if failed is not None:
+                    return failed
+        return None
+
+    async def execute_pending(self, plan: Plan) -> ActionError | None:
+        assert plan.pending is not None
+        rule_index, action_index = plan.pending
+        action = self.rules.rules[rule_index].actions[action_index]
+        recipients = next(r.recipients for r in plan.rules if r.index == rule_index)
+        return await self._step(rule_index, action_index, action, recipients)
+
+    async def _step(
+        self, rule: int, index: int, action: ActionModel, recipients: tuple[str, ...]
+    ) -> ActionError | None:
+        if isinstance(action, AddHeaderAction):
+            self.content = add_header(self.content, action.name, action.value)
+            return None
+        key = f"{rule}:{index}"
+        record = self.state.steps.get(key)
+        if record is not None and record.outcome == "succeeded":
+            return None
+        attempts = (record.attempts if record else 0) + 1
+        kind = action.receipt_type
+        fields: dict[str, object] = {
+            "message_id": self.meta.message_id,
+            "rule": self.rules.rules[rule].name,
+            "action": kind,
+            "attempt": attempts,
+        }
+        try:
+            result = await action.execute(self._context(recipients), self.d.targets)
+        except ActionError as exc:
+            self.state.steps[key] = StepRecord("failed", attempts, str(exc), None)
+            self.d.metrics.actions.labels(type=kind, outcome="failed").inc()
+            failure = {**fields, "transient": exc.transient, "error": str(exc)}
+            emit_fields(log, "action.failed", failure, level=logging.WARNING)
+            return exc
+        self.state.steps[key] = StepRecord("succeeded", attempts, None, result)
+        await asyncio.to_thread(self.d.spool.save_state, self.meta.message_id, self.state)
+        self.d.metrics.actions.labels(type=kind, outcome="succeeded").inc()
+        emit_fields(log, "action.succeeded", fields)
+        return None
+
+    def _context(self, recipients: tuple[str, ...]) -> ActionContext:
+        content = self.content
+        meta = self.meta
+
+        def receipt(action: JsonObject) -> JsonObject:
+            elapsed = int((self.d.clock() - meta.received_at).total_seconds() * 1000)
+            return receipt_object(
+                timestamp=meta.received_at,
+                processing_ms=max(elapsed, 0),
+                recipients=list(recipients),
+                verdicts=meta.verdicts,
+                action=action,
+            )
+
+        def mail() -> JsonObject:
+            return mail_object(
+                message_id=meta.message_id,
+                timestamp=meta.received_at,
+                source=meta.envelope.mail_from,
+                raw=content,
+            )
+
+        def bounce(code: str, status: str, diagnostic: str, sender: str) -> BounceRequest:
+            return BounceRequest(
+                message_id=meta.message_id,
+                sender=sender or f"MAILER-DAEMON@{meta.hostname}",
+                to=meta.envelope.mail_from,
+                recipients=recipients,
+                smtp_reply_code=code,
+                status_code=status,
+                diagnostic=diagnostic,
+                reporting_mta=meta.hostname,
+                original_headers=self.headers,
+            )
+
+        return ActionContext(
+            message_id=meta.message_id,
+            content=content,
+            mail_from=meta.envelope.mail_from,
+            recipients=recipients,
+            notification=lambda action: received_notification(mail(), receipt(action)),
+            lambda_event=lambda action: lambda_event(mail(), receipt(action)),
+            bounce=bounce,
+            sns_max_bytes=self.d.sns_max_bytes,
+        )

@@ -1,0 +1,172 @@
+"""The decisions an SMTP session asks for, made with the rule book, and storage in the spool.
+
+This is the `SessionPolicy` of the receiver: receipt filters at connect, recipient acceptance
+at RCPT, and at the end of DATA the in-session bounce or the durable commit that earns the
+250. It wires rules, spool and observability; the receiver never sees any of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from inbound.core import reply as replies
+from inbound.core.envelope import Connection, Envelope, IpAddress
+from inbound.core.ids import MessageIdGenerator
+from inbound.core.reply import SmtpReply
+from inbound.core.verdicts import Verdict, Verdicts
+from inbound.message.read import need_for, read_facts
+from inbound.observe.log import emit
+from inbound.observe.metrics import Metrics
+from inbound.rules.book import RuleBook
+from inbound.rules.evaluate import (
+    check_connection,
+    check_recipient,
+    evaluate,
+    message_keys,
+    pause_at_lambdas,
+)
+from inbound.spool.store import GroupCommitter, Spool, SpoolError, SpoolMeta, SpoolWriter
+
+log = logging.getLogger("inbound.intake")
+
+# Until scanners are configured, a scan asked for cannot be completed (SES: PROCESSING_FAILED);
+# SPF, DKIM and DMARC are not checked yet and are GRAY.
+_UNSCANNED = Verdicts(
+    spam=Verdict.PROCESSING_FAILED,
+    virus=Verdict.PROCESSING_FAILED,
+    spf=Verdict.GRAY,
+    dkim=Verdict.GRAY,
+    dmarc=Verdict.GRAY,
+)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Intake:
+    def __init__(
+        self,
+        book: RuleBook,
+        spool: Spool,
+        committer: GroupCommitter,
+        *,
+        hostname: str,
+        metrics: Metrics,
+        on_queued: Callable[[str], None],
+        ids: MessageIdGenerator | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.book = book
+        self.spool = spool
+        self.committer = committer
+        self.hostname = hostname
+        self.metrics = metrics
+        self.on_queued = on_queued
+        self.ids = ids or MessageIdGenerator()
+        self.clock = clock
+
+    def connect(self, client_ip: IpAddress) -> SmtpReply | None:
+        decision = check_connection(self.book.current.compiled, Connection(client_ip))
+        if decision.accepted:
+            self.metrics.connections.labels(result="accepted").inc()
+            return None
+        self.metrics.connections.labels(result="refused").inc()
+        emit(log, "connection.refused", client_ip=str(client_ip), filter=decision.filter)
+        return decision.reply
+
+    def recipient(self, address: str, *, tls: bool) -> SmtpReply:
+        decision = check_recipient(self.book.current.compiled, address, tls=tls)
+        if not decision.accepted:
+            self.metrics.recipients_rejected.labels(reason=decision.reply.status).inc()
+            emit(log, "recipient.rejected", code=decision.reply.code, status=decision.reply.status)
+        return decision.reply
+
+    def open_message(self) -> tuple[str, SpoolWriter]:
+        message_id = self.ids.next()
+        return message_id, self.spool.open_writer(message_id)
+
+    async def end_of_data(
+        self,
+        message_id: str,
+        writer: SpoolWriter,
+        connection: Connection,
+        envelope: Envelope,
+        size: int,
+    ) -> SmtpReply:
+        try:
+            reply = await self._decide_and_store(message_id, writer, connection, envelope, size)
+        except SpoolError as exc:
+            writer.abort()
+            emit(
+                log,
+                "message.spool_failed",
+                level=logging.ERROR,
+                message_id=message_id,
+                error=type(exc).__name__,
+            )
+            reply = replies.INTERNAL_ERROR
+        except BaseException:
+            writer.abort()
+            raise
+        self.metrics.messages.labels(code=str(reply.code)).inc()
+        return reply
+
+    async def _decide_and_store(
+        self,
+        message_id: str,
+        writer: SpoolWriter,
+        connection: Connection,
+        envelope: Envelope,
+        size: int,
+    ) -> SmtpReply:
+        snapshot = self.book.current
+        rules = snapshot.compiled
+        need = need_for(message_keys(rules, envelope.rcpt_tos))
+        facts = await asyncio.to_thread(read_facts, writer.contents(), need)
+        plan = evaluate(
+            rules,
+            message_id=message_id,
+            connection=connection,
+            envelope=envelope,
+            message=facts,
+            verdicts=_UNSCANNED,
+            lambda_results=pause_at_lambdas,
+        )
+        emit(
+            log,
+            "message.received",
+            message_id=message_id,
+            size=size,
+            recipients=len(envelope.rcpt_tos),
+            tls=connection.tls,
+        )
+        if plan.session_bounce is not None and plan.data_reply is not None:
+            writer.abort()
+            rule, index = plan.session_bounce
+            emit(
+                log,
+                "message.rejected",
+                message_id=message_id,
+                rule=rule,
+                action=index,
+                code=plan.data_reply.code,
+            )
+            return plan.data_reply
+        meta = SpoolMeta(
+            message_id=message_id,
+            envelope=envelope,
+            connection=connection,
+            received_at=self.clock(),
+            rules_digest=snapshot.digest,
+            hostname=self.hostname,
+            verdicts=plan.verdicts,
+            size=size,
+        )
+        await self.committer.commit(writer, meta)
+        emit(log, "message.spooled", message_id=message_id, size=size)
+        self.on_queued(message_id)
+        return replies.queued(message_id)

@@ -1,0 +1,54 @@
+"""JSON logs, one object per line, with an event name like `message.spooled` and fields.
+
+`emit(logger, "message.spooled", message_id=...)` is the only way stages log events, so the
+fields stay machine-readable. Callers pass identifiers and sizes, never bodies or secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "event": getattr(record, "event", None) or record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info and record.exc_info[0] is not None:
+            # The type only: exception text can carry addresses or message content.
+            entry["error_type"] = record.exc_info[0].__name__
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def emit(
+    logger: logging.Logger, event: str, *, level: int = logging.INFO, **fields: object
+) -> None:
+    emit_fields(logger, event, fields, level=level)
+
+
+def emit_fields(
+    logger: logging.Logger, event: str, fields: Mapping[str, object], *, level: int = logging.INFO
+) -> None:
+    logger.log(level, event, extra={"event": event, "fields": dict(fields)})
+
+
+def configure(level: int = logging.INFO) -> None:
+    """JSON lines on stderr for the `inbound` loggers; aiosmtpd's own chatter is muted."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("inbound")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    # aiosmtpd logs every command line, including addresses and data lines at debug level.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)

@@ -1,0 +1,426 @@
+"""The SMTP server: aiosmtpd's protocol engine with inbound's decisions and hostile-input rules.
+
+What this module adds to aiosmtpd: refusals before the greeting (receipt filters, connection
+limits), per-RCPT decisions and the recipient limit, DATA streamed to a writer line by line
+(never the whole message in memory), bare CR/LF and smuggling refused with 550 5.5.2, enhanced
+status codes (RFC 2034) on every reply, and 451 4.3.0 for internal errors instead of
+aiosmtpd's reply that leaks the exception text. Every decision comes from a `SessionPolicy`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+from collections import Counter
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+from typing import Any, Protocol, TypeVar
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from inbound.core import reply as replies
+from inbound.core.envelope import Connection, IpAddress
+from inbound.core.envelope import Envelope as SmtpEnvelope
+from inbound.core.reply import SmtpReply
+from inbound.receive.limits import ReceiverLimits
+
+log = logging.getLogger("inbound.receive")
+
+_ENHANCED = re.compile(r"^\d{3}[ -]\d\.\d{1,3}\.\d{1,3}( |$)")
+# RFC 3463 codes for aiosmtpd's own replies, which have none.
+_DEFAULT_STATUS = {
+    "221": "2.0.0", "250": "2.0.0", "220": "2.0.0", "251": "2.1.5", "252": "2.5.0",
+    "421": "4.4.2", "451": "4.3.0", "452": "4.5.3", "454": "4.7.0",
+    "500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1", "504": "5.5.4",
+    "530": "5.7.0", "535": "5.7.8", "550": "5.0.0", "552": "5.3.4", "553": "5.1.3",
+    "554": "5.0.0", "555": "5.5.4",
+}  # fmt: skip
+# The DATA timeout is an inactivity timeout, re-armed after this many bytes.
+_TIMEOUT_RESET_BYTES = 64 * 1024
+
+
+class MessageWriter(Protocol):
+    """Where DATA goes while it arrives (the spool's writer)."""
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+W = TypeVar("W", bound=MessageWriter)
+
+
+class SessionPolicy(Protocol[W]):
+    """The decisions the SMTP session asks for; the receiver takes them as they come."""
+
+    def connect(self, client_ip: IpAddress) -> SmtpReply | None:
+        """None to greet the client, or the reply that refuses it."""
+
+    def recipient(self, address: str, *, tls: bool) -> SmtpReply:
+        """The reply to RCPT TO for one address."""
+
+    def open_message(self) -> tuple[str, W]:
+        """A new message ID and the writer its DATA streams into."""
+
+    async def end_of_data(
+        self,
+        message_id: str,
+        writer: W,
+        connection: Connection,
+        envelope: SmtpEnvelope,
+        size: int,
+    ) -> SmtpReply:
+        """Decide, and store or discard the message; the reply to DATA."""
+
+
+@dataclass
+class ConnectionCounter:
+    """Connections in total and per client IP, shared by all sessions of one server."""
+
+    total: int = 0
+    per_ip: Counter[str] = field(default_factory=Counter)
+
+    def admit(self, ip: str, limits: ReceiverLimits) -> bool:
+        if self.total >= limits.max_connections or self.per_ip[ip] >= limits.max_connections_per_ip:
+            return False
+        self.total += 1
+        self.per_ip[ip] += 1
+        return True
+
+    def release(self, ip: str) -> None:
+        self.total -= 1
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]
+
+
+def with_status(line: str) -> str:
+    """Add an RFC 3463 enhanced status code to a reply line that has none."""
+    if len(line) < 4 or not line[:3].isdigit() or _ENHANCED.match(line):
+        return line
+    status = _DEFAULT_STATUS.get(line[:3])
+    if status is None:
+        return line
+    return f"{line[:4]}{status} {line[4:]}"
+
+
+class _DataState:
+    NOMINAL, TOO_MUCH, TOO_LONG, BARE_LINE_ENDING = range(4)
+
+
+_DATA_REFUSALS = {
+    _DataState.TOO_MUCH: replies.MESSAGE_TOO_BIG,
+    _DataState.TOO_LONG: replies.LINE_TOO_LONG,
+    _DataState.BARE_LINE_ENDING: replies.BARE_LINE_ENDING,
+}
+
+
+class InboundSMTP(SMTP):
+    """One SMTP session. Built by `SmtpServer` for each connection."""
+
+    def __init__(
+        self,
+        policy: SessionPolicy[Any],
+        *,
+        limits: ReceiverLimits,
+        counter: ConnectionCounter,
+        hostname: str,
+        tls_context: ssl.SSLContext | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        # The stream limit bounds command lines and DATA lines alike; DATA lines are checked
+        # against max_line_length below, so leave room for a transparent dot and CRLF.
+        self.line_length_limit = max(limits.max_line_length + 1, 1001)
+        super().__init__(
+            _Hooks(),
+            data_size_limit=limits.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=hostname,
+            ident="inbound",
+            tls_context=tls_context,
+            timeout=limits.command_timeout,
+            auth_require_tls=True,
+            loop=loop,
+        )
+        self.policy = policy
+        self.limits = limits
+        self.counter = counter
+        self._client_ip = ""
+        self._counted = False
+        self._bare_replies = False
+
+    # -- connection ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._original_transport is None and not self._counted:
+            peer = transport.get_extra_info("peername")
+            self._client_ip = str(peer[0]) if peer else "0.0.0.0"  # noqa: S104 - a value
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            self.counter.release(self._client_ip)
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        # Refusals come instead of the greeting (RFC 5321 §3.1: 554 then close; 421 for load).
+        refusal = self._refusal()
+        if refusal is not None:
+            self._bare_replies = True
+            await self.push(str(refusal))
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self._bare_replies = True  # the greeting carries no enhanced status (RFC 2034)
+        try:
+            await super()._handle_client()
+        finally:
+            self._bare_replies = False
+
+    def _refusal(self) -> SmtpReply | None:
+        if not self.counter.admit(self._client_ip, self.limits):
+            return replies.TOO_MANY_CONNECTIONS
+        self._counted = True
+        try:
+            client_ip = ip_address(self._client_ip)
+        except ValueError:
+            return replies.CLIENT_REFUSED
+        return self.policy.connect(client_ip)
+
+    def _timeout_cb(self) -> None:
+        # RFC 5321 §4.5.3.2: say why before closing (aiosmtpd closes silently).
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(b"421 4.4.2 Timeout, closing connection\r\n")
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
+
+    # -- replies -------------------------------------------------------------------------
+
+    async def push(self, status: str) -> None:  # type: ignore[override]
+        if self._bare_replies and status.startswith("220 "):
+            self._bare_replies = False  # only the greeting itself
+        elif not self._bare_replies:
+            status = with_status(status)
+        await super().push(status)
+
+    async def handle_exception(self, error: Exception) -> str:
+        # Never the exception text to the peer (aiosmtpd's default does that).
+        log.error(
+            "session.failed",
+            extra={"event": "session.failed", "error": type(error).__name__},
+            exc_info=error,
+        )
+        return str(replies.INTERNAL_ERROR)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._bare_replies = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._bare_replies = False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._bare_replies = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._bare_replies = False
+
+    # -- envelope ------------------------------------------------------------------------
+
+    @property
+    def under_tls(self) -> bool:
+        return self._tls_protocol is not None
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        assert self.envelope is not None
+        if self.envelope.mail_from and len(self.envelope.rcpt_tos) >= self.limits.max_recipients:
+            await self.push(str(replies.TOO_MANY_RECIPIENTS))
+            return
+        await super().smtp_RCPT(arg)
+
+    # -- DATA ----------------------------------------------------------------------------
+
+    async def smtp_DATA(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        message_id, writer = self.policy.open_message()
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            state, size = await self._receive_data(writer)
+        except BaseException:
+            writer.abort()
+            raise
+        envelope = self.envelope
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        if state is None or self.transport is None:
+            writer.abort()  # the client went away mid-DATA: nothing was acknowledged
+            return
+        if state != _DataState.NOMINAL:
+            writer.abort()
+            await self.push(str(_DATA_REFUSALS[state]))
+            return
+        try:
+            reply = await self.policy.end_of_data(
+                message_id, writer, self._connection(), self._envelope(envelope), size
+            )
+        except BaseException:
+            writer.abort()  # whatever failed, the message was not acknowledged
+            raise
+        await self.push(str(reply))
+
+    async def _receive_data(self, writer: MessageWriter) -> tuple[int | None, int]:
+        """Stream DATA into `writer` up to CRLF.CRLF; (state, bytes), state None if cut off.
+
+        After a problem the rest is still read (RFC 5321 §4.2.5: reply at the end of data)
+        but no longer written."""
+        state = _DataState.NOMINAL
+        size = since_reset = 0
+        max_line = self.limits.max_line_length + 1  # a transparent dot is not counted
+        self._reset_timeout(self.limits.data_timeout)
+        try:
+            while self.transport is not None:
+                try:
+                    line = await self._reader.readuntil(b"\n")
+                except asyncio.LimitOverrunError as exc:
+                    await self._reader.read(exc.consumed)
+                    state = _DataState.TOO_LONG if state == _DataState.NOMINAL else state
+                    continue
+                except asyncio.IncompleteReadError:
+                    return None, size
+                if line == b".\r\n":
+                    return state, size
+                since_reset += len(line)
+                if since_reset >= _TIMEOUT_RESET_BYTES:
+                    since_reset = 0
+                    self._reset_timeout(self.limits.data_timeout)
+                if state != _DataState.NOMINAL:
+                    continue
+                # RFC 5321 §2.3.8: lines end in CRLF. A bare LF or CR is how SMTP smuggling
+                # splits one transaction into two elsewhere: the whole message is refused.
+                if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
+                    state = _DataState.BARE_LINE_ENDING
+                elif len(line) > max_line + 1 or (len(line) > max_line and line[:1] != b"."):
+                    state = _DataState.TOO_LONG
+                else:
+                    if line[:1] == b".":
+                        line = line[1:]  # RFC 5321 §4.5.2 transparency
+                    size += len(line)
+                    if size > self.limits.max_message_size:
+                        state = _DataState.TOO_MUCH
+                    else:
+                        writer.write(line)
+            return None, size
+        finally:
+            self._reset_timeout()
+
+    def _connection(self) -> Connection:
+        assert self.session is not None
+        helo = self.session.host_name or "unknown"
+        return Connection(ip_address(self._client_ip), str(helo), self.under_tls)
+
+    @staticmethod
+    def _envelope(envelope: Envelope) -> SmtpEnvelope:
+        mail_from = envelope.mail_from or ""
+        if mail_from == "<>":
+            mail_from = ""
+        return SmtpEnvelope(mail_from, tuple(envelope.rcpt_tos))
+
+
+class _Hooks:
+    """aiosmtpd handler hooks: EHLO keywords and RCPT decisions through the policy."""
+
+    async def handle_EHLO(
+        self,
+        server: InboundSMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        # No AUTH: this is an MX, not a submission server.
+        keep = [r for r in responses[:-1] if not r.startswith("250-AUTH")]
+        return [*keep, "250-PIPELINING", "250 ENHANCEDSTATUSCODES"]
+
+    async def handle_MAIL(
+        self,
+        server: InboundSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        # The null sender stays "<>" here: aiosmtpd reads an empty mail_from as "no MAIL yet".
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return str(replies.SENDER_OK)
+
+    async def handle_RCPT(
+        self,
+        server: InboundSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        decision = server.policy.recipient(address, tls=server.under_tls)
+        known = {a.lower() for a in envelope.rcpt_tos}
+        if decision.is_success and address.lower() not in known:
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(options)
+        return str(decision)
+
+
+@dataclass
+class SmtpServer:
+    """Listens on HOST:PORT (port 0 picks a free port: see `port`) and serves sessions."""
+
+    policy: SessionPolicy[Any]
+    host: str = "127.0.0.1"
+    port: int = 2525
+    hostname: str = "localhost"
+    limits: ReceiverLimits = field(default_factory=ReceiverLimits)
+    tls_context: ssl.SSLContext | None = None
+    counter: ConnectionCounter = field(default_factory=ConnectionCounter)
+    _server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._session, self.host, self.port)
+        sockets = self._server.sockets
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
+
+    def _session(self) -> InboundSMTP:
+        return InboundSMTP(
+            self.policy,
+            limits=self.limits,
+            counter=self.counter,
+            hostname=self.hostname,
+            tls_context=self.tls_context,
+            loop=asyncio.get_running_loop(),
+        )
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """After `stop_accepting`: wait until the sessions in flight have ended."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.counter.total > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        return self.counter.total == 0

@@ -1,0 +1,400 @@
+"""The spool on disk: write a message to tmp/, fsync, rename into queue/ (SPEC §7, durability).
+
+Layout under ROOT (IDs are `inbound.core.ids` message IDs, so names sort by receipt time):
+
+    ROOT/tmp/ID/                 a message being received (deleted at start-up: never acknowledged)
+    ROOT/queue/ID/message.eml    the raw message bytes exactly as received (after dot-unstuffing)
+    ROOT/queue/ID/meta.json      envelope, connection facts, receipt time, rule-set digest,
+                                 verdicts, hostname, size
+    ROOT/queue/ID/state.json     dispatch progress (absent until the first attempt)
+    ROOT/dead/ID/...             dead-lettered messages, same files plus the reason in state.json
+    ROOT/rules/DIGEST.txt        the rule-set text a message was received with, by its SHA-256
+
+A directory only ever appears in queue/ by `rename(2)` of one whose files were fsynced, so every
+message there is complete. This module speaks no SMTP and runs no actions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import re
+import shutil
+import threading
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO, NoReturn
+
+from inbound.core.errors import InboundError
+from inbound.core.ids import is_message_id
+from inbound.spool.retry import DispatchState as DispatchState  # noqa: PLC0414 - re-export
+from inbound.spool.retry import SpoolMeta as SpoolMeta  # noqa: PLC0414 - re-export
+from inbound.spool.retry import StepRecord as StepRecord  # noqa: PLC0414 - re-export
+
+_MESSAGE, _META, _STATE = "message.eml", "meta.json", "state.json"
+_WRITE_BUFFER = 64 * 1024
+_DIRS = ("tmp", "queue", "dead", "rules")
+
+
+class SpoolError(InboundError):
+    """The spool could not do what was asked (or found a file it did not write); never OSError."""
+
+
+class MessageNotFound(SpoolError):  # noqa: N818 - the name the other stages catch
+    """No message with this ID where it was looked for (or the ID is not a message ID)."""
+
+
+class RulesNotFoundError(SpoolError):
+    """No saved rule set with this digest."""
+
+
+class SpoolWriteError(SpoolError):
+    """A message or its state could not be made durable; the receiver answers 451 4.3.0."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(directory: Path, name: str, data: bytes) -> None:
+    """Replace `name` durably: a per-thread temporary file, fsync, rename, fsync the directory."""
+    tmp = directory / f".{name}.{threading.get_ident()}.tmp"
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(directory / name)
+    _fsync_dir(directory)
+
+
+def _check_id(message_id: str) -> str:
+    # Checking the shape means no ID can name a path outside the spool ("../x", "a/b").
+    if not is_message_id(message_id):
+        raise MessageNotFound(f"{message_id!r} is not a message ID")
+    return message_id
+
+
+class Spool:
+    """One spool root; every method blocks on disk I/O, so call it from `asyncio.to_thread`.
+
+    Threads may work on different messages at once; a message has one owner at a time."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._tmp, self._queue, self._dead, self._rules = dirs = [root / d for d in _DIRS]
+        try:
+            for directory in dirs:
+                directory.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(root)  # new directories must outlive a crash before any message does
+        except OSError as exc:
+            raise SpoolError(f"cannot create the spool in {root}: {exc}") from exc
+
+    def recover(self) -> int:
+        """Remove unacknowledged messages (tmp/) and half-saved state; call once at start-up."""
+        try:
+            removed = list(self._tmp.iterdir())
+            for entry in removed:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            for stale in (*self._queue.glob("*/.*.tmp"), *self._dead.glob("*/.*.tmp")):
+                stale.unlink(missing_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"cannot recover the spool in {self.root}: {exc}") from exc
+        return len(removed)
+
+    def open_writer(self, message_id: str) -> SpoolWriter:
+        return SpoolWriter(self._tmp / _check_id(message_id), self._queue)
+
+    def save_rules(self, text: str) -> str:
+        data = text.encode("utf-8")
+        digest = hashlib.sha256(data).hexdigest()
+        if not (self._rules / f"{digest}.txt").exists():
+            try:
+                _write_durably(self._rules, f"{digest}.txt", data)
+            except OSError as exc:
+                raise SpoolWriteError(f"cannot save rule set {digest}: {exc.strerror}") from exc
+        return digest
+
+    def load_rules(self, digest: str) -> str:
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise RulesNotFoundError(f"{digest!r} is not a SHA-256 digest")
+        try:
+            # Bytes, not read_text(): newline translation would change the text and its digest.
+            return (self._rules / f"{digest}.txt").read_bytes().decode("utf-8")
+        except FileNotFoundError as exc:
+            raise RulesNotFoundError(f"no saved rule set {digest}") from exc
+        except OSError as exc:
+            raise SpoolError(f"cannot read rule set {digest}: {exc.strerror}") from exc
+
+    def queued(self) -> list[str]:
+        return sorted(p.name for p in self._queue.iterdir() if is_message_id(p.name))
+
+    def dead(self) -> list[str]:
+        return sorted(p.name for p in self._dead.iterdir() if is_message_id(p.name))
+
+    def depth(self) -> tuple[int, int]:
+        return len(self.queued()), len(self.dead())
+
+    def _home(self, message_id: str, *where: Path) -> Path:
+        """The directory of a message in queue/ or dead/ (or only in those named by `where`)."""
+        _check_id(message_id)
+        parents = where or (self._queue, self._dead)
+        for parent in parents:
+            if (parent / message_id).is_dir():
+                return parent / message_id
+        raise MessageNotFound(f"no message {message_id} in {' or '.join(p.name for p in parents)}")
+
+    def _read_json(self, message_id: str, name: str) -> Mapping[str, Any] | None:
+        path = self._home(message_id) / name
+        try:
+            data: Mapping[str, Any] = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            if not path.parent.is_dir():
+                raise MessageNotFound(f"message {message_id} was moved or removed") from None
+            return None
+        except (OSError, ValueError) as exc:
+            raise SpoolError(f"{path}: cannot read: {exc}") from exc
+        return data
+
+    def meta(self, message_id: str) -> SpoolMeta:
+        try:
+            return SpoolMeta.from_json(self._read_json(message_id, _META) or {})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SpoolError(f"message {message_id}: bad or missing {_META}: {exc!r}") from exc
+
+    def message_path(self, message_id: str) -> Path:
+        """The directory of a message, queue/ID or dead/ID: its bytes are in message.eml."""
+        return self._home(message_id)
+
+    def state(self, message_id: str) -> DispatchState:
+        data = self._read_json(message_id, _STATE)
+        try:
+            return DispatchState() if data is None else DispatchState.from_json(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SpoolError(f"message {message_id}: bad {_STATE}: {exc!r}") from exc
+
+    def save_state(self, message_id: str, state: DispatchState) -> None:
+        home = self._home(message_id)
+        try:
+            _write_durably(home, _STATE, json.dumps(state.to_json(), indent=2).encode())
+        except OSError as exc:
+            raise SpoolWriteError(f"message {message_id}: cannot save state: {exc}") from exc
+
+    def _move(self, source: Path, target: Path) -> None:
+        try:
+            source.rename(target)
+            _fsync_dir(target.parent)
+            _fsync_dir(source.parent)
+        except OSError as exc:
+            raise SpoolWriteError(f"cannot move {source} to {target}: {exc.strerror}") from exc
+
+    def finish(self, message_id: str) -> None:
+        """Delivered: remove the message (from queue/, or from dead/ when an operator purges)."""
+        home, gone = self._home(message_id), self._tmp / message_id
+        # Rename first so queue/ never holds a half-deleted message; recover() empties tmp/.
+        shutil.rmtree(gone, ignore_errors=True)
+        self._move(home, gone)
+        shutil.rmtree(gone, ignore_errors=True)
+
+    def dead_letter(self, message_id: str, reason: str) -> None:
+        home = self._home(message_id, self._queue)
+        state = self.state(message_id)
+        state.dead_reason = reason
+        self.save_state(message_id, state)
+        self._move(home, self._dead / message_id)
+
+    def retry(self, message_id: str, *, now: datetime | None = None) -> None:
+        """Move a dead letter back to queue/: failed steps run again, succeeded ones do not."""
+        home = self._home(message_id, self._dead)
+        state = self.state(message_id)
+        state.steps = {k: s for k, s in state.steps.items() if s.outcome == "succeeded"}
+        state.attempts, state.next_attempt_at, state.last_error = 0, None, None
+        state.dead_reason, state.retried_at = None, now or datetime.now(UTC)
+        self.save_state(message_id, state)
+        self._move(home, self._queue / message_id)
+
+
+class SpoolWriter:
+    """Streams one message into tmp/ID/; `commit` moves it, durable, to queue/ID/."""
+
+    def __init__(self, directory: Path, queue_dir: Path) -> None:
+        self.message_id, self._dir, self._queue = directory.name, directory, queue_dir
+        self._size = 0
+        self._file: BinaryIO | None = None
+        try:
+            directory.mkdir()
+            self._file = (directory / _MESSAGE).open("wb", buffering=_WRITE_BUFFER)
+        except FileExistsError as exc:  # tmp/ID is another writer's: leave it alone
+            raise SpoolWriteError(f"message {self.message_id}: is being received") from exc
+        except OSError as exc:
+            self._fail(exc, "cannot create")
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def _fail(self, exc: OSError, doing: str) -> NoReturn:
+        self.abort()
+        raise SpoolWriteError(f"message {self.message_id}: {doing}: {exc.strerror}") from exc
+
+    def _opened(self) -> BinaryIO:
+        if self._file is None:
+            raise SpoolError(f"message {self.message_id}: the writer is closed")
+        return self._file
+
+    def write(self, chunk: bytes) -> None:
+        f = self._opened()
+        try:
+            f.write(chunk)
+        except OSError as exc:
+            self._fail(exc, "cannot write")
+        self._size += len(chunk)
+
+    def contents(self) -> Path:
+        """message.eml as written so far, flushed, to be read before commit (e.g. its headers)."""
+        try:
+            self._opened().flush()
+        except OSError as exc:
+            self._fail(exc, "cannot flush")
+        return self._dir / _MESSAGE
+
+    def abort(self) -> None:
+        """Forget the message, best effort: recover() removes whatever is left."""
+        f, self._file = self._file, None
+        if f is not None:
+            with contextlib.suppress(OSError):  # the bytes are being thrown away anyway
+                f.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _seal(self, meta: SpoolMeta) -> None:
+        """fsync message.eml, meta.json and tmp/ID: the message is complete on disk in tmp/."""
+        if meta.message_id != self.message_id or meta.size != self._size:
+            self.abort()
+            raise ValueError(f"meta of {meta.message_id} ({meta.size} bytes) does not match")
+        f = self._opened()
+        try:
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            self._file = None
+            with (self._dir / _META).open("wb") as m:
+                m.write(json.dumps(meta.to_json(), indent=2).encode())
+                m.flush()
+                os.fsync(m.fileno())
+            _fsync_dir(self._dir)
+        except OSError as exc:
+            self._fail(exc, "cannot seal")
+
+    def commit(self, meta: SpoolMeta) -> None:
+        """Only after this returns may the receiver answer 250 (SPEC §7)."""
+        self._seal(meta)
+        error = _publish(self._queue, [self])[0]
+        if error is not None:
+            raise error
+
+
+def _publish(queue_dir: Path, writers: list[SpoolWriter]) -> list[Exception | None]:
+    """Rename sealed messages into queue/, then make every rename durable with one fsync."""
+    errors: list[Exception | None] = []
+    for writer in writers:
+        try:
+            os.rename(writer._dir, queue_dir / writer.message_id)
+            errors.append(None)
+        except OSError as exc:  # that writer's caller is told, and no one else
+            writer.abort()
+            failure = SpoolWriteError(f"message {writer.message_id}: cannot queue: {exc.strerror}")
+            failure.__cause__ = exc
+            errors.append(failure)
+    try:
+        _fsync_dir(queue_dir)
+    except OSError as exc:
+        # The renames may or may not survive a crash. What is in queue/ is complete and will be
+        # dispatched; the client, told 451, sends again: at least once, as SPEC §7 allows.
+        for i, writer in enumerate(writers):
+            if errors[i] is None:
+                failure = SpoolWriteError(f"message {writer.message_id}: cannot sync queue/")
+                failure.__cause__ = exc
+                errors[i] = failure
+    return errors
+
+
+_Sealed = tuple[SpoolWriter, Future[None]]
+
+
+class GroupCommitter:
+    """Commits for asyncio tasks: sealed in parallel on a pool, published in batches by a thread.
+
+    Sealing is parallel because concurrent fsyncs share the filesystem's journal commits (one
+    thread doing them in turn manages about 1/(3 x flush latency) messages a second). The fsync
+    of queue/ is batched because one directory fsync makes every rename before it durable.
+    """
+
+    def __init__(self, spool: Spool, *, sealers: int = 16) -> None:
+        self._queue_dir = spool.root / "queue"
+        self._sealers = ThreadPoolExecutor(sealers, thread_name_prefix="spool-seal")
+        self._sealed: queue.SimpleQueue[_Sealed | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="spool-commit", daemon=True)
+            self._thread.start()
+
+    async def commit(self, writer: SpoolWriter, meta: SpoolMeta) -> None:
+        """Return once the message is durable in queue/; raise what `SpoolWriter.commit` would.
+
+        The writer belongs to the committer from here on: a caller cancelled before its commit
+        starts has its writer aborted; one cancelled later may still have its message queued.
+        """
+        if self._thread is None or self._closed:
+            raise SpoolError("the group committer is not running")
+        done: Future[None] = Future()
+        self._sealers.submit(self._seal, writer, meta, done)
+        await asyncio.wrap_future(done)
+
+    async def close(self) -> None:
+        """Stop taking commits, finish every one already taken, stop the threads."""
+        self._closed = True
+        await asyncio.to_thread(self._sealers.shutdown)  # every taken commit is sealed or failed
+        if self._thread is not None:
+            self._sealed.put(None)  # behind every sealed message
+            await asyncio.to_thread(self._thread.join)
+
+    def _seal(self, writer: SpoolWriter, meta: SpoolMeta, done: Future[None]) -> None:
+        if not done.set_running_or_notify_cancel():
+            writer.abort()  # that caller is gone and will never answer 250
+            return
+        try:
+            writer._seal(meta)
+        except Exception as exc:  # that caller is told, and no one else
+            done.set_exception(exc)
+            return
+        self._sealed.put((writer, done))
+
+    def _run(self) -> None:
+        while True:
+            taken = [self._sealed.get()]  # block for the first, then take whatever is waiting
+            while not self._sealed.empty():
+                taken.append(self._sealed.get())
+            jobs = [job for job in taken if job is not None]
+            errors = _publish(self._queue_dir, [writer for writer, _ in jobs]) if jobs else []
+            for (_, done), error in zip(jobs, errors, strict=True):
+                if error is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(error)
+            if None in taken:
+                return

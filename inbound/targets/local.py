@@ -1,0 +1,120 @@
+"""The local target set (SPEC section 3): S3 as files, SNS and Lambda as JSON lines.
+
+Everything lands under DATA_DIR, and no path can leave it: buckets and prefixes are validated
+when the rules load, and every path is checked again here. Files are written durably
+(temporary file, fsync, rename) so a retry after a crash finds whole files only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+from inbound.config.fields import function_name, topic_name
+from inbound.core.errors import PermanentActionError, TransientActionError
+from inbound.core.ids import MessageIdGenerator
+from inbound.core.targets import BounceRequest
+from inbound.message.notification import sns_envelope
+
+LambdaFunction = Callable[[dict[str, object], object], object]
+# SES waits 30 s for a RequestResponse invocation (LambdaAction).
+LAMBDA_TIMEOUT = 30.0
+
+
+class LocalTargets:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        functions: Mapping[str, LambdaFunction] | None = None,
+        lambda_timeout: float = LAMBDA_TIMEOUT,
+    ) -> None:
+        self.root = data_dir.resolve()
+        self.functions = dict(functions or {})
+        self.lambda_timeout = lambda_timeout
+        self._ids = MessageIdGenerator()
+        self._locks: dict[Path, asyncio.Lock] = {}
+
+    def _inside(self, *parts: str) -> Path:
+        path = self.root.joinpath(*parts).resolve()
+        if not path.is_relative_to(self.root):
+            raise PermanentActionError(f"{'/'.join(parts)!r} leaves the data directory")
+        return path
+
+    async def store(
+        self,
+        bucket: str,
+        key: str,
+        content: bytes,
+        *,
+        kms_key_arn: str | None,
+        iam_role_arn: str | None,
+    ) -> None:
+        path = self._inside("s3", bucket, key.lstrip("/"))
+        await asyncio.to_thread(_write_file, path, content)
+
+    async def publish(self, topic_arn: str, notification: dict[str, object]) -> None:
+        envelope = sns_envelope(
+            topic_arn=topic_arn,
+            message=notification,
+            sns_message_id=self._ids.next(),
+            timestamp=datetime.now(UTC),
+        )
+        await self._append(self._inside("sns", f"{topic_name(topic_arn)}.jsonl"), envelope)
+
+    async def invoke(
+        self, function_arn: str, event: dict[str, object], *, wait: bool
+    ) -> object | None:
+        name = function_name(function_arn)
+        function = self.functions.get(name)
+        if function is None:
+            await self._append(self._inside("lambda", f"{name}.jsonl"), event)
+            return None
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(function, event, None), self.lambda_timeout
+            )
+        except TimeoutError:
+            raise TransientActionError(f"function {name} timed out") from None
+        except Exception as exc:
+            # A function error is worth retrying, as SES retries failed actions.
+            raise TransientActionError(f"function {name} failed: {type(exc).__name__}") from exc
+
+    async def send_bounce(self, bounce: BounceRequest) -> None:
+        record = {k: v for k, v in asdict(bounce).items() if k != "original_headers"}
+        await self._append(self._inside("bounce", "outbox.jsonl"), record)
+
+    async def _append(self, path: Path, record: Mapping[str, object]) -> None:
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        lock = self._locks.setdefault(path, asyncio.Lock())
+        async with lock:
+            await asyncio.to_thread(_append_line, path, line.encode("utf-8"))
+
+
+def _write_file(path: Path, content: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise TransientActionError(f"cannot write {path.name}: {exc.strerror}") from exc
+
+
+def _append_line(path: Path, line: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise TransientActionError(f"cannot append to {path.name}: {exc.strerror}") from exc

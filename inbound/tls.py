@@ -1,0 +1,71 @@
+"""TLS for STARTTLS: a context from the user's certificate, or a self-signed one for development."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from inbound.core.errors import InputError
+
+
+def load_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except FileNotFoundError as exc:
+        raise InputError(f"{exc.filename}: no such file (--tls-cert / --tls-key)") from None
+    except ssl.SSLError as exc:
+        raise InputError(
+            f"{cert}, {key}: not a certificate and matching private key in PEM ({exc.reason})"
+        ) from None
+    except OSError as exc:
+        raise InputError(f"{cert}, {key}: cannot read: {exc.strerror}") from None
+    return context
+
+
+def self_signed_context(directory: Path, hostname: str) -> ssl.SSLContext:
+    """A certificate for `hostname`, made once and kept in `directory`."""
+    cert, key = directory / "self-signed.crt", directory / "self-signed.key"
+    if not (cert.exists() and key.exists()):
+        directory.mkdir(parents=True, exist_ok=True)
+        _make_self_signed(cert, key, hostname)
+    return load_tls_context(cert, key)
+
+
+def _make_self_signed(cert_path: Path, key_path: Path, hostname: str) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = dt.datetime.now(dt.UTC)
+    names: list[x509.GeneralName] = [
+        x509.DNSName(hostname),
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
