@@ -11,6 +11,8 @@ is dead-lettered with the reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,44 +71,82 @@ class Dispatcher:
         self.concurrency = concurrency
         self.sns_max_bytes = sns_max_bytes
         self.clock = clock
+        # When each known message is due; `_heap` orders them (stale entries are skipped).
         self._due: dict[str, datetime] = {}
+        self._heap: list[tuple[datetime, str]] = []
         self._running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        self._dead = 0
 
     def notify(self, message_id: str) -> None:
         """A message was queued: run it now."""
-        self._due[message_id] = self.clock()
+        self._schedule(message_id, self.clock())
         self._wake.set()
+
+    def _schedule(self, message_id: str, due: datetime) -> None:
+        self._due[message_id] = due
+        heapq.heappush(self._heap, (due, message_id))
 
     def load_queue(self) -> int:
         """Schedule every queued message (at start-up: resume what was unfinished)."""
         for message_id in self.spool.queued():
             state = self.spool.state(message_id)
-            self._due[message_id] = state.next_attempt_at or self.clock()
+            self._schedule(message_id, state.next_attempt_at or self.clock())
+        self._dead = len(self.spool.dead())
         self._update_depth()
         return len(self._due)
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def rescan(self) -> None:
+        """Pick up messages queued behind our back (`inbound spool retry` from a shell)."""
+        known = set(self._due) | set(self._running)
+        found = await asyncio.to_thread(self._read_schedule, known)
+        for message_id, due in found.items():
+            if message_id not in self._due and message_id not in self._running:
+                self._schedule(message_id, due)
+        self._dead = await asyncio.to_thread(lambda: len(self.spool.dead()))
+
+    def _read_schedule(self, known: set[str]) -> dict[str, datetime]:
+        found: dict[str, datetime] = {}
+        for message_id in self.spool.queued():
+            if message_id not in known:
+                with contextlib.suppress(SpoolError):  # finished meanwhile
+                    found[message_id] = self.spool.state(message_id).next_attempt_at or self.clock()
+        return found
+
+    async def run(self, stop: asyncio.Event, *, rescan_every: float = 5.0) -> None:
         """Dispatch until `stop` is set, then let the messages in flight finish."""
+        loop = asyncio.get_running_loop()
+        last_scan = loop.time()
         while not stop.is_set():
-            now = self.clock()
-            for message_id, due in sorted(self._due.items(), key=lambda item: item[1]):
-                if len(self._running) >= self.concurrency:
-                    break
-                if due <= now and message_id not in self._running:
-                    task = asyncio.create_task(self._process_guarded(message_id))
-                    self._running[message_id] = task
-                    task.add_done_callback(self._done_callback(message_id))
+            if loop.time() - last_scan >= rescan_every:
+                last_scan = loop.time()
+                await self.rescan()
+            self._start_due()
             self._wake.clear()
             await self._sleep(stop)
         if self._running:
             await asyncio.gather(*self._running.values(), return_exceptions=True)
 
+    def _start_due(self) -> None:
+        now = self.clock()
+        while self._heap and len(self._running) < self.concurrency:
+            due, message_id = self._heap[0]
+            if self._due.get(message_id) != due:
+                heapq.heappop(self._heap)  # stale: rescheduled, or done
+                continue
+            if due > now:
+                break
+            heapq.heappop(self._heap)
+            if message_id in self._running:
+                continue
+            task = asyncio.create_task(self._process_guarded(message_id))
+            self._running[message_id] = task
+            task.add_done_callback(self._done_callback(message_id))
+
     async def _sleep(self, stop: asyncio.Event) -> None:
-        pending = [d for m, d in self._due.items() if m not in self._running]
         timeout = 1.0
-        if pending:
-            timeout = max(0.0, min(timeout, (min(pending) - self.clock()).total_seconds()))
+        if self._heap and len(self._running) < self.concurrency:
+            timeout = max(0.0, min(timeout, (self._heap[0][0] - self.clock()).total_seconds()))
         waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
         await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waiters:
@@ -132,7 +172,7 @@ class Dispatcher:
                 error=str(exc),
             )
         except Exception as exc:  # a bug must not stop the dispatcher; retry later
-            self._due[message_id] = self.clock() + timedelta(seconds=self.retry.base_delay)
+            self._schedule(message_id, self.clock() + timedelta(seconds=self.retry.base_delay))
             log.exception(
                 "dispatch.failed",
                 extra={
@@ -176,6 +216,7 @@ class Dispatcher:
             why = "permanent failure" if not error.transient else "retries expired"
             reason = f"{why}: {error}"
             await asyncio.to_thread(self.spool.dead_letter, meta.message_id, reason)
+            self._dead += 1
             emit(
                 log,
                 "message.dead_lettered",
@@ -187,7 +228,7 @@ class Dispatcher:
             delay = next_delay(state.attempts, base=self.retry.base_delay, cap=self.retry.max_delay)
             state.next_attempt_at = now + timedelta(seconds=delay)
             await asyncio.to_thread(self.spool.save_state, meta.message_id, state)
-            self._due[meta.message_id] = state.next_attempt_at
+            self._schedule(meta.message_id, state.next_attempt_at)
             emit(
                 log,
                 "message.deferred",
@@ -198,9 +239,9 @@ class Dispatcher:
         self._update_depth()
 
     def _update_depth(self) -> None:
-        queued, dead = self.spool.depth()
+        queued = len(set(self._due) | set(self._running))
         self.metrics.spool_depth.labels(state="queued").set(queued)
-        self.metrics.spool_depth.labels(state="dead").set(dead)
+        self.metrics.spool_depth.labels(state="dead").set(self._dead)
 
 
 class _MessageRun:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from inbound.core import reply as replies
 from inbound.core.envelope import Connection, Envelope, IpAddress
 from inbound.core.ids import MessageIdGenerator
+from inbound.core.message import MessageFacts
 from inbound.core.reply import SmtpReply
 from inbound.core.verdicts import Verdict, Verdicts
 from inbound.message.read import need_for, read_facts
@@ -85,9 +86,9 @@ class Intake:
             emit(log, "recipient.rejected", code=decision.reply.code, status=decision.reply.status)
         return decision.reply
 
-    def open_message(self) -> tuple[str, SpoolWriter]:
+    async def open_message(self) -> tuple[str, SpoolWriter]:
         message_id = self.ids.next()
-        return message_id, self.spool.open_writer(message_id)
+        return message_id, await asyncio.to_thread(self.spool.open_writer, message_id)
 
     async def end_of_data(
         self,
@@ -126,7 +127,11 @@ class Intake:
         snapshot = self.book.current
         rules = snapshot.compiled
         need = need_for(message_keys(rules, envelope.rcpt_tos))
-        facts = await asyncio.to_thread(read_facts, writer.contents(), need)
+        facts = (
+            MessageFacts(size=size)
+            if need == "nothing"
+            else await asyncio.to_thread(lambda: read_facts(writer.contents(), need))
+        )
         plan = evaluate(
             rules,
             message_id=message_id,

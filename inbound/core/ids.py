@@ -7,6 +7,7 @@ sort in the order they were made; IDs from several processes sort by millisecond
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 import time
@@ -49,5 +50,8 @@ class MessageIdGenerator:
         return _base36(now_ms, _TIME_DIGITS) + _base36(seq, _SEQ_DIGITS) + random_part
 
 
+_SHAPE = re.compile(rf"[0-9a-z]{{{LENGTH}}}")
+
+
 def is_message_id(value: str) -> bool:
-    return len(value) == LENGTH and all(c in _ALPHABET for c in value)
+    return _SHAPE.fullmatch(value) is not None

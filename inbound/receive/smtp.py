@@ -61,7 +61,7 @@ class SessionPolicy(Protocol[W]):
     def recipient(self, address: str, *, tls: bool) -> SmtpReply:
         """The reply to RCPT TO for one address."""
 
-    def open_message(self) -> tuple[str, W]:
+    async def open_message(self) -> tuple[str, W]:
         """A new message ID and the writer its DATA streams into."""
 
     async def end_of_data(
@@ -255,7 +255,7 @@ class InboundSMTP(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
-        message_id, writer = self.policy.open_message()
+        message_id, writer = await self.policy.open_message()
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
             state, size = await self._receive_data(writer)

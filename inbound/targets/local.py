@@ -41,8 +41,12 @@ class LocalTargets:
         self._locks: dict[Path, asyncio.Lock] = {}
 
     def _inside(self, *parts: str) -> Path:
-        path = self.root.joinpath(*parts).resolve()
-        if not path.is_relative_to(self.root):
+        # Buckets, prefixes and topic names were validated when the rules loaded; this is the
+        # second line of defence, without a file-system call on the event loop.
+        path = self.root.joinpath(*parts)
+        if any(part in ("..", "") for part in Path(*parts).parts) or not path.is_relative_to(
+            self.root
+        ):
             raise PermanentActionError(f"{'/'.join(parts)!r} leaves the data directory")
         return path
 

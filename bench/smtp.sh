@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Receiver throughput and memory: accepted messages per second of `inbound serve` (durable spool,
+# local targets) against Postfix's smtp-sink (the protocol ceiling, no storage) in the same run,
+# plus the peak RSS of the receiver while it takes one 40 MB message.
+#
+#   bash bench/smtp.sh [MESSAGES] [SESSIONS] [SIZE_BYTES]      (default 2000 10 10240)
+#
+# Needs smtp-source and smtp-sink from Debian's postfix package (installed here if missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MESSAGES=${1:-2000}
+SESSIONS=${2:-10}
+SIZE=${3:-10240}
+PYTHON=${PYTHON:-python3}
+
+if ! command -v smtp-source >/dev/null 2>&1 && [ ! -x /usr/sbin/smtp-source ]; then
+  echo "installing postfix (smtp-source, smtp-sink)..." >&2
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
+fi
+PATH="$PATH:/usr/sbin"
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_port() {
+  local port=$1 deadline=$((SECONDS + 20))
+  until "$PYTHON" -c "import socket,sys; socket.create_connection(('127.0.0.1',$port),1)" 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || { echo "nothing listens on $port" >&2; exit 1; }
+    sleep 0.1
+  done
+}
+
+# seconds taken by smtp-source to deliver MESSAGES over SESSIONS parallel sessions
+run_source() {
+  local port=$1 start end
+  start=$(date +%s.%N)
+  smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -f bench@sender.example \
+    -t rcpt@example.com "127.0.0.1:$port" >/dev/null
+  end=$(date +%s.%N)
+  echo "$end - $start" | bc -l
+}
+
+cat > "$work/rules.yaml" <<'YAML'
+version: 1
+name: bench
+domains: [example.com]
+rules:
+  - name: store
+    actions:
+      - {type: s3, bucket: mail, prefix: in/}
+YAML
+
+sink_port=$(free_port)
+smtp-sink -u nobody "127.0.0.1:$sink_port" 256 >/dev/null 2>&1 &
+pids+=($!)
+wait_port "$sink_port"
+sink_seconds=$(run_source "$sink_port")
+
+serve_port=$(free_port)
+"$PYTHON" -m inbound serve --rules "$work/rules.yaml" --data-dir "$work/data" \
+  --listen "127.0.0.1:$serve_port" --hostname bench.test 2>"$work/serve.log" &
+serve_pid=$!
+pids+=("$serve_pid")
+wait_port "$serve_port"
+serve_seconds=$(run_source "$serve_port")
+stored=$(find "$work/data/spool/queue" "$work/data/s3" -name 'message.eml' -o -path '*/s3/*' -type f 2>/dev/null | wc -l)
+kill -TERM "$serve_pid"; wait "$serve_pid" 2>/dev/null || true
+
+# Peak RSS while receiving one 40 MB message (a fresh process, so the peak is this message's).
+mem_port=$(free_port)
+"$PYTHON" -m inbound serve --rules "$work/rules.yaml" --data-dir "$work/mem" \
+  --listen "127.0.0.1:$mem_port" --hostname bench.test 2>"$work/mem.log" &
+mem_pid=$!
+pids+=("$mem_pid")
+wait_port "$mem_port"
+idle_kb=$(awk '/VmHWM/ {print $2}' "/proc/$mem_pid/status")
+"$PYTHON" - "$mem_port" <<'PY'
+import smtplib, sys
+line = b"x" * 998 + b"\r\n"
+body = line * (40 * 1024 * 1024 // len(line) - 2)
+message = b"From: big@sender.example\r\nTo: rcpt@example.com\r\nSubject: 40 MB\r\n\r\n" + body
+with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=120) as client:
+    client.sendmail("big@sender.example", ["rcpt@example.com"], message)
+PY
+received_kb=$(awk '/VmHWM/ {print $2}' "/proc/$mem_pid/status")
+
+ratio() { echo "scale=2; $1 / $2" | bc -l; }
+rate() { echo "scale=0; $MESSAGES / $1" | bc -l; }
+printf '\n%-34s %9s %9s %10s\n' "target ($SESSIONS sessions, $SIZE bytes)" messages seconds "msg/s"
+printf '%-34s %9d %9.2f %10d\n' "smtp-sink (no storage)" "$MESSAGES" "$sink_seconds" "$(rate "$sink_seconds")"
+printf '%-34s %9d %9.2f %10d\n' "inbound serve (durable spool)" "$MESSAGES" "$serve_seconds" "$(rate "$serve_seconds")"
+printf 'inbound / smtp-sink throughput: %s   (target: >= 1000 msg/s for inbound)\n' "$(ratio "$sink_seconds" "$serve_seconds")"
+printf 'messages on disk after the inbound run: %s\n' "$stored"
+printf 'peak RSS: idle %d MB, after receiving one 40 MB message %d MB   (target: < 150 MB)\n' \
+  $((idle_kb / 1024)) $((received_kb / 1024))
