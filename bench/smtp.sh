@@ -73,8 +73,15 @@ serve_pid=$!
 pids+=("$serve_pid")
 wait_port "$serve_port"
 serve_seconds=$(run_source "$serve_port")
-stored=$(find "$work/data/spool/queue" "$work/data/s3" -name 'message.eml' -o -path '*/s3/*' -type f 2>/dev/null | wc -l)
-kill -TERM "$serve_pid"; wait "$serve_pid" 2>/dev/null || true
+drain_start=$(date +%s.%N)
+deadline=$((SECONDS + 120))
+while [ -n "$(ls -A "$work/data/spool/queue" 2>/dev/null || true)" ] && [ $SECONDS -lt $deadline ]; do
+  sleep 0.1
+done
+drain_seconds=$(echo "$(date +%s.%N) - $drain_start" | bc -l)
+stored=$(find "$work/data/s3/mail/in" -type f ! -name '.*' 2>/dev/null | wc -l || true)
+kill -TERM "$serve_pid" 2>/dev/null || true
+wait "$serve_pid" 2>/dev/null || true
 
 # Peak RSS while receiving one 40 MB message (a fresh process, so the peak is this message's).
 mem_port=$(free_port)
@@ -93,6 +100,11 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=120) as client:
     client.sendmail("big@sender.example", ["rcpt@example.com"], message)
 PY
 received_kb=$(awk '/VmHWM/ {print $2}' "/proc/$mem_pid/status")
+deadline=$((SECONDS + 60))
+while [ -n "$(ls -A "$work/mem/spool/queue" 2>/dev/null || true)" ] && [ $SECONDS -lt $deadline ]; do
+  sleep 0.2
+done
+dispatched_kb=$(awk '/VmHWM/ {print $2}' "/proc/$mem_pid/status")
 
 ratio() { echo "scale=2; $1 / $2" | bc -l; }
 rate() { echo "scale=0; $MESSAGES / $1" | bc -l; }
@@ -100,6 +112,7 @@ printf '\n%-34s %9s %9s %10s\n' "target ($SESSIONS sessions, $SIZE bytes)" messa
 printf '%-34s %9d %9.2f %10d\n' "smtp-sink (no storage)" "$MESSAGES" "$sink_seconds" "$(rate "$sink_seconds")"
 printf '%-34s %9d %9.2f %10d\n' "inbound serve (durable spool)" "$MESSAGES" "$serve_seconds" "$(rate "$serve_seconds")"
 printf 'inbound / smtp-sink throughput: %s   (target: >= 1000 msg/s for inbound)\n' "$(ratio "$sink_seconds" "$serve_seconds")"
-printf 'messages on disk after the inbound run: %s\n' "$stored"
-printf 'peak RSS: idle %d MB, after receiving one 40 MB message %d MB   (target: < 150 MB)\n' \
-  $((idle_kb / 1024)) $((received_kb / 1024))
+printf 'stored by the s3 action: %s of %s (dispatch finished %.1f s after the last 250)\n' \
+  "$stored" "$MESSAGES" "$drain_seconds"
+printf 'peak RSS: idle %d MB, receiving one 40 MB message %d MB (target: < 150 MB), after dispatching it %d MB\n' \
+  $((idle_kb / 1024)) $((received_kb / 1024)) $((dispatched_kb / 1024))
