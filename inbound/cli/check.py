@@ -7,19 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from inbound.cli.args import add_domain_flag
 from inbound.rules.load import load_rule_set
 
 
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser("check", help="validate a rule file (YAML or SES JSON)")
     parser.add_argument("rules", type=Path, metavar="RULES")
-    parser.add_argument(
-        "--domain",
-        action="append",
-        default=[],
-        metavar="DOMAIN",
-        help="a receiving domain (for SES JSON rule sets)",
-    )
+    add_domain_flag(parser)
     parser.set_defaults(run=run)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from inbound.cli.args import add_domain_flag, pairs
 from inbound.cli.render import plan_json, plan_trace
 from inbound.core.envelope import Connection, Envelope
 from inbound.core.errors import InputError
@@ -53,29 +54,13 @@ def add_parser(commands: Any) -> None:
         metavar="NAME=DISPOSITION",
         help="what a request_response function returns (STOP_RULE, ...)",
     )
-    parser.add_argument(
-        "--domain",
-        action="append",
-        default=[],
-        metavar="DOMAIN",
-        help="a receiving domain (for SES JSON rule sets)",
-    )
+    add_domain_flag(parser)
     parser.add_argument("--json", action="store_true", help="print the SPEC section 6 object")
     parser.set_defaults(run=run)
 
 
-def _pairs(flag: str, values: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for value in values:
-        key, sep, item = value.partition("=")
-        if not sep or not key:
-            raise InputError(f"{flag} {value!r}: expected NAME=VALUE")
-        out[key] = item
-    return out
-
-
 def parse_verdicts(values: list[str]) -> VerdictInput:
-    given = _pairs("--verdict", values)
+    given = pairs("--verdict", values)
     try:
         return VerdictInput.model_validate(given)
     except ValidationError as exc:
@@ -85,7 +70,7 @@ def parse_verdicts(values: list[str]) -> VerdictInput:
 
 def run(args: argparse.Namespace) -> int:
     verdicts = parse_verdicts(args.verdict)
-    lambda_results = _pairs("--lambda-result", args.lambda_result)
+    lambda_results = pairs("--lambda-result", args.lambda_result)
     try:
         client_ip = ip_address(args.client_ip)
     except ValueError:

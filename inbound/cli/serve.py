@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from inbound.app import ServeSettings, serve
+from inbound.cli.args import add_domain_flag, pairs
 from inbound.core.errors import InputError
 from inbound.dispatch import RetryPolicy
 from inbound.observe.log import configure
@@ -80,13 +81,7 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
     p.add_argument("--clamd", metavar="ADDR", help="ClamAV clamd (host:port or unix socket)")
     p.add_argument("--spamd", metavar="ADDR", help="SpamAssassin spamd (host:port)")
-    p.add_argument(
-        "--domain",
-        action="append",
-        default=[],
-        metavar="DOMAIN",
-        help="a receiving domain (for SES JSON rule sets)",
-    )
+    add_domain_flag(p)
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-message-size", default="40MB", metavar="SIZE")
     limits.add_argument("--max-recipients", type=int, default=_DEFAULTS.max_recipients)
@@ -123,12 +118,7 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
     for flag, value in (("--relay", args.relay), ("--clamd", args.clamd), ("--spamd", args.spamd)):
         if value:
             raise InputError(f"{flag} is not available yet in this version of inbound")
-    lambdas: dict[str, str] = {}
-    for value in args.lambdas:
-        name, sep, target = value.partition("=")
-        if not sep or not name:
-            raise InputError(f"--lambda {value!r}: expected NAME=module:function")
-        lambdas[name] = target
+    lambdas = pairs("--lambda", args.lambdas)
     metrics = _host_port("--metrics", args.metrics) if args.metrics else None
     limits = ReceiverLimits(
         max_message_size=_size("--max-message-size", args.max_message_size),
