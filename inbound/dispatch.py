@@ -97,20 +97,26 @@ class Dispatcher:
         return len(self._due)
 
     async def rescan(self) -> None:
-        """Pick up messages queued behind our back (`inbound spool retry` from a shell)."""
-        known = set(self._due) | set(self._running)
-        found = await asyncio.to_thread(self._read_schedule, known)
+        """Pick up what changed behind our back: messages queued or made due again by
+        `inbound spool retry` from a shell."""
+        now = self.clock()
+        waiting = {m for m, due in self._due.items() if due > now}
+        found = await asyncio.to_thread(self._read_schedule, set(self._due), waiting)
         for message_id, due in found.items():
-            if message_id not in self._due and message_id not in self._running:
+            if message_id in self._running:
+                continue
+            if message_id not in self._due or due < self._due[message_id]:
                 self._schedule(message_id, due)
         self._dead = await asyncio.to_thread(lambda: len(self.spool.dead()))
 
-    def _read_schedule(self, known: set[str]) -> dict[str, datetime]:
+    def _read_schedule(self, known: set[str], waiting: set[str]) -> dict[str, datetime]:
+        """When each new or waiting queued message is due, as its state on disk says."""
         found: dict[str, datetime] = {}
         for message_id in self.spool.queued():
-            if message_id not in known:
-                with contextlib.suppress(SpoolError):  # finished meanwhile
-                    found[message_id] = self.spool.state(message_id).next_attempt_at or self.clock()
+            if message_id in known and message_id not in waiting:
+                continue
+            with contextlib.suppress(SpoolError):  # finished meanwhile
+                found[message_id] = self.spool.state(message_id).next_attempt_at or self.clock()
         return found
 
     async def run(self, stop: asyncio.Event, *, rescan_every: float = 5.0) -> None:

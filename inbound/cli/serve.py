@@ -93,6 +93,12 @@ def add_parser(commands: Any) -> None:
         "--max-connections-per-ip", type=int, default=_DEFAULTS.max_connections_per_ip
     )
     limits.add_argument(
+        "--drain-timeout",
+        default="30s",
+        metavar="DURATION",
+        help="on SIGTERM, how long transactions in flight may take",
+    )
+    limits.add_argument(
         "--max-retry-age",
         default="4h",
         metavar="DURATION",
@@ -147,6 +153,7 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
         limits=limits,
         retry=retry,
         domains=tuple(args.domain),
+        drain_timeout=_duration("--drain-timeout", args.drain_timeout),
     )
 
 

@@ -42,6 +42,7 @@ MESSAGE_TOO_BIG = SmtpReply(552, "5.3.4", "Message size exceeds fixed maximum me
 LINE_TOO_LONG = SmtpReply(500, "5.5.2", "Line too long (RFC 5321 4.5.3.1.6)")
 BARE_LINE_ENDING = SmtpReply(550, "5.5.2", "Bare CR or LF in message is not allowed")
 INTERNAL_ERROR = SmtpReply(451, "4.3.0", "Temporary server error, please try again later")
+SHUTTING_DOWN = SmtpReply(421, "4.3.2", "Service shutting down, try again later")
 TOO_MANY_CONNECTIONS = SmtpReply(421, "4.7.0", "Too many connections, try again later")
 
 

@@ -50,5 +50,8 @@ def configure(level: int = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
-    # aiosmtpd logs every command line, including addresses and data lines at debug level.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    # aiosmtpd logs command lines (addresses, and body lines a client sends as commands after
+    # a refused DATA) as plain text: our own events say what matters, without the text.
+    aiosmtpd = logging.getLogger("mail.log")
+    aiosmtpd.handlers[:] = [logging.NullHandler()]
+    aiosmtpd.propagate = False

@@ -81,6 +81,8 @@ class ConnectionCounter:
 
     total: int = 0
     per_ip: Counter[str] = field(default_factory=Counter)
+    # The live sessions, so that a shutdown can reach them.
+    sessions: set[InboundSMTP] = field(default_factory=set)
 
     def admit(self, ip: str, limits: ReceiverLimits) -> bool:
         if self.total >= limits.max_connections or self.per_ip[ip] >= limits.max_connections_per_ip:
@@ -151,6 +153,7 @@ class InboundSMTP(SMTP):
         self._client_ip = ""
         self._counted = False
         self._bare_replies = False
+        self._stopping = False
 
     # -- connection ----------------------------------------------------------------------
 
@@ -161,10 +164,30 @@ class InboundSMTP(SMTP):
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
+        self.counter.sessions.discard(self)
         if self._counted:
             self._counted = False
             self.counter.release(self._client_ip)
         super().connection_lost(error)
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.envelope is not None and bool(self.envelope.mail_from)
+
+    def shut_down(self) -> None:
+        """SIGTERM: an idle session is closed now; one in a transaction after its last reply."""
+        self._stopping = True
+        if not self.in_transaction:
+            self._close_for_shutdown()
+
+    def _close_for_shutdown(self) -> None:
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            # RFC 5321 §3.8: 421 when the service is shutting down.
+            transport.write(f"{replies.SHUTTING_DOWN}\r\n".encode())
+            transport.close()
 
     async def _handle_client(self) -> None:
         # Refusals come instead of the greeting (RFC 5321 §3.1: 554 then close; 421 for load).
@@ -185,6 +208,7 @@ class InboundSMTP(SMTP):
         if not self.counter.admit(self._client_ip, self.limits):
             return replies.TOO_MANY_CONNECTIONS
         self._counted = True
+        self.counter.sessions.add(self)
         try:
             client_ip = ip_address(self._client_ip)
         except ValueError:
@@ -236,6 +260,17 @@ class InboundSMTP(SMTP):
     def under_tls(self) -> bool:
         return self._tls_protocol is not None
 
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if self._stopping:
+            self._close_for_shutdown()
+            return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RSET(self, arg: str) -> None:
+        await super().smtp_RSET(arg)
+        if self._stopping:
+            self._close_for_shutdown()
+
     async def smtp_RCPT(self, arg: str | None) -> None:
         assert self.envelope is not None
         if self.envelope.mail_from and len(self.envelope.rcpt_tos) >= self.limits.max_recipients:
@@ -270,6 +305,8 @@ class InboundSMTP(SMTP):
         if state != _DataState.NOMINAL:
             writer.abort()
             await self.push(str(_DATA_REFUSALS[state]))
+            if self._stopping:
+                self._close_for_shutdown()
             return
         try:
             reply = await self.policy.end_of_data(
@@ -279,6 +316,8 @@ class InboundSMTP(SMTP):
             writer.abort()  # whatever failed, the message was not acknowledged
             raise
         await self.push(str(reply))
+        if self._stopping:
+            self._close_for_shutdown()
 
     async def _receive_data(self, writer: MessageWriter) -> tuple[int | None, int]:
         """Stream DATA into `writer` up to CRLF.CRLF; (state, bytes), state None if cut off.
@@ -414,8 +453,11 @@ class SmtpServer:
         )
 
     def stop_accepting(self) -> None:
+        """No new connections; idle sessions are closed, the others after their transaction."""
         if self._server is not None:
             self._server.close()
+        for session in list(self.counter.sessions):
+            session.shut_down()
 
     async def wait_idle(self, timeout: float) -> bool:
         """After `stop_accepting`: wait until the sessions in flight have ended."""

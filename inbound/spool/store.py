@@ -216,14 +216,17 @@ class Spool:
         self._move(home, self._dead / message_id)
 
     def retry(self, message_id: str, *, now: datetime | None = None) -> None:
-        """Move a dead letter back to queue/: failed steps run again, succeeded ones do not."""
-        home = self._home(message_id, self._dead)
+        """Retry now: a dead letter moves back to queue/, a deferred message is due at once.
+
+        Failed steps run again, succeeded ones do not; the retry window starts again."""
+        home = self._home(message_id)
         state = self.state(message_id)
         state.steps = {k: s for k, s in state.steps.items() if s.outcome == "succeeded"}
         state.attempts, state.next_attempt_at, state.last_error = 0, None, None
         state.dead_reason, state.retried_at = None, now or datetime.now(UTC)
         self.save_state(message_id, state)
-        self._move(home, self._queue / message_id)
+        if home.parent == self._dead:
+            self._move(home, self._queue / message_id)
 
 
 class SpoolWriter:

@@ -100,25 +100,52 @@ class LocalTargets:
             await asyncio.to_thread(_append_line, path, line.encode("utf-8"))
 
 
+# The dispatcher forgets its spooled copy once an action succeeded, so "succeeded" must mean
+# "survives a power loss": file contents, the rename and every new directory entry are synced.
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(directory: Path) -> None:
+    """`mkdir -p`, syncing the parent of every directory it creates."""
+    missing = []
+    while not directory.is_dir():
+        missing.append(directory)
+        directory = directory.parent
+    for created in reversed(missing):
+        created.mkdir(exist_ok=True)
+        _fsync_dir(created.parent)
+
+
 def _write_file(path: Path, content: bytes) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_dirs(path.parent)
         tmp = path.with_name(f".{path.name}.tmp")
         with tmp.open("wb") as f:
             f.write(content)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except OSError as exc:
         raise TransientActionError(f"cannot write {path.name}: {exc.strerror}") from exc
 
 
 def _append_line(path: Path, line: bytes) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_dirs(path.parent)
+        new = not path.exists()
         with path.open("ab") as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
+        if new:
+            _fsync_dir(path.parent)
     except OSError as exc:
         raise TransientActionError(f"cannot append to {path.name}: {exc.strerror}") from exc

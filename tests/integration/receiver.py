@@ -7,13 +7,15 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 from inbound.app import Receiver, ServeSettings
 
@@ -169,6 +171,7 @@ def start_child(tmp_path: Path, *args: str, port: int = 0) -> Child:
         text=True,
         env=env,
     )
+    handle.close()  # the child has its own descriptor
     deadline = time.monotonic() + DEADLINE
     while time.monotonic() < deadline:
         for line in log.read_text().splitlines():
@@ -180,3 +183,41 @@ def start_child(tmp_path: Path, *args: str, port: int = 0) -> Child:
         time.sleep(0.02)
     process.kill()
     raise AssertionError(f"inbound serve did not start: {log.read_text()}")
+
+
+# -- polling and logs ------------------------------------------------------------------
+
+T = TypeVar("T")
+POLL = 0.02
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], T | None], what: str, deadline: float = DEADLINE) -> T:
+    """Poll `check` until it returns something true (a non-empty list, True, a path)."""
+    end = time.monotonic() + deadline
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= end:
+            raise AssertionError(f"timed out after {deadline}s waiting for {what}")
+        time.sleep(POLL)
+
+
+def log_events(path: Path) -> list[dict[str, Any]]:
+    """The complete JSON lines of a server log (a line being written is left out)."""
+    lines = path.read_text().split("\n")[:-1]
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def events_of(child: Child, event: str, message_id: str | None = None) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in log_events(child.log)
+        if e.get("event") == event and (message_id is None or e.get("message_id") == message_id)
+    ]
