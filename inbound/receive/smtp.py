@@ -260,6 +260,13 @@ class InboundSMTP(SMTP):
     def under_tls(self) -> bool:
         return self._tls_protocol is not None
 
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        # RFC 3207 §4.2: no second handshake inside TLS (aiosmtpd would start one).
+        if self.under_tls:
+            await self.push("503 5.5.1 TLS already active")
+            return
+        await super().smtp_STARTTLS(arg)
+
     async def smtp_MAIL(self, arg: str | None) -> None:
         if self._stopping:
             self._close_for_shutdown()
@@ -326,20 +333,27 @@ class InboundSMTP(SMTP):
         but no longer written."""
         state = _DataState.NOMINAL
         size = since_reset = 0
-        max_line = self.limits.max_line_length + 1  # a transparent dot is not counted
+        max_line = self.limits.max_line_length
+        # Only CRLF "." CRLF ends DATA (RFC 5321 §4.1.1.4): a "." line after a bare LF
+        # (`\n.\r\n`, the SMTP smuggling sequence) is data, not the end.
+        after_crlf = True
+        cr_pending = False  # an over-long line was cut just after its CR
         self._reset_timeout(self.limits.data_timeout)
         try:
             while self.transport is not None:
                 try:
                     line = await self._reader.readuntil(b"\n")
                 except asyncio.LimitOverrunError as exc:
-                    await self._reader.read(exc.consumed)
+                    chunk = await self._reader.read(exc.consumed)
                     state = _DataState.TOO_LONG if state == _DataState.NOMINAL else state
+                    after_crlf, cr_pending = False, chunk.endswith(b"\r")
                     continue
                 except asyncio.IncompleteReadError:
                     return None, size
-                if line == b".\r\n":
+                if line == b".\r\n" and after_crlf:
                     return state, size
+                after_crlf = line.endswith(b"\r\n") or (cr_pending and line == b"\n")
+                cr_pending = False
                 since_reset += len(line)
                 if since_reset >= _TIMEOUT_RESET_BYTES:
                     since_reset = 0
@@ -350,7 +364,7 @@ class InboundSMTP(SMTP):
                 # splits one transaction into two elsewhere: the whole message is refused.
                 if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
                     state = _DataState.BARE_LINE_ENDING
-                elif len(line) > max_line + 1 or (len(line) > max_line and line[:1] != b"."):
+                elif len(line) > max_line + (line[:1] == b"."):  # a transparent dot is extra
                     state = _DataState.TOO_LONG
                 else:
                     if line[:1] == b".":
