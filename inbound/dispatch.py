@@ -221,6 +221,7 @@ class Dispatcher:
         if not error.transient or is_expired(start, now, self.retry.max_age):
             why = "permanent failure" if not error.transient else "retries expired"
             reason = f"{why}: {error}"
+            await asyncio.to_thread(self.spool.save_state, meta.message_id, state)
             await asyncio.to_thread(self.spool.dead_letter, meta.message_id, reason)
             self._dead += 1
             emit(
@@ -260,6 +261,10 @@ class _MessageRun:
         self.rules = dispatcher.book.snapshot(meta.rules_digest).compiled
         self.base = b""
         self.headers = b""
+        # Succeeded steps not yet on disk. They are saved before the next action runs, so a
+        # retry never repeats them; after the last action the message is finished instead
+        # (a crash in between repeats that action: at least once, SPEC section 7).
+        self.unsaved = False
 
     async def load(self) -> None:
         path = self.d.spool.message_path(self.meta.message_id) / "message.eml"
@@ -333,6 +338,9 @@ class _MessageRun:
             return None
         attempts = (record.attempts if record else 0) + 1
         kind = action.receipt_type
+        if self.unsaved:
+            await asyncio.to_thread(self.d.spool.save_state, self.meta.message_id, self.state)
+            self.unsaved = False
         fields: dict[str, object] = {
             "message_id": self.meta.message_id,
             "rule": self.rules.rules[rule].name,
@@ -348,7 +356,7 @@ class _MessageRun:
             emit_fields(log, "action.failed", failure, level=logging.WARNING)
             return exc
         self.state.steps[key] = StepRecord("succeeded", attempts, None, result)
-        await asyncio.to_thread(self.d.spool.save_state, self.meta.message_id, self.state)
+        self.unsaved = True
         self.d.metrics.actions.labels(type=kind, outcome="succeeded").inc()
         emit_fields(log, "action.succeeded", fields)
         return None
