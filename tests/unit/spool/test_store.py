@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -160,7 +161,7 @@ def test_the_same_id_cannot_be_received_twice_at_once(tmp_path: Path) -> None:
     assert spool.queued() == [first.message_id]
 
 
-def unavailable(why: str) -> None:
+def unavailable(why: str) -> NoReturn:
     """Skip on a developer's odd machine; under CI=true a missing facility is a failure."""
     if os.environ.get("CI") == "true":
         pytest.fail(why)
