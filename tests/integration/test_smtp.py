@@ -4,7 +4,9 @@ raw sockets for byte-exact cases."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import email
+import json
 import smtplib
 import socket
 import ssl
@@ -333,3 +335,60 @@ def test_pipelined_transaction(receiver: Running) -> None:
     assert raw.reply().startswith("250 2.0.0 Ok: queued as")
     raw.command("QUIT")
     raw.close()
+
+
+NOTIFY_RULES = """\
+version: 1
+name: notify
+domains: [example.com]
+rules:
+  - name: all
+    actions:
+      - {type: s3, bucket: mail, prefix: in/, topic_arn: "arn:aws:sns:us-east-1:123456789012:stored"}
+      - {type: sns, topic_arn: "arn:aws:sns:us-east-1:123456789012:content", encoding: base64}
+      - {type: lambda, function_arn: "arn:aws:lambda:us-east-1:123456789012:function:audit"}
+"""
+
+
+def test_notifications_events_and_envelopes_have_the_ses_shape(tmp_path: Path) -> None:
+    with in_process(settings_for(tmp_path, NOTIFY_RULES)) as running:
+        client = smtp(running)
+        client.mail("alice@sender.example")
+        client.rcpt("bob@example.com")
+        message_id = client.data(MESSAGE)[1].decode().rsplit(" ", 1)[1]
+        client.quit()
+        [stored] = running.wait_stored(1).values()
+        running.wait_idle()
+    sns = running.data_dir / "sns"
+    [stored_line] = (sns / "stored.jsonl").read_text().splitlines()
+    [content_line] = (sns / "content.jsonl").read_text().splitlines()
+    for line, topic in ((stored_line, "stored"), (content_line, "content")):
+        envelope = json.loads(line)
+        assert envelope["Type"] == "Notification"
+        assert envelope["TopicArn"] == f"arn:aws:sns:us-east-1:123456789012:{topic}"
+        assert envelope["Subject"] == "Amazon SES Email Receipt Notification"
+    alert = json.loads(json.loads(stored_line)["Message"])
+    assert "content" not in alert
+    assert alert["notificationType"] == "Received"
+    assert alert["mail"]["messageId"] == message_id
+    assert alert["mail"]["source"] == "alice@sender.example"
+    assert alert["mail"]["commonHeaders"]["subject"] == "hello"
+    assert alert["receipt"]["recipients"] == ["bob@example.com"]
+    assert alert["receipt"]["action"] == {
+        "type": "S3",
+        "topicArn": "arn:aws:sns:us-east-1:123456789012:stored",
+        "bucketName": "mail",
+        "objectKeyPrefix": "in/",
+        "objectKey": f"in/{message_id}",
+    }
+    published = json.loads(json.loads(content_line)["Message"])
+    assert published["receipt"]["action"]["encoding"] == "BASE64"
+    # The content is the stored message, byte for byte.
+    assert base64.b64decode(published["content"]) == stored
+    [event_line] = (running.data_dir / "lambda" / "audit.jsonl").read_text().splitlines()
+    event = json.loads(event_line)
+    [record] = event["Records"]
+    assert (record["eventSource"], record["eventVersion"]) == ("aws:ses", "1.0")
+    assert record["ses"]["mail"]["messageId"] == message_id
+    assert record["ses"]["receipt"]["action"]["invocationType"] == "Event"
+    assert "content" not in record["ses"]
