@@ -63,8 +63,9 @@ def smtp(running: Running) -> smtplib.SMTP:
 class Raw:
     """A byte-exact SMTP client: what is sent is what the server reads."""
 
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    def __init__(self, port: int, source: str | None = None) -> None:
+        address = (source, 0) if source else None
+        self.sock = socket.create_connection(("127.0.0.1", port), 10, address)
         self.buffer = b""
 
     def reply(self) -> str:
@@ -392,3 +393,15 @@ def test_notifications_events_and_envelopes_have_the_ses_shape(tmp_path: Path) -
     assert record["ses"]["mail"]["messageId"] == message_id
     assert record["ses"]["receipt"]["action"]["invocationType"] == "Event"
     assert "content" not in record["ses"]
+
+
+def test_total_connection_limit_counts_every_client(tmp_path: Path) -> None:
+    limits = ReceiverLimits(max_connections=2, max_connections_per_ip=5)
+    with in_process(settings_for(tmp_path, limits=limits)) as running:
+        first, second = Raw(running.port), Raw(running.port)
+        assert first.reply().startswith("220 ")
+        assert second.reply().startswith("220 ")
+        other = Raw(running.port, source="127.0.0.2")  # another client IP on loopback
+        assert other.reply() == "421 4.7.0 Too many connections, try again later"
+        for raw in (first, second, other):
+            raw.close()
