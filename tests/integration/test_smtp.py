@@ -405,3 +405,22 @@ def test_total_connection_limit_counts_every_client(tmp_path: Path) -> None:
         assert other.reply() == "421 4.7.0 Too many connections, try again later"
         for raw in (first, second, other):
             raw.close()
+
+
+def test_sns_action_bounces_messages_over_150_kb(tmp_path: Path) -> None:
+    rules = NOTIFY_RULES.replace("encoding: base64", "encoding: utf-8")
+    big = MESSAGE + (b"x" * 998 + b"\r\n") * 160
+    with in_process(settings_for(tmp_path, rules)) as running:
+        client = smtp(running)
+        client.mail("alice@sender.example")
+        client.rcpt("bob@example.com")
+        message_id = client.data(big)[1].decode().rsplit(" ", 1)[1]
+        client.quit()
+        running.wait_stored(1)
+        running.wait_idle()
+    assert not (running.data_dir / "sns" / "content.jsonl").exists()
+    [bounce] = (running.data_dir / "bounce" / "outbox.jsonl").read_text().splitlines()
+    record = json.loads(bounce)
+    assert record["message_id"] == message_id
+    assert record["to"] == "alice@sender.example"
+    assert (record["smtp_reply_code"], record["status_code"]) == ("552", "5.3.4")
