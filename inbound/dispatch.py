@@ -288,6 +288,7 @@ class _MessageRun:
             tls=m.connection.tls,
             received_at=m.received_at,
             verdicts=m.verdicts,
+            auth=m.auth,
         )
 
     def _recorded(self, rule: int, action: int, _lambda: object) -> str | None:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from inbound.core.envelope import Connection, Envelope
 from inbound.core.verdicts import VERDICT_KINDS, DmarcPolicy, Verdict, Verdicts
+from inbound.message.headers import AuthDetails, DkimResult
 
 # The longest exponent worth computing: 2**1000 already exceeds any sensible cap.
 _MAX_DOUBLINGS = 1000
@@ -32,6 +33,8 @@ class SpoolMeta:
     hostname: str
     verdicts: Verdicts
     size: int
+    # The SPF/DKIM/DMARC words of our Received-SPF and Authentication-Results headers.
+    auth: AuthDetails = field(default_factory=AuthDetails)
 
     def to_json(self) -> dict[str, Any]:
         env, conn, ver = self.envelope, self.connection, self.verdicts
@@ -45,6 +48,13 @@ class SpoolMeta:
             "hostname": self.hostname,
             "verdicts": ver.as_json() | {"dmarc_policy": policy},
             "size": self.size,
+            "auth": {
+                "spf": self.auth.spf,
+                "spf_explanation": self.auth.spf_explanation,
+                "dkim": [asdict(result) for result in self.auth.dkim],
+                "dmarc": self.auth.dmarc,
+                "from_domain": self.auth.from_domain,
+            },
         }
 
     @classmethod
@@ -61,7 +71,23 @@ class SpoolMeta:
             hostname=str(data["hostname"]),
             verdicts=Verdicts(spam, virus, spf, dkim, dmarc, policy),
             size=int(data["size"]),
+            auth=_auth_from_json(data.get("auth")),
         )
+
+
+def _auth_from_json(data: Mapping[str, Any] | None) -> AuthDetails:
+    if not data:
+        return AuthDetails()  # spooled before authentication was recorded
+    return AuthDetails(
+        spf=str(data["spf"]),
+        spf_explanation=str(data["spf_explanation"]),
+        dkim=tuple(
+            DkimResult(str(d["result"]), str(d["domain"]), str(d["selector"]))
+            for d in data["dkim"]
+        ),
+        dmarc=str(data["dmarc"]),
+        from_domain=str(data["from_domain"]),
+    )
 
 
 @dataclass

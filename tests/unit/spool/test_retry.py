@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from inbound.core.envelope import Connection, Envelope
 from inbound.core.verdicts import DmarcPolicy, Verdict, Verdicts
+from inbound.message.headers import AuthDetails, DkimResult
 from inbound.spool.retry import (
     DispatchState,
     SpoolMeta,
@@ -56,6 +57,18 @@ def make_meta(**changes: object) -> SpoolMeta:
         pytest.param(make_meta(), id="ipv4_all_verdicts_with_policy"),
         pytest.param(make_meta(connection=Connection.of("2001:db8::1")), id="ipv6"),
         pytest.param(
+            make_meta(
+                auth=AuthDetails(
+                    spf="softfail",
+                    spf_explanation="mx.test: domain of example.org does not designate 203.0.113.5",
+                    dkim=(DkimResult("pass", "example.org", "s1"), DkimResult("fail", "x.test")),
+                    dmarc="fail",
+                    from_domain="example.org",
+                )
+            ),
+            id="authentication_details",
+        ),
+        pytest.param(
             make_meta(envelope=Envelope("", ("ü@exämple.com",))), id="null_sender_utf8_recipient"
         ),
         pytest.param(make_meta(verdicts=Verdicts()), id="default_verdicts_no_policy"),
@@ -66,6 +79,12 @@ def test_meta_round_trips_exactly(meta: SpoolMeta) -> None:
     assert back == meta
     assert type(back.connection.client_ip) is type(meta.connection.client_ip)
     assert back.received_at.utcoffset() == timedelta(0)
+
+
+def test_meta_spooled_before_authentication_reads_as_not_checked() -> None:
+    data = through_text(make_meta().to_json())
+    del data["auth"]
+    assert SpoolMeta.from_json(data).auth == AuthDetails()
 
 
 def test_meta_json_uses_enum_values_and_ip_strings() -> None:
