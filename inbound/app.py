@@ -15,6 +15,7 @@ import logging
 import signal
 import ssl
 from collections.abc import Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -27,6 +28,10 @@ from inbound.observe.metrics import Metrics
 from inbound.receive.limits import ReceiverLimits
 from inbound.receive.smtp import SmtpServer
 from inbound.rules.book import RuleBook
+from inbound.scan.clamd import ClamdScanner
+from inbound.scan.dns import DnsPythonResolver, Resolver, ZoneResolver
+from inbound.scan.run import Scanners
+from inbound.scan.spamd import SpamdScanner
 from inbound.spool.store import GroupCommitter, Spool
 from inbound.targets.local import LambdaFunction, LocalTargets
 from inbound.tls import load_tls_context, self_signed_context
@@ -51,6 +56,12 @@ class ServeSettings:
     domains: tuple[str, ...] = ()
     # How long SIGTERM waits for the SMTP sessions in flight.
     drain_timeout: float = 30.0
+    clamd: str | None = None
+    spamd: str | None = None
+    scan_timeout: float = 30.0
+    dns_timeout: float = 5.0
+    # Answer DNS from these zone files instead of the network (tests, air-gapped setups).
+    dns_zones: tuple[Path, ...] = ()
 
 
 def load_functions(mapping: Mapping[str, str]) -> dict[str, LambdaFunction]:
@@ -71,6 +82,26 @@ def load_functions(mapping: Mapping[str, str]) -> dict[str, LambdaFunction]:
             raise InputError(f"--lambda {name}={target}: {module_name} has no function {attribute}")
         functions[name] = function
     return functions
+
+
+def build_scanners(settings: ServeSettings, auth_pool: Executor | None = None) -> Scanners:
+    """The scanners `--clamd`, `--spamd` and the DNS settings ask for (bad ones: InputError)."""
+    resolver: Resolver
+    if settings.dns_zones:
+        resolver = ZoneResolver.from_files(settings.dns_zones, timeout=settings.dns_timeout)
+    else:
+        resolver = DnsPythonResolver(settings.dns_timeout)
+    return Scanners(
+        resolver=resolver,
+        virus=ClamdScanner(settings.clamd, timeout=settings.scan_timeout)
+        if settings.clamd
+        else None,
+        spam=SpamdScanner(settings.spamd, timeout=settings.scan_timeout)
+        if settings.spamd
+        else None,
+        auth_timeout=settings.dns_timeout * 2,
+        auth_executor=auth_pool,
+    )
 
 
 class Receiver:
@@ -95,10 +126,12 @@ class Receiver:
         self.dispatcher = Dispatcher(
             self.spool, self.book, targets, metrics=self.metrics, retry=settings.retry
         )
+        self.auth_pool = ThreadPoolExecutor(8, thread_name_prefix="inbound-auth")
         self.intake = Intake(
             self.book,
             self.spool,
             self.committer,
+            build_scanners(settings, self.auth_pool),
             hostname=settings.hostname,
             metrics=self.metrics,
             on_queued=self.dispatcher.notify,
@@ -180,6 +213,7 @@ class Receiver:
         if dispatching is not None:
             await dispatching
         await self.committer.close()
+        self.auth_pool.shutdown(wait=False, cancel_futures=True)
         emit(log, "server.stopped", drained=drained)
         self._lock.close()
 

@@ -17,7 +17,6 @@ from inbound.core.envelope import Connection, Envelope, IpAddress
 from inbound.core.ids import MessageIdGenerator
 from inbound.core.message import MessageFacts
 from inbound.core.reply import SmtpReply
-from inbound.core.verdicts import Verdict, Verdicts
 from inbound.message.read import need_for, read_facts
 from inbound.observe.log import emit
 from inbound.observe.metrics import Metrics
@@ -28,20 +27,12 @@ from inbound.rules.evaluate import (
     evaluate,
     message_keys,
     pause_at_lambdas,
+    scanning_enabled,
 )
+from inbound.scan.run import Scanners
 from inbound.spool.store import GroupCommitter, Spool, SpoolError, SpoolMeta, SpoolWriter
 
 log = logging.getLogger("inbound.intake")
-
-# Until scanners are configured, a scan asked for cannot be completed (SES: PROCESSING_FAILED);
-# SPF, DKIM and DMARC are not checked yet and are GRAY.
-_UNSCANNED = Verdicts(
-    spam=Verdict.PROCESSING_FAILED,
-    virus=Verdict.PROCESSING_FAILED,
-    spf=Verdict.GRAY,
-    dkim=Verdict.GRAY,
-    dmarc=Verdict.GRAY,
-)
 
 
 def utc_now() -> datetime:
@@ -54,6 +45,7 @@ class Intake:
         book: RuleBook,
         spool: Spool,
         committer: GroupCommitter,
+        scanners: Scanners,
         *,
         hostname: str,
         metrics: Metrics,
@@ -64,6 +56,7 @@ class Intake:
         self.book = book
         self.spool = spool
         self.committer = committer
+        self.scanners = scanners
         self.hostname = hostname
         self.metrics = metrics
         self.on_queued = on_queued
@@ -128,10 +121,17 @@ class Intake:
         snapshot = self.book.current
         rules = snapshot.compiled
         need = need_for(message_keys(rules, envelope.rcpt_tos))
+        path = await asyncio.to_thread(writer.contents)
+        scanned = await self.scanners.scan(
+            path,
+            scanning=scanning_enabled(rules, envelope.rcpt_tos),
+            connection=connection,
+            envelope=envelope,
+        )
         facts = (
             MessageFacts(size=size)
             if need == "nothing"
-            else await asyncio.to_thread(lambda: read_facts(writer.contents(), need))
+            else await asyncio.to_thread(read_facts, path, need)
         )
         plan = evaluate(
             rules,
@@ -139,7 +139,7 @@ class Intake:
             connection=connection,
             envelope=envelope,
             message=facts,
-            verdicts=_UNSCANNED,
+            verdicts=scanned.verdicts,
             lambda_results=pause_at_lambdas,
         )
         emit(
@@ -149,6 +149,9 @@ class Intake:
             size=size,
             recipients=len(envelope.rcpt_tos),
             tls=connection.tls,
+            verdicts=plan.verdicts.as_json(),
+            virus=scanned.virus_detail,
+            spam=scanned.spam_detail,
         )
         if plan.session_bounce is not None and plan.data_reply is not None:
             writer.abort()
@@ -171,6 +174,7 @@ class Intake:
             hostname=self.hostname,
             verdicts=plan.verdicts,
             size=size,
+            auth=scanned.auth,
         )
         await self.committer.commit(writer, meta)
         emit(log, "message.spooled", message_id=message_id, size=size)

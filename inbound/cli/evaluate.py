@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from inbound.cli.args import add_domain_flag, pairs
 from inbound.cli.render import plan_json, plan_trace
+from inbound.cli.scanning import add_scan_flags, measure, scanners_from
 from inbound.core.envelope import Connection, Envelope
 from inbound.core.errors import InputError
 from inbound.core.ids import MessageIdGenerator
@@ -56,6 +57,12 @@ def add_parser(commands: Any) -> None:
     )
     add_domain_flag(parser)
     parser.add_argument("--json", action="store_true", help="print the SPEC section 6 object")
+    parser.add_argument(
+        "--scan",
+        action="store_true",
+        help="measure the verdicts with the scanners below instead of assuming them",
+    )
+    add_scan_flags(parser)
     parser.set_defaults(run=run)
 
 
@@ -78,13 +85,18 @@ def run(args: argparse.Namespace) -> int:
     rules = CompiledRuleSet.build(load_rule_set(args.rules, extra_domains=args.domain).rule_set)
     message = read_message(args.eml)
     mail_from = args.mail_from if args.mail_from is not None else default_sender(message)
+    connection = Connection(client_ip, args.helo, args.tls)
+    envelope = Envelope(mail_from, tuple(args.rcpt))
+    measured = (
+        measure(scanners_from(args), rules, args.eml, connection, envelope) if args.scan else None
+    )
     plan = evaluate(
         rules,
         message_id=MessageIdGenerator().next(),
-        connection=Connection(client_ip, args.helo, args.tls),
-        envelope=Envelope(mail_from, tuple(args.rcpt)),
+        connection=connection,
+        envelope=envelope,
         message=message,
-        verdicts=verdicts.to_verdicts(),
+        verdicts=verdicts.to_verdicts(measured),
         lambda_results=results_by_function(lambda_results),
     )
     if args.json:

@@ -82,6 +82,27 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--clamd", metavar="ADDR", help="ClamAV clamd (host:port or unix socket)")
     p.add_argument("--spamd", metavar="ADDR", help="SpamAssassin spamd (host:port)")
     add_domain_flag(p)
+    scan = p.add_argument_group("verdicts")
+    scan.add_argument(
+        "--scan-timeout",
+        default="30s",
+        metavar="DURATION",
+        help="longest wait for clamd or spamd (then PROCESSING_FAILED)",
+    )
+    scan.add_argument(
+        "--dns-timeout",
+        default="5s",
+        metavar="DURATION",
+        help="longest wait for one DNS answer (SPF, DKIM, DMARC)",
+    )
+    scan.add_argument(
+        "--dns-zone",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="answer DNS from this zone file instead of the network (testing)",
+    )
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-message-size", default="40MB", metavar="SIZE")
     limits.add_argument("--max-recipients", type=int, default=_DEFAULTS.max_recipients)
@@ -121,9 +142,8 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
         raise InputError("--tls-self-signed makes its own certificate: drop --tls-cert/--tls-key")
     if args.targets == "aws":
         raise InputError("--targets aws is not available yet: use --targets local")
-    for flag, value in (("--relay", args.relay), ("--clamd", args.clamd), ("--spamd", args.spamd)):
-        if value:
-            raise InputError(f"{flag} is not available yet in this version of inbound")
+    if args.relay:
+        raise InputError("--relay is not available yet in this version of inbound")
     lambdas = pairs("--lambda", args.lambdas)
     metrics = _host_port("--metrics", args.metrics) if args.metrics else None
     limits = ReceiverLimits(
@@ -154,6 +174,11 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
         retry=retry,
         domains=tuple(args.domain),
         drain_timeout=_duration("--drain-timeout", args.drain_timeout),
+        clamd=args.clamd,
+        spamd=args.spamd,
+        scan_timeout=_duration("--scan-timeout", args.scan_timeout),
+        dns_timeout=_duration("--dns-timeout", args.dns_timeout),
+        dns_zones=tuple(args.dns_zone),
     )
 
 

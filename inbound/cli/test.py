@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from inbound.cli.scanning import add_scan_flags, measure, scanners_from
 from inbound.core.ids import MessageIdGenerator
-from inbound.testing.run import TestFileError, discover, load_files, run_case
+from inbound.core.verdicts import Verdicts
+from inbound.testing.run import LoadedCase, TestFileError, discover, load_files, run_case
 
 
 def add_parser(commands: Any) -> None:
@@ -21,6 +23,7 @@ def add_parser(commands: Any) -> None:
         help="test files or directories (default: the current directory)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print only failures")
+    add_scan_flags(parser)
     parser.set_defaults(run=run)
 
 
@@ -38,11 +41,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"{count} error{'s' if count != 1 else ''}: no test was run", file=sys.stderr)
         return 2
     ids = MessageIdGenerator()
+    scanners = scanners_from(args)
+
+    def measured(case: LoadedCase) -> Verdicts:
+        return measure(scanners, case.rules, case.eml, case.connection, case.envelope)
+
     passed = failed = 0
     for loaded in files:
         print(loaded.path)
         for case in loaded.cases:
-            result = run_case(case, ids)
+            result = run_case(case, ids, measured)
             if result.passed:
                 passed += 1
                 if not args.quiet:

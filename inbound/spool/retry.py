@@ -82,8 +82,7 @@ def _auth_from_json(data: Mapping[str, Any] | None) -> AuthDetails:
         spf=str(data["spf"]),
         spf_explanation=str(data["spf_explanation"]),
         dkim=tuple(
-            DkimResult(str(d["result"]), str(d["domain"]), str(d["selector"]))
-            for d in data["dkim"]
+            DkimResult(str(d["result"]), str(d["domain"]), str(d["selector"])) for d in data["dkim"]
         ),
         dmarc=str(data["dmarc"]),
         from_domain=str(data["from_domain"]),

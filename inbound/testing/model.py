@@ -44,16 +44,17 @@ class VerdictInput(_Strict):
     dmarc: Annotated[Verdict, Field(strict=False)] | None = None
     dmarc_policy: Annotated[DmarcPolicy, Field(strict=False)] | None = None
 
-    def to_verdicts(self) -> Verdicts:
-        # Given spam/virus verdicts count only when scanning is on (evaluate decides);
-        # SPF, DKIM and DMARC not given are GRAY.
+    def to_verdicts(self, measured: Verdicts | None = None) -> Verdicts:
+        """The given verdicts over `measured` ones (from `--scan`), else over the defaults:
+        spam/virus count only when scanning is on (evaluate decides), the rest are GRAY."""
+        base = measured or Verdicts(spam=Verdict.GRAY, virus=Verdict.GRAY)
         return Verdicts(
-            spam=self.spam or Verdict.GRAY,
-            virus=self.virus or Verdict.GRAY,
-            spf=self.spf or Verdict.GRAY,
-            dkim=self.dkim or Verdict.GRAY,
-            dmarc=self.dmarc or Verdict.GRAY,
-            dmarc_policy=self.dmarc_policy,
+            spam=self.spam or base.spam,
+            virus=self.virus or base.virus,
+            spf=self.spf or base.spf,
+            dkim=self.dkim or base.dkim,
+            dmarc=self.dmarc or base.dmarc,
+            dmarc_policy=self.dmarc_policy or base.dmarc_policy,
         )
 
 
@@ -79,6 +80,8 @@ class Case(_Strict):
     tls: bool = False
     verdicts: VerdictInput = VerdictInput()
     lambda_: Annotated[dict[str, str], Field(alias="lambda")] = {}
+    # Run the configured scanners (`inbound test --clamd/--spamd/--dns-zone`) on the message.
+    scan: bool = False
     expect: Expect
 
 

@@ -6,7 +6,7 @@ run in seconds.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
@@ -17,6 +17,7 @@ from inbound.core.errors import ConfigError, ConfigIssue, InputError
 from inbound.core.ids import MessageIdGenerator
 from inbound.core.message import MessageFacts
 from inbound.core.plan import Plan
+from inbound.core.verdicts import Verdicts
 from inbound.message.parse import parse_message
 from inbound.rules.compiled import CompiledRuleSet
 from inbound.rules.evaluate import evaluate, results_by_function
@@ -33,6 +34,7 @@ class LoadedCase:
     message: MessageFacts
     connection: Connection
     envelope: Envelope
+    eml: Path
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,7 @@ def _load_case(  # noqa: PLR0917 - private helper of _load_file, called once
         message,
         Connection(client_ip, case.helo, case.tls),
         Envelope(mail_from, tuple(case.rcpt)),
+        eml,
     )
 
 
@@ -166,15 +169,22 @@ def default_sender(message: MessageFacts) -> str:
     return message.from_addresses[0] if message.from_addresses else ""
 
 
-def run_case(loaded: LoadedCase, ids: MessageIdGenerator) -> CaseResult:
+# Measures a case's verdicts with real scanners (the cases that say `scan: true`).
+Measure = Callable[[LoadedCase], Verdicts]
+
+
+def run_case(
+    loaded: LoadedCase, ids: MessageIdGenerator, measure: Measure | None = None
+) -> CaseResult:
     case = loaded.case
+    measured = measure(loaded) if case.scan and measure is not None else None
     plan = evaluate(
         loaded.rules,
         message_id=ids.next(),
         connection=loaded.connection,
         envelope=loaded.envelope,
         message=loaded.message,
-        verdicts=case.verdicts.to_verdicts(),
+        verdicts=case.verdicts.to_verdicts(measured),
         lambda_results=results_by_function(case.lambda_),
     )
     return CaseResult(case.name, list(check_expectations(case.expect, plan)), plan)

@@ -78,11 +78,23 @@ class Running:
             time.sleep(0.02)
 
 
+def empty_zone(tmp_path: Path) -> Path:
+    """A zone file with no records: every DNS question has no answer, at once, offline."""
+    zone = tmp_path / "empty.zone"
+    zone.write_text("; no records: tests never ask the network\n")
+    return zone
+
+
 def settings_for(tmp_path: Path, rules: str = RULES, **overrides: object) -> ServeSettings:
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text(rules)
     base = ServeSettings(
-        rules=rules_file, data_dir=tmp_path / "data", port=0, hostname="mx.test", drain_timeout=2.0
+        rules=rules_file,
+        data_dir=tmp_path / "data",
+        port=0,
+        hostname="mx.test",
+        drain_timeout=2.0,
+        dns_zones=(empty_zone(tmp_path),),
     )
     return replace(base, **overrides)  # type: ignore[arg-type]
 
@@ -164,6 +176,8 @@ def start_child(tmp_path: Path, *args: str, port: int = 0) -> Child:
             f"127.0.0.1:{port}",
             "--hostname",
             "mx.test",
+            "--dns-zone",
+            str(empty_zone(tmp_path)),
             *args,
         ],
         stdout=handle,

@@ -1,0 +1,67 @@
+"""`--scan` for the offline commands: the scanners of `inbound serve`, run on a fixture."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from inbound.app import ServeSettings, build_scanners
+from inbound.core.envelope import Connection, Envelope
+from inbound.core.verdicts import Verdicts
+from inbound.rules.compiled import CompiledRuleSet
+from inbound.rules.evaluate import check_recipient, scanning_enabled
+from inbound.scan.run import Scanners
+
+
+def add_scan_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("scanning (with --scan, or cases with scan: true)")
+    group.add_argument("--clamd", metavar="ADDR", help="ClamAV clamd (host:port or socket)")
+    group.add_argument("--spamd", metavar="ADDR", help="SpamAssassin spamd (host:port)")
+    group.add_argument(
+        "--dns-zone",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="answer DNS from this zone file instead of the network",
+    )
+    group.add_argument("--scan-timeout", type=float, default=30.0, metavar="SECONDS")
+    group.add_argument("--dns-timeout", type=float, default=5.0, metavar="SECONDS")
+
+
+def scanners_from(args: argparse.Namespace) -> Scanners:
+    settings = ServeSettings(
+        rules=Path(),
+        data_dir=Path(),
+        clamd=args.clamd,
+        spamd=args.spamd,
+        scan_timeout=args.scan_timeout,
+        dns_timeout=args.dns_timeout,
+        dns_zones=tuple(args.dns_zone),
+    )
+    return build_scanners(settings)
+
+
+def measure(
+    scanners: Scanners,
+    rules: CompiledRuleSet,
+    eml: Path,
+    connection: Connection,
+    envelope: Envelope,
+) -> Verdicts:
+    """What the receiver would measure for this message, with these rules."""
+    accepted = [
+        rcpt
+        for rcpt in envelope.rcpt_tos
+        if check_recipient(rules, rcpt, tls=connection.tls).accepted
+    ]
+    scanning = scanning_enabled(rules, accepted)
+
+    async def run() -> Verdicts:
+        outcome = await scanners.scan(
+            eml, scanning=scanning, connection=connection, envelope=envelope
+        )
+        return outcome.verdicts
+
+    return asyncio.run(run())
