@@ -166,3 +166,24 @@ def test_a_rule_test_case_can_ask_for_a_scan(
     out = capsys.readouterr().out
     assert code == 0, out
     assert out.splitlines()[-1] == "2 passed, 0 failed"
+
+
+def test_dns_timing_out_gives_processing_failed_within_the_dns_timeout(tmp_path: Path) -> None:
+    zone = tmp_path / "slow.zone"
+    zone.write_text("slow.example  TIMEOUT\n_dmarc.slow.example  TIMEOUT\n")
+    settings = settings_for(tmp_path, RULES, dns_zones=(zone,), dns_timeout=0.5)
+    message = b"From: someone@slow.example\r\nSubject: slow DNS\r\n\r\nhello\r\n"
+    with in_process(settings) as running, smtplib.SMTP("127.0.0.1", running.port) as client:
+        client.ehlo("client.test")
+        client.mail("someone@slow.example")
+        client.rcpt("support@example.com")
+        started = time.monotonic()
+        code, _ = client.data(message)
+        elapsed = time.monotonic() - started
+        assert code == 250
+        # authentication shares one deadline of twice the DNS timeout
+        assert elapsed < 2.0
+        [stored] = running.wait_stored(1).values()
+        running.wait_idle()
+    assert b"Received-SPF: temperror" in stored
+    assert b"dmarc=temperror" in stored
