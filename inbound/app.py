@@ -59,6 +59,8 @@ class ServeSettings:
     clamd: str | None = None
     spamd: str | None = None
     scan_timeout: float = 30.0
+    # How far below spamd's threshold a score is GRAY rather than PASS.
+    spam_gray_band: float = 2.0
     dns_timeout: float = 5.0
     # Answer DNS from these zone files instead of the network (tests, air-gapped setups).
     dns_zones: tuple[Path, ...] = ()
@@ -96,7 +98,9 @@ def build_scanners(settings: ServeSettings, auth_pool: Executor | None = None) -
         virus=ClamdScanner(settings.clamd, timeout=settings.scan_timeout)
         if settings.clamd
         else None,
-        spam=SpamdScanner(settings.spamd, timeout=settings.scan_timeout)
+        spam=SpamdScanner(
+            settings.spamd, timeout=settings.scan_timeout, gray_band=settings.spam_gray_band
+        )
         if settings.spamd
         else None,
         auth_timeout=settings.dns_timeout * 2,

@@ -28,6 +28,7 @@ def add_scan_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--scan-timeout", type=float, default=30.0, metavar="SECONDS")
     group.add_argument("--dns-timeout", type=float, default=5.0, metavar="SECONDS")
+    group.add_argument("--spam-gray-band", type=float, default=2.0, metavar="POINTS")
 
 
 def scanners_from(args: argparse.Namespace) -> Scanners:
@@ -37,6 +38,7 @@ def scanners_from(args: argparse.Namespace) -> Scanners:
         clamd=args.clamd,
         spamd=args.spamd,
         scan_timeout=args.scan_timeout,
+        spam_gray_band=args.spam_gray_band,
         dns_timeout=args.dns_timeout,
         dns_zones=tuple(args.dns_zone),
     )

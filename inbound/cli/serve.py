@@ -90,6 +90,13 @@ def add_parser(commands: Any) -> None:
         help="longest wait for clamd or spamd (then PROCESSING_FAILED)",
     )
     scan.add_argument(
+        "--spam-gray-band",
+        type=float,
+        default=2.0,
+        metavar="POINTS",
+        help="scores this far below spamd's threshold are GRAY, not PASS (2.0)",
+    )
+    scan.add_argument(
         "--dns-timeout",
         default="5s",
         metavar="DURATION",
@@ -177,6 +184,7 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
         clamd=args.clamd,
         spamd=args.spamd,
         scan_timeout=_duration("--scan-timeout", args.scan_timeout),
+        spam_gray_band=args.spam_gray_band,
         dns_timeout=_duration("--dns-timeout", args.dns_timeout),
         dns_zones=tuple(args.dns_zone),
     )
