@@ -26,7 +26,7 @@ from inbound.intake import Intake
 from inbound.observe.log import emit
 from inbound.observe.metrics import Metrics
 from inbound.receive.limits import ReceiverLimits
-from inbound.receive.smtp import SmtpServer
+from inbound.receive.server import SmtpServer
 from inbound.rules.book import RuleBook
 from inbound.scan.clamd import ClamdScanner
 from inbound.scan.dns import DnsPythonResolver, Resolver, ZoneResolver

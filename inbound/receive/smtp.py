@@ -1,4 +1,4 @@
-"""The SMTP server: aiosmtpd's protocol engine with inbound's decisions and hostile-input rules.
+"""One SMTP session: aiosmtpd's protocol engine with inbound's decisions and hostile-input rules.
 
 What this module adds to aiosmtpd: refusals before the greeting (receipt filters, connection
 limits), per-RCPT decisions and the recipient limit, DATA streamed to a writer line by line
@@ -13,18 +13,18 @@ import asyncio
 import logging
 import re
 import ssl
-from collections import Counter
-from dataclasses import dataclass, field
 from ipaddress import ip_address
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from inbound.core import reply as replies
-from inbound.core.envelope import Connection, IpAddress
+from inbound.core.envelope import Connection
 from inbound.core.envelope import Envelope as SmtpEnvelope
 from inbound.core.reply import SmtpReply
+from inbound.receive.connections import ConnectionCounter
 from inbound.receive.limits import ReceiverLimits
+from inbound.receive.policy import MessageWriter, SessionPolicy
 
 log = logging.getLogger("inbound.receive")
 
@@ -39,63 +39,6 @@ _DEFAULT_STATUS = {
 }  # fmt: skip
 # The DATA timeout is an inactivity timeout, re-armed after this many bytes.
 _TIMEOUT_RESET_BYTES = 64 * 1024
-
-
-class MessageWriter(Protocol):
-    """Where DATA goes while it arrives (the spool's writer)."""
-
-    def write(self, chunk: bytes) -> None: ...
-
-    def abort(self) -> None: ...
-
-
-W = TypeVar("W", bound=MessageWriter)
-
-
-class SessionPolicy(Protocol[W]):
-    """The decisions the SMTP session asks for; the receiver takes them as they come."""
-
-    def connect(self, client_ip: IpAddress) -> SmtpReply | None:
-        """None to greet the client, or the reply that refuses it."""
-
-    def recipient(self, address: str, *, tls: bool) -> SmtpReply:
-        """The reply to RCPT TO for one address."""
-
-    async def open_message(self) -> tuple[str, W]:
-        """A new message ID and the writer its DATA streams into."""
-
-    async def end_of_data(
-        self,
-        message_id: str,
-        writer: W,
-        connection: Connection,
-        envelope: SmtpEnvelope,
-        size: int,
-    ) -> SmtpReply:
-        """Decide, and store or discard the message; the reply to DATA."""
-
-
-@dataclass
-class ConnectionCounter:
-    """Connections in total and per client IP, shared by all sessions of one server."""
-
-    total: int = 0
-    per_ip: Counter[str] = field(default_factory=Counter)
-    # The live sessions, so that a shutdown can reach them.
-    sessions: set[InboundSMTP] = field(default_factory=set)
-
-    def admit(self, ip: str, limits: ReceiverLimits) -> bool:
-        if self.total >= limits.max_connections or self.per_ip[ip] >= limits.max_connections_per_ip:
-            return False
-        self.total += 1
-        self.per_ip[ip] += 1
-        return True
-
-    def release(self, ip: str) -> None:
-        self.total -= 1
-        self.per_ip[ip] -= 1
-        if self.per_ip[ip] <= 0:
-            del self.per_ip[ip]
 
 
 def with_status(line: str) -> str:
@@ -434,49 +377,3 @@ class _Hooks:
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(options)
         return str(decision)
-
-
-@dataclass
-class SmtpServer:
-    """Listens on HOST:PORT (port 0 picks a free port: see `port`) and serves sessions."""
-
-    policy: SessionPolicy[Any]
-    host: str = "127.0.0.1"
-    port: int = 2525
-    hostname: str = "localhost"
-    limits: ReceiverLimits = field(default_factory=ReceiverLimits)
-    tls_context: ssl.SSLContext | None = None
-    counter: ConnectionCounter = field(default_factory=ConnectionCounter)
-    _server: asyncio.AbstractServer | None = None
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._session, self.host, self.port)
-        sockets = self._server.sockets
-        if sockets:
-            self.port = int(sockets[0].getsockname()[1])
-
-    def _session(self) -> InboundSMTP:
-        return InboundSMTP(
-            self.policy,
-            limits=self.limits,
-            counter=self.counter,
-            hostname=self.hostname,
-            tls_context=self.tls_context,
-            loop=asyncio.get_running_loop(),
-        )
-
-    def stop_accepting(self) -> None:
-        """No new connections; idle sessions are closed, the others after their transaction."""
-        if self._server is not None:
-            self._server.close()
-        for session in list(self.counter.sessions):
-            session.shut_down()
-
-    async def wait_idle(self, timeout: float) -> bool:
-        """After `stop_accepting`: wait until the sessions in flight have ended."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.counter.total > 0 and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        return self.counter.total == 0

@@ -1,0 +1,43 @@
+"""What the SMTP session asks of the rest of inbound: a policy for decisions, a writer for DATA."""
+
+from __future__ import annotations
+
+from typing import Protocol, TypeVar
+
+from inbound.core.envelope import Connection, IpAddress
+from inbound.core.envelope import Envelope as SmtpEnvelope
+from inbound.core.reply import SmtpReply
+
+
+class MessageWriter(Protocol):
+    """Where DATA goes while it arrives (the spool's writer)."""
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+W = TypeVar("W", bound=MessageWriter)
+
+
+class SessionPolicy(Protocol[W]):
+    """The decisions the SMTP session asks for; the receiver takes them as they come."""
+
+    def connect(self, client_ip: IpAddress) -> SmtpReply | None:
+        """None to greet the client, or the reply that refuses it."""
+
+    def recipient(self, address: str, *, tls: bool) -> SmtpReply:
+        """The reply to RCPT TO for one address."""
+
+    async def open_message(self) -> tuple[str, W]:
+        """A new message ID and the writer its DATA streams into."""
+
+    async def end_of_data(
+        self,
+        message_id: str,
+        writer: W,
+        connection: Connection,
+        envelope: SmtpEnvelope,
+        size: int,
+    ) -> SmtpReply:
+        """Decide, and store or discard the message; the reply to DATA."""
