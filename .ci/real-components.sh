@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# real-components.sh - install and run a real clamd and spamd on loopback for the tests, CI and
-# benchmarks of inbound (Debian 12; root for the install step; offline except the apt mirror).
+# real-components.sh - install and run a real clamd, spamd and moto server on loopback for the
+# tests, CI and benchmarks of inbound (Debian 12; root for the install step; offline except the
+# apt mirror; moto comes with the project's dev extras: pip install -e '.[dev]').
 #
 # Usage:
-#   .ci/real-components.sh start  [--state DIR]   install what is missing, start both, wait, write DIR/env
+#   .ci/real-components.sh start  [--state DIR]   install what is missing, start all, wait, write DIR/env
 #   .ci/real-components.sh stop   [--state DIR]   stop what `start` recorded in DIR (by PID), nothing else
 #   .ci/real-components.sh status [--state DIR]   PID and whether each daemon answers (exit 1 if one does not)
 #   .ci/real-components.sh install                apt only
@@ -13,10 +14,12 @@
 #   INBOUND_TEST_CLAMD_SOCKET=unix:DIR/clamav/clamd.sock
 #   INBOUND_TEST_CLAMD_STREAM_MAX=BYTES        clamd's StreamMaxLength (INSTREAM size limit)
 #   INBOUND_TEST_SPAMD=127.0.0.1:PORT          spamd (SPAMC/1.5)
+#   INBOUND_TEST_AWS_ENDPOINT=http://127.0.0.1:PORT   moto server (lambda-simple backend: no Docker)
 #
 # Environment (all optional):
 #   INBOUND_RC_STATE=/tmp/inbound-real-components   state dir (config, signature DB, logs, pids, env)
-#   CLAMD_PORT=0  SPAMD_PORT=0    0 picks a free port on 127.0.0.1
+#   CLAMD_PORT=0  SPAMD_PORT=0  MOTO_PORT=0    0 picks a free port on 127.0.0.1
+#   RC_PYTHON=python3             the Python that has moto installed
 #   CLAMD_STREAM_MAX=1048576      bytes; small on purpose, so the tests can exceed it cheaply
 #   RC_SKIP_INSTALL=0             1: `start` does not run apt
 #   RC_WAIT=90                    seconds each daemon may take to answer
@@ -38,7 +41,8 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 STATE="$(realpath -m "$STATE")"
 PIDS="$STATE/pids"
 SIGNATURES="$ROOT/fixtures/clamav"
-CLAMD_PORT="${CLAMD_PORT:-0}"; SPAMD_PORT="${SPAMD_PORT:-0}"
+CLAMD_PORT="${CLAMD_PORT:-0}"; SPAMD_PORT="${SPAMD_PORT:-0}"; MOTO_PORT="${MOTO_PORT:-0}"
+RC_PYTHON="${RC_PYTHON:-python3}"
 CLAMD_STREAM_MAX="${CLAMD_STREAM_MAX:-1048576}"
 RC_WAIT="${RC_WAIT:-90}"
 APT_PACKAGES="clamav-daemon spamassassin spamd spamc"
@@ -95,9 +99,14 @@ probe() {  # NAME -> 0 if the daemon answers its protocol's ping
     spamd)  # PING SPAMC/1.5 -> SPAMD/1.5 0 PONG
       ( exec 3<>"/dev/tcp/127.0.0.1/$SPAMD_PORT" && printf 'PING SPAMC/1.5\r\n\r\n' >&3 \
         && IFS= read -r -t 3 r <&3 && [[ "$r" == SPAMD/*" 0 PONG"* ]] ) 2>/dev/null ;;
+    moto)   # GET /moto-api/ -> HTTP/1.x 200
+      ( exec 3<>"/dev/tcp/127.0.0.1/$MOTO_PORT" \
+        && printf 'GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 \
+        && IFS= read -r -t 3 r <&3 && [[ "$r" == "HTTP/1."?" 200"* ]] ) 2>/dev/null ;;
     *) return 1 ;;
   esac
 }
+port_of() { case "$1" in clamd) echo "$CLAMD_PORT";; spamd) echo "$SPAMD_PORT";; moto) echo "$MOTO_PORT";; esac; }
 
 wait_ready() {  # NAME PID LOG: poll the protocol until it answers, the process dies or RC_WAIT passes
   local name="$1" pid="$2" logf="$3" t0
@@ -108,7 +117,7 @@ wait_ready() {  # NAME PID LOG: poll the protocol until it answers, the process 
       || { tail -25 "$logf" >&2 || true; die "$name not answering after ${RC_WAIT}s; log: $logf"; }
     sleep 0.05
   done
-  log "$name ready in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.2f", b-a}')s (pid $pid, 127.0.0.1:$([ "$name" = clamd ] && echo "$CLAMD_PORT" || echo "$SPAMD_PORT"))"
+  log "$name ready in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.2f", b-a}')s (pid $pid, 127.0.0.1:$(port_of "$name"))"
 }
 
 already_running() {  # NAME -> 0 if the process recorded in this state dir is alive and answering
@@ -124,6 +133,7 @@ read_env() {  # the ports of a previous `start` in this state dir
     case "$k" in
       INBOUND_TEST_CLAMD) CLAMD_PORT="${v##*:}";;
       INBOUND_TEST_SPAMD) SPAMD_PORT="${v##*:}";;
+      INBOUND_TEST_AWS_ENDPOINT) MOTO_PORT="${v##*:}";;
     esac
   done < "$STATE/env"
 }
@@ -195,6 +205,34 @@ start_spamd() {
   wait_ready spamd "$!" "$d/stdout.log"
 }
 
+# ---------------------------------------------------------------- moto server
+start_moto() {
+  already_running moto && return 0
+  "$RC_PYTHON" -c 'import moto.server, flask' 2>/dev/null \
+    || die "moto server not installed for $RC_PYTHON (pip install -e '.[dev]')"
+  [ "$MOTO_PORT" != 0 ] || MOTO_PORT="$(free_port)"
+  port_free "$MOTO_PORT" || die "127.0.0.1:$MOTO_PORT is already in use"
+  local d="$STATE/moto"
+  mkdir -p "$d"
+  # exec keeps $! the server itself (a pyenv shim execs too), so `stop` can signal it by PID.
+  nohup "$RC_PYTHON" -m moto.server -H 127.0.0.1 -p "$MOTO_PORT" > "$d/stdout.log" 2>&1 < /dev/null &
+  echo $! > "$PIDS/moto.pid"
+  wait_ready moto "$!" "$d/stdout.log"
+  # Lambda without Docker (reference section 3): the lambda-simple backend never runs code and
+  # answers with the request payload or the next queued result. Not reset by /moto-api/reset.
+  "$RC_PYTHON" - "$MOTO_PORT" <<'PY' || die "moto: cannot select the lambda-simple backend"
+import sys, urllib.request
+request = urllib.request.Request(
+    f"http://127.0.0.1:{sys.argv[1]}/moto-api/config",
+    data=b'{"lambda": {"use_docker": false}}',
+    headers={"Content-Type": "application/json"},
+    method="POST",
+)
+with urllib.request.urlopen(request, timeout=10) as response:
+    assert response.status in (200, 201), response.status
+PY
+}
+
 # ---------------------------------------------------------------- modes
 do_start() {
   local t0=$SECONDS
@@ -204,11 +242,13 @@ do_start() {
   [ "${RC_SKIP_INSTALL:-0}" = 1 ] || apt_install
   start_clamd
   start_spamd
+  start_moto
   {
     printf 'INBOUND_TEST_CLAMD=127.0.0.1:%s\n' "$CLAMD_PORT"
     printf 'INBOUND_TEST_CLAMD_SOCKET=unix:%s\n' "$STATE/clamav/clamd.sock"
     printf 'INBOUND_TEST_CLAMD_STREAM_MAX=%s\n' "$CLAMD_STREAM_MAX"
     printf 'INBOUND_TEST_SPAMD=127.0.0.1:%s\n' "$SPAMD_PORT"
+    printf 'INBOUND_TEST_AWS_ENDPOINT=http://127.0.0.1:%s\n' "$MOTO_PORT"
   } > "$STATE/env"
   log "started in $((SECONDS - t0))s; environment in $STATE/env"
   cat "$STATE/env"
@@ -233,7 +273,7 @@ stop_one() {  # NAME: TERM the recorded PID if it is still that daemon; KILL aft
 do_status() {
   local n pid up rc=0
   read_env
-  for n in clamd spamd; do
+  for n in clamd spamd moto; do
     pid="$(recorded_pid "$n")"; up=no
     if probe "$n"; then up=yes; else rc=1; fi
     printf '%-6s pid=%-8s answering=%s\n' "$n" "${pid:--}" "$up"
@@ -244,7 +284,7 @@ do_status() {
 case "$MODE" in
   install) apt_install ;;
   start)   do_start ;;
-  stop)    stop_one spamd; stop_one clamd ;;
+  stop)    stop_one moto; stop_one spamd; stop_one clamd ;;
   status)  do_status ;;
-  *) sed -n '2,25p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,29p' "$0" >&2; exit 2 ;;
 esac

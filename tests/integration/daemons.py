@@ -6,11 +6,16 @@ cannot be started or reached fails the tests; elsewhere they are skipped.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import json
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,3 +134,77 @@ def start_daemons() -> Iterator[Daemons]:
             check=False,
         )
         shutil.rmtree(state, ignore_errors=True)
+
+
+# -- the moto server ---------------------------------------------------------------------
+# Separate from the scanner daemons: the AWS target tests need moto only, and moto needs no
+# root or apt, so it is started here directly when .ci/run did not provide one.
+
+MOTO_ENV = "INBOUND_TEST_AWS_ENDPOINT"
+MOTO_START_TIMEOUT = 30.0
+
+
+def moto_request(endpoint: str, path: str, body: object | None = None) -> bytes:
+    """GET (or POST `body` as JSON to) the moto server's own API, e.g. `/moto-api/config`."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(  # noqa: S310 - a loopback http URL we built
+        endpoint + path,
+        data=data,
+        headers={"Content-Type": "application/json"},
+        method="GET" if body is None else "POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        return bytes(response.read())
+
+
+def _moto_ready(endpoint: str) -> bool:
+    try:
+        moto_request(endpoint, "/moto-api/")
+    except OSError:
+        return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_moto() -> Iterator[str]:
+    """Yield a moto server's endpoint (`http://127.0.0.1:PORT`) with the lambda-simple backend."""
+    endpoint = os.environ.get(MOTO_ENV)
+    if endpoint:
+        if not _moto_ready(endpoint):
+            pytest.fail(f"{MOTO_ENV}={endpoint} does not answer GET /moto-api/")
+        moto_request(endpoint, "/moto-api/config", {"lambda": {"use_docker": False}})
+        yield endpoint
+        return
+    if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
+        unavailable("moto server not installed (pip install -e '.[dev]')")
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile() as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + MOTO_START_TIMEOUT
+            while not _moto_ready(endpoint):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    tail = log.read()[-3000:].decode(errors="replace")
+                    unavailable(f"moto server did not start on {endpoint}:\n{tail}")
+                time.sleep(0.05)
+            moto_request(endpoint, "/moto-api/config", {"lambda": {"use_docker": False}})
+            yield endpoint
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(timeout=10)
