@@ -1,0 +1,170 @@
+"""Sending delivery status notifications through an outbound SMTP relay (`--relay HOST:PORT`).
+
+This module owns one SMTP exchange per DSN: opportunistic STARTTLS, the null reverse path,
+exactly one recipient (the original envelope sender), and the mapping of SMTP replies and
+network failures onto `TransientActionError` / `PermanentActionError`. It builds no message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import re
+import ssl
+from email.utils import parseaddr
+
+import aiosmtplib
+
+from inbound.core.errors import InputError, PermanentActionError, TransientActionError
+from inbound.core.targets import BounceRequest
+
+DEFAULT_PORT = 25
+# The whole exchange (connect, STARTTLS, MAIL, RCPT, DATA) gets this long; every command too.
+DEFAULT_TIMEOUT = 60.0
+_HOSTNAME = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.?"
+)
+_FORMS = "HOST:PORT or [IPv6]:PORT"
+# Nothing that could end or split an SMTP command line may be in RCPT TO (RFC 5321 §4.1.2).
+_BAD_PATH = re.compile("[\x00-\x20\x7f<>\x85\u2028\u2029]")
+_CONTROLS = re.compile("[\x00-\x1f\x7f]")
+_MAX_REPLY = 200
+
+
+def parse_relay(text: str) -> tuple[str, int]:
+    """`smtp.example.com:587`, `192.0.2.1:25`, `[2001:db8::1]:25`, or a bare host (port 25)."""
+
+    def bad(reason: str) -> InputError:
+        return InputError(f"--relay {text!r}: {reason} (expected {_FORMS})")
+
+    value = text.strip()
+    if not value:
+        raise bad("empty")
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep:
+            raise bad("missing ']'")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise bad(f"{host!r} is not an IPv6 address") from None
+        if rest and not rest.startswith(":"):
+            raise bad("expected ':PORT' after ']'")
+        port_text = rest[1:] if rest else str(DEFAULT_PORT)
+    elif value.count(":") > 1:
+        raise bad("put an IPv6 address in brackets")
+    else:
+        host, sep, port_text = value.partition(":")
+        if not sep:
+            port_text = str(DEFAULT_PORT)
+        if not _HOSTNAME.fullmatch(host) or len(host) > 253:
+            raise bad(f"{host!r} is not a host name or an IP address")
+    if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise bad(f"port {port_text!r} is not a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def opportunistic_tls_context() -> ssl.SSLContext:
+    """Encryption without authentication (RFC 7435; RFC 3207 §4.1), as MTAs do by default.
+
+    A relay's certificate is not checked: a failed check could only fall back to plain text,
+    which is no better than an unverified encrypted session.
+    """
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class RelaySender:
+    """Sends each DSN to its one recipient through the relay at `host:port`."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        local_hostname: str = "localhost",
+        tls_context: ssl.SSLContext | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.local_hostname = local_hostname
+        self.tls_context = tls_context or opportunistic_tls_context()
+        self.timeout = timeout
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"relay {host}:{self.port}"
+
+    async def send(self, bounce: BounceRequest, dsn: bytes) -> None:
+        """Deliver `dsn` with `MAIL FROM:<>` and `RCPT TO:<bounce.to>`; raise an ActionError."""
+        to = bounce.to.strip()
+        # RFC 3464 §2 / RFC 5321 §4.5.5: a DSN goes out with the null reverse path and is
+        # never sent to the null reverse path (SPEC section 2: never to <>).
+        if not to:
+            raise PermanentActionError("no DSN to the null sender <>")
+        # aiosmtplib quotes through email.utils.parseaddr; anything it would rewrite (comments,
+        # lists) is refused here, so the DSN can only go to exactly this address.
+        if _BAD_PATH.search(to) or parseaddr(to)[1] != to:
+            raise PermanentActionError(f"not an address for RCPT TO: {_printable(to)!r}")
+        client = aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            local_hostname=self.local_hostname,
+            timeout=self.timeout,
+            start_tls=False,
+        )
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._exchange(client, to, dsn)
+        except aiosmtplib.SMTPResponseException as exc:
+            raise _reply_error(self, exc.code, exc.message) from exc
+        except (TimeoutError, aiosmtplib.SMTPException, ssl.SSLError, OSError) as exc:
+            # Connection refused, reset, TLS failure, timeout: the relay may be back later.
+            raise TransientActionError(f"{self}: {_describe(exc)}") from exc
+        finally:
+            client.close()
+
+    async def _exchange(self, client: aiosmtplib.SMTP, to: str, dsn: bytes) -> None:
+        await client.connect()
+        await client.ehlo()
+        if client.supports_extension("starttls"):
+            # Opportunistic (RFC 3207): STARTTLS when offered, then EHLO again (§4.2).
+            await client.starttls(tls_context=self.tls_context, server_hostname=self.host)
+            await client.ehlo()
+        options: list[str] = []
+        if not to.isascii():
+            # RFC 6531 §3.4: a non-ASCII mailbox needs SMTPUTF8 on the MAIL command.
+            if not client.supports_extension("smtputf8"):
+                raise PermanentActionError(f"{self} does not offer SMTPUTF8 for {to!r}")
+            options.append("SMTPUTF8")
+        await client.mail("", options=options, encoding="utf-8")
+        await client.rcpt(to, encoding="utf-8")
+        await client.data(dsn)
+        # The message was accepted at the end of DATA (RFC 5321 §4.1.1.4); QUIT is a courtesy.
+        with contextlib.suppress(TimeoutError, aiosmtplib.SMTPException, OSError):
+            await client.quit()
+
+
+def _reply_error(
+    relay: RelaySender, code: int, message: str
+) -> TransientActionError | PermanentActionError:
+    text = f"{relay} replied {code} {_printable(message)}"
+    # RFC 5321 §4.2.1: 5yz is permanent; 4yz, and anything unexpected, may pass later.
+    if 500 <= code <= 599:
+        return PermanentActionError(text)
+    return TransientActionError(text)
+
+
+def _describe(exc: BaseException) -> str:
+    detail = _printable(str(exc))
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
+def _printable(text: str) -> str:
+    clean = " ".join(_CONTROLS.sub(" ", text).split())
+    return clean if len(clean) <= _MAX_REPLY else clean[:_MAX_REPLY] + "..."
