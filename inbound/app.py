@@ -18,9 +18,11 @@ from collections.abc import Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
+from inbound.actions import BounceAction
 from inbound.core.errors import ConfigError, InputError
+from inbound.core.targets import Targets
 from inbound.dispatch import Dispatcher, RetryPolicy
 from inbound.intake import Intake
 from inbound.observe.log import emit
@@ -33,7 +35,10 @@ from inbound.scan.dns import DnsPythonResolver, Resolver, ZoneResolver
 from inbound.scan.run import Scanners
 from inbound.scan.spamd import SpamdScanner
 from inbound.spool.store import GroupCommitter, Spool
+from inbound.targets.aws import AwsTargets
+from inbound.targets.bounces import WithRelay
 from inbound.targets.local import LambdaFunction, LocalTargets
+from inbound.targets.relay import RelaySender
 from inbound.tls import load_tls_context, self_signed_context
 
 log = logging.getLogger("inbound.app")
@@ -64,6 +69,8 @@ class ServeSettings:
     dns_timeout: float = 5.0
     # Answer DNS from these zone files instead of the network (tests, air-gapped setups).
     dns_zones: tuple[Path, ...] = ()
+    targets: Literal["local", "aws"] = "local"
+    relay: tuple[str, int] | None = None
 
 
 def load_functions(mapping: Mapping[str, str]) -> dict[str, LambdaFunction]:
@@ -126,7 +133,7 @@ class Receiver:
         )
         self.tls_context = self._tls()
         self.committer = GroupCommitter(self.spool)
-        targets = LocalTargets(data_dir, functions=load_functions(settings.lambdas))
+        targets = self._targets()
         self.dispatcher = Dispatcher(
             self.spool, self.book, targets, metrics=self.metrics, retry=settings.retry
         )
@@ -149,6 +156,31 @@ class Receiver:
             tls_context=self.tls_context,
         )
         self.stopping = asyncio.Event()
+
+    def _targets(self) -> Targets:
+        s = self.settings
+        base: Targets
+        if s.targets == "aws":
+            base = AwsTargets()
+        else:
+            base = LocalTargets(s.data_dir, functions=load_functions(s.lambdas))
+        if s.relay is not None:
+            host, port = s.relay
+            return WithRelay(base, RelaySender(host, port, local_hostname=s.hostname))
+        bouncing = [
+            r.name
+            for r in self.book.current.compiled.rules
+            if any(isinstance(a, BounceAction) for a in r.actions)
+        ]
+        if bouncing:
+            emit(
+                log,
+                "relay.missing",
+                level=logging.WARNING,
+                rules=bouncing,
+                hint="bounces after acceptance need --relay HOST:PORT to send their DSNs",
+            )
+        return base
 
     def _tls(self) -> ssl.SSLContext | None:
         s = self.settings

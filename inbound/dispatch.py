@@ -395,6 +395,7 @@ class _MessageRun:
                 diagnostic=diagnostic,
                 reporting_mta=meta.hostname,
                 original_headers=self.headers,
+                arrival=meta.received_at,
             )
 
         return ActionContext(

@@ -15,6 +15,7 @@ from inbound.core.errors import InputError
 from inbound.dispatch import RetryPolicy
 from inbound.observe.log import configure
 from inbound.receive.limits import ReceiverLimits
+from inbound.targets.relay import parse_relay
 
 _DEFAULTS = ReceiverLimits()
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
@@ -147,10 +148,7 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
         raise InputError("--tls-cert and --tls-key go together: give both, or neither")
     if args.tls_cert is not None and args.tls_self_signed:
         raise InputError("--tls-self-signed makes its own certificate: drop --tls-cert/--tls-key")
-    if args.targets == "aws":
-        raise InputError("--targets aws is not available yet: use --targets local")
-    if args.relay:
-        raise InputError("--relay is not available yet in this version of inbound")
+    relay = parse_relay(args.relay) if args.relay else None
     lambdas = pairs("--lambda", args.lambdas)
     metrics = _host_port("--metrics", args.metrics) if args.metrics else None
     limits = ReceiverLimits(
@@ -187,6 +185,8 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
         spam_gray_band=args.spam_gray_band,
         dns_timeout=_duration("--dns-timeout", args.dns_timeout),
         dns_zones=tuple(args.dns_zone),
+        targets=args.targets,
+        relay=relay,
     )
 
 

@@ -7,6 +7,7 @@ or `PermanentActionError`, decided by each target from its own error codes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 
@@ -25,6 +26,8 @@ class BounceRequest:
     reporting_mta: str
     # The message's header block, for the text/rfc822-headers part (RFC 3462).
     original_headers: bytes
+    # When the message was received (the DSN's Arrival-Date).
+    arrival: datetime | None = None
 
 
 class Targets(Protocol):

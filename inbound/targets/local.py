@@ -90,7 +90,9 @@ class LocalTargets:
             raise TransientActionError(f"function {name} failed: {type(exc).__name__}") from exc
 
     async def send_bounce(self, bounce: BounceRequest) -> None:
-        record = {k: v for k, v in asdict(bounce).items() if k != "original_headers"}
+        record = {
+            k: v for k, v in asdict(bounce).items() if k not in ("original_headers", "arrival")
+        }
         await self._append(self._inside("bounce", "outbox.jsonl"), record)
 
     async def _append(self, path: Path, record: Mapping[str, object]) -> None:
