@@ -1,0 +1,140 @@
+"""`inbound serve --targets aws` against a moto server of its own, which the test stops and
+starts: actions fail transiently while AWS is away, nothing is lost, and everything lands once it
+is back; a missing bucket is permanent and dead-letters the message with the reason."""
+
+from __future__ import annotations
+
+import json
+import signal
+import smtplib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.integration.daemons import _free_port, _moto_ready, unavailable
+from tests.integration.receiver import DEADLINE, Child, events_of, start_child, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+RULES = """\
+version: 1
+name: aws
+domains: [example.com]
+rules:
+  - name: store
+    recipients: [in@example.com]
+    actions:
+      - {type: s3, bucket: inbound-mail, prefix: in/}
+  - name: nowhere
+    recipients: [lost@example.com]
+    actions:
+      - {type: s3, bucket: no-such-bucket, prefix: x/}
+"""
+
+
+class Moto:
+    """A moto server on a fixed port, which a test can stop and start again."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: _moto_ready(self.endpoint), "moto server")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(DEADLINE)
+
+    def s3(self) -> object:
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",  # noqa: S106 - moto's dummy credentials
+        )
+
+
+@pytest.fixture
+def moto(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Moto]:
+    try:
+        import moto.server  # noqa: F401, PLC0415 - only to know whether it is installed
+    except ImportError:
+        unavailable("moto server not installed (pip install -e '.[dev]')")
+    server = Moto()
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    yield server
+    server.stop()
+
+
+def send(child: Child, rcpt: str, n: int) -> str:
+    with smtplib.SMTP("127.0.0.1", child.port, timeout=30) as client:
+        client.ehlo("client.test")
+        client.mail("alice@sender.example")
+        client.rcpt(rcpt)
+        code, text = client.data(f"Subject: message {n}\r\n\r\nbody {n}\r\n".encode())
+    assert code == 250, text
+    return text.decode().rsplit(" ", 1)[1]
+
+
+def stored_keys(moto: Moto) -> list[str]:
+    listing = moto.s3().list_objects_v2(Bucket="inbound-mail")  # type: ignore[attr-defined]
+    return sorted(item["Key"] for item in listing.get("Contents", []))
+
+
+def test_aws_away_then_back_loses_nothing(moto: Moto, tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text(RULES)
+    child = start_child(tmp_path, "--targets", "aws", "--retry-delay", "0.2s")
+    try:
+        # AWS is not there: every message is still accepted (the spool has it).
+        ids = [send(child, "in@example.com", n) for n in range(5)]
+        wait_for(lambda: len(events_of(child, "message.deferred")) >= 5, "deferred messages")
+        failed = events_of(child, "action.failed")
+        assert failed
+        assert all(event["transient"] for event in failed)
+        moto.start()
+        moto.s3().create_bucket(Bucket="inbound-mail")  # type: ignore[attr-defined]
+        wait_for(lambda: len(stored_keys(moto)) == 5, "the five objects in S3", deadline=60)
+        assert stored_keys(moto) == sorted(f"in/{message_id}" for message_id in ids)
+        wait_for(lambda: not any((child.data_dir / "spool" / "queue").iterdir()), "empty queue")
+    finally:
+        child.signal(signal.SIGTERM)
+        child.process.wait(DEADLINE)
+
+
+def test_a_missing_bucket_dead_letters_with_the_reason(moto: Moto, tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text(RULES)
+    moto.start()
+    child = start_child(tmp_path, "--targets", "aws", "--retry-delay", "0.2s")
+    try:
+        message_id = send(child, "lost@example.com", 1)
+        dead = child.data_dir / "spool" / "dead" / message_id
+        wait_for(dead.exists, "the dead letter")
+        state = json.loads((dead / "state.json").read_text())
+        assert state["dead_reason"].startswith("permanent failure")
+        assert "NoSuchBucket" in state["dead_reason"]
+        [event] = events_of(child, "message.dead_lettered")
+        assert event["message_id"] == message_id
+    finally:
+        child.signal(signal.SIGTERM)
+        child.process.wait(DEADLINE)
