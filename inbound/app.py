@@ -70,6 +70,8 @@ class ServeSettings:
     # Answer DNS from these zone files instead of the network (tests, air-gapped setups).
     dns_zones: tuple[Path, ...] = ()
     targets: Literal["local", "aws"] = "local"
+    # What an SNS action does with a message over 150 KB (SES bounces it).
+    sns_oversize: Literal["bounce", "omit-content"] = "bounce"
     relay: tuple[str, int] | None = None
 
 
@@ -135,7 +137,12 @@ class Receiver:
         self.committer = GroupCommitter(self.spool)
         targets = self._targets()
         self.dispatcher = Dispatcher(
-            self.spool, self.book, targets, metrics=self.metrics, retry=settings.retry
+            self.spool,
+            self.book,
+            targets,
+            metrics=self.metrics,
+            retry=settings.retry,
+            sns_oversize=settings.sns_oversize,
         )
         self.auth_pool = ThreadPoolExecutor(8, thread_name_prefix="inbound-auth")
         self.intake = Intake(

@@ -61,6 +61,7 @@ class Dispatcher:
         retry: RetryPolicy | None = None,
         concurrency: int = 8,
         sns_max_bytes: int = 150 * 1024,
+        sns_oversize: str = "bounce",
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.spool = spool
@@ -70,6 +71,7 @@ class Dispatcher:
         self.retry = retry or RetryPolicy()
         self.concurrency = concurrency
         self.sns_max_bytes = sns_max_bytes
+        self.sns_oversize = sns_oversize
         self.clock = clock
         # When each known message is due; `_heap` orders them (stale entries are skipped).
         self._due: dict[str, datetime] = {}
@@ -407,4 +409,5 @@ class _MessageRun:
             lambda_event=lambda action: lambda_event(mail(), receipt(action)),
             bounce=bounce,
             sns_max_bytes=self.d.sns_max_bytes,
+            sns_oversize=self.d.sns_oversize,
         )

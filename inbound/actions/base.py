@@ -33,8 +33,11 @@ class ActionContext:
     lambda_event: Callable[[JsonObject], JsonObject]
     # A DSN for this message: (smtp reply code, status, diagnostic, sender) -> request.
     bounce: Callable[[str, str, str, str], BounceRequest]
-    # Messages larger than this are not published by an SNS action (SES: 150 KB).
+    # Messages larger than this are not published whole by an SNS action (SES: 150 KB) ...
     sns_max_bytes: int = 150 * 1024
+    # ... they bounce, as SES does ("bounce"), or the notification goes without `content`
+    # ("omit-content": consumers fetch the message from an S3 action's object).
+    sns_oversize: str = "bounce"
 
 
 class ActionModel(BaseModel):

@@ -31,13 +31,14 @@ class SnsAction(ActionModel):
         return out
 
     async def execute(self, ctx: ActionContext, targets: Targets) -> str | None:
-        if len(ctx.content) > ctx.sns_max_bytes:
+        notification = ctx.notification(self.receipt_action(ctx.message_id))
+        if len(ctx.content) <= ctx.sns_max_bytes:
+            notification["content"] = encode_content(ctx.content, self.encoding)
+        elif ctx.sns_oversize == "bounce":
             # SES: "Larger emails bounce" (SNSAction, 150 KB with headers).
             if ctx.mail_from:
                 message = "Message too large to publish (over the SNS action's size limit)"
                 await targets.send_bounce(ctx.bounce("552", "5.3.4", message, ""))
             return "bounced: too large for SNS"
-        notification = ctx.notification(self.receipt_action(ctx.message_id))
-        notification["content"] = encode_content(ctx.content, self.encoding)
         await targets.publish(self.topic_arn, notification)
-        return None
+        return None if "content" in notification else "published without content: too large"

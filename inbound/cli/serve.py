@@ -79,6 +79,13 @@ def add_parser(commands: Any) -> None:
         help="run a Lambda action as this function",
     )
     p.add_argument("--relay", metavar="HOST:PORT", help="outbound relay for bounce DSNs")
+    p.add_argument(
+        "--sns-oversize",
+        choices=["bounce", "omit-content"],
+        default="bounce",
+        help="an SNS action and a message over 150 KB: bounce it as SES does (default), "
+        "or publish the notification without content",
+    )
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
     p.add_argument("--clamd", metavar="ADDR", help="ClamAV clamd (host:port or unix socket)")
     p.add_argument("--spamd", metavar="ADDR", help="SpamAssassin spamd (host:port)")
@@ -186,6 +193,7 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
         dns_timeout=_duration("--dns-timeout", args.dns_timeout),
         dns_zones=tuple(args.dns_zone),
         targets=args.targets,
+        sns_oversize=args.sns_oversize,
         relay=relay,
     )
 

@@ -424,3 +424,20 @@ def test_sns_action_bounces_messages_over_150_kb(tmp_path: Path) -> None:
     assert record["message_id"] == message_id
     assert record["to"] == "alice@sender.example"
     assert (record["smtp_reply_code"], record["status_code"]) == ("552", "5.3.4")
+
+
+def test_sns_oversize_can_publish_without_content(tmp_path: Path) -> None:
+    big = MESSAGE + (b"x" * 998 + b"\r\n") * 160
+    with in_process(settings_for(tmp_path, NOTIFY_RULES, sns_oversize="omit-content")) as running:
+        client = smtp(running)
+        client.mail("alice@sender.example")
+        client.rcpt("bob@example.com")
+        message_id = client.data(big)[1].decode().rsplit(" ", 1)[1]
+        client.quit()
+        running.wait_stored(1)
+        running.wait_idle()
+    [line] = (running.data_dir / "sns" / "content.jsonl").read_text().splitlines()
+    notification = json.loads(json.loads(line)["Message"])
+    assert notification["mail"]["messageId"] == message_id
+    assert "content" not in notification
+    assert not (running.data_dir / "bounce").exists()
