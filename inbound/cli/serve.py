@@ -146,6 +146,12 @@ def add_parser(commands: Any) -> None:
         metavar="DURATION",
         help="first retry delay; doubles up to an hour",
     )
+    limits.add_argument(
+        "--max-retry-delay",
+        default="1h",
+        metavar="DURATION",
+        help="the longest wait between two retries of a message",
+    )
     p.set_defaults(run=run)
 
 
@@ -170,6 +176,7 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
     retry = RetryPolicy(
         max_age=timedelta(seconds=_duration("--max-retry-age", args.max_retry_age)),
         base_delay=_duration("--retry-delay", args.retry_delay),
+        max_delay=_duration("--max-retry-delay", args.max_retry_delay),
     )
     return ServeSettings(
         rules=args.rules,
