@@ -38,6 +38,10 @@ def _summary(spool: Spool, message_id: str, where: str) -> dict[str, object]:
         "size": meta.size,
         "attempts": state.attempts,
         "actions_succeeded": done,
+        # rule:action -> outcome of that action so far (attempts in brackets)
+        "actions": {
+            key: f"{step.outcome} ({step.attempts})" for key, step in sorted(state.steps.items())
+        },
         "next_attempt_at": state.next_attempt_at.isoformat() if state.next_attempt_at else None,
         "last_error": state.dead_reason or state.last_error,
     }
@@ -52,11 +56,14 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(rows, indent=2))
             return 0
         for row in rows:
-            error = f"  {row['last_error']}" if row["last_error"] else ""
+            error = f"  last error: {row['last_error']}" if row["last_error"] else ""
+            actions = row["actions"]
+            assert isinstance(actions, dict)
+            done = " ".join(f"{k}={v.split()[0]}" for k, v in actions.items()) or "none yet"
             print(
                 f"{row['message_id']}  {row['state']:<6}  {row['received_at']}  "
                 f"{row['from']} -> {', '.join(row['recipients'])}  "  # type: ignore[arg-type]
-                f"attempts={row['attempts']}{error}"
+                f"attempts={row['attempts']}  actions: {done}{error}"
             )
         queued, dead = spool.depth()
         print(f"{queued} queued, {dead} dead")
