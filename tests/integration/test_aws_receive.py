@@ -1,14 +1,20 @@
-"""`inbound serve --targets aws` against a moto server of its own, which the test stops and
-starts: actions fail transiently while AWS is away, nothing is lost, and everything lands once it
-is back; a missing bucket is permanent and dead-letters the message with the reason."""
+"""`inbound serve --targets aws` against a moto server of its own: while AWS cannot be reached
+the actions fail transiently and nothing is lost, and everything lands once it is back; a
+missing bucket is permanent and dead-letters the message with the reason.
+
+"AWS away" is a forwarding port in front of moto that the test closes and opens again: a moto
+restarted for real would come back empty, without the bucket, which is a different failure."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,6 +73,50 @@ class Moto:
         )
 
 
+class Gate:
+    """A TCP port that forwards to `target` while open, and refuses connections while closed."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = _free_port()
+        self.listener: socket.socket | None = None
+        self.connections: list[socket.socket] = []
+
+    def open(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        for connection in self.connections:
+            connection.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self.connections += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (source, sink):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+
 @pytest.fixture
 def moto(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Moto]:
     try:
@@ -102,24 +152,31 @@ def stored_keys(moto: Moto) -> list[str]:
     return sorted(item["Key"] for item in listing.get("Contents", []))
 
 
-def test_aws_away_then_back_loses_nothing(moto: Moto, tmp_path: Path) -> None:
+def test_aws_away_then_back_loses_nothing(
+    moto: Moto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "rules.yaml").write_text(RULES)
+    moto.start()
+    moto.s3().create_bucket(Bucket="inbound-mail")  # type: ignore[attr-defined]
+    gate = Gate(moto.port)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{gate.port}")
     child = start_child(
         tmp_path, "--targets", "aws", "--retry-delay", "0.2s", "--max-retry-delay", "1s"
     )
     try:
-        # AWS is not there: every message is still accepted (the spool has it).
+        # AWS cannot be reached: every message is still accepted (the spool has it).
         ids = [send(child, "in@example.com", n) for n in range(5)]
         wait_for(lambda: len(events_of(child, "message.deferred")) >= 5, "deferred messages")
         failed = events_of(child, "action.failed")
         assert failed
         assert all(event["transient"] for event in failed)
-        moto.start()
-        moto.s3().create_bucket(Bucket="inbound-mail")  # type: ignore[attr-defined]
+        assert stored_keys(moto) == []
+        gate.open()
         wait_for(lambda: len(stored_keys(moto)) == 5, "the five objects in S3", deadline=60)
         assert stored_keys(moto) == sorted(f"in/{message_id}" for message_id in ids)
         wait_for(lambda: not any((child.data_dir / "spool" / "queue").iterdir()), "empty queue")
     finally:
+        gate.close()
         child.signal(signal.SIGTERM)
         child.process.wait(DEADLINE)
 
