@@ -9,12 +9,16 @@ from typing import Any
 
 from inbound.cli.args import add_domain_flag
 from inbound.rules.load import load_rule_set
+from inbound.ses.export import ses_capabilities, ses_problems
 
 
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser("check", help="validate a rule file (YAML or SES JSON)")
     parser.add_argument("rules", type=Path, metavar="RULES")
     add_domain_flag(parser)
+    parser.add_argument(
+        "--ses", action="store_true", help="list, rule by rule, what SES can express"
+    )
     parser.set_defaults(run=run)
 
 
@@ -29,4 +33,10 @@ def run(args: argparse.Namespace) -> int:
         f"{len(rs.filters)} filters, domains {', '.join(rs.domains)}"
         + (f", {len(loaded.warnings)} warnings" if loaded.warnings else "")
     )
+    if args.ses:
+        for problem in ses_problems(rs):
+            if problem.rule is None:
+                print(f"{args.rules}: ses: {problem}")
+        for capability in ses_capabilities(rs):
+            print(f"{args.rules}: ses: {capability}")
     return 0

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from inbound import __version__
 from inbound.cli import check, evaluate, serve, spool, test
+from inbound.cli import ses as ses_cli
 from inbound.core.errors import ConfigError, InboundError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_parser(commands)
     serve.add_parser(commands)
     spool.add_parser(commands)
+    ses_cli.add_parser(commands)
     return parser
 
 

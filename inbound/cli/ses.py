@@ -1,0 +1,112 @@
+"""`inbound ses export|import|plan|apply`: the YAML rule set against a real SES receipt rule set.
+
+`export` is offline; the others use boto3's `ses` client, configured only by the standard AWS
+environment (SPEC section 8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from inbound.cli.args import add_domain_flag
+from inbound.core.errors import InputError
+from inbound.rules.load import load_rule_set
+from inbound.ses import live
+from inbound.ses.export import export_rule_set, ses_problems
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser("ses", help="export, import, plan or apply an SES rule set")
+    sub = parser.add_subparsers(dest="ses_command", required=True, metavar="SUBCOMMAND")
+
+    export = sub.add_parser("export", help="print the SES JSON of a rule file")
+    export.add_argument("rules", type=Path, metavar="RULES")
+    export.set_defaults(run=run_export)
+
+    imp = sub.add_parser("import", help="print the YAML of a live SES rule set")
+    which = imp.add_mutually_exclusive_group(required=True)
+    which.add_argument("--rule-set", metavar="NAME")
+    which.add_argument("--active", action="store_true", help="the active rule set")
+    imp.add_argument("--no-filters", action="store_true", help="leave out the account's IP filters")
+    add_domain_flag(imp)
+    imp.set_defaults(run=run_import)
+
+    for name, run, text in (
+        ("plan", run_plan, "print the changes that make the live rule set equal to RULES"),
+        ("apply", run_apply, "make the live rule set equal to RULES, then activate it"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("rules", type=Path, metavar="RULES")
+        cmd.add_argument("--rule-set", metavar="NAME", help="default: the rule file's name")
+        cmd.add_argument(
+            "--rate",
+            type=float,
+            default=live.DEFAULT_RATE,
+            help="SES calls per second, at most 1 (the SES quota; default 1)",
+        )
+        # Tests against a local SES emulator only: lifts the 1-call-per-second ceiling.
+        cmd.add_argument("--test-rate", type=float, default=None, help=argparse.SUPPRESS)
+        cmd.set_defaults(run=run)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    rule_set = load_rule_set(args.rules).rule_set
+    problems = ses_problems(rule_set)
+    if problems:
+        for problem in problems:
+            print(f"{args.rules}: {problem}", file=sys.stderr)
+        count = len({p.rule for p in problems if p.rule is not None})
+        what = f"{count} rule{'s' if count != 1 else ''}"
+        print(f"{what} SES cannot express ({len(problems)} problems)", file=sys.stderr)
+        return 2
+    print(json.dumps(export_rule_set(rule_set), indent=2))
+    return 0
+
+
+def _throttled(args: argparse.Namespace) -> live.Throttled:
+    test_rate: float | None = getattr(args, "test_rate", None)
+    rate: float = getattr(args, "rate", live.DEFAULT_RATE)
+    if test_rate is not None:
+        rate = test_rate
+    elif not 0 < rate <= live.DEFAULT_RATE:
+        raise InputError(f"--rate {rate}: must be more than 0 and at most 1 call per second")
+    return live.Throttled(live.ses_client(), rate)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    ses = _throttled(args)
+    name = None if args.active else args.rule_set
+    text = live.import_yaml(ses, name, with_filters=not args.no_filters, domains=args.domain)
+    sys.stdout.write(text)
+    return 0
+
+
+def _planned(args: argparse.Namespace) -> tuple[live.Throttled, list[live.Change]]:
+    rule_set = load_rule_set(args.rules).rule_set
+    problems = ses_problems(rule_set)
+    if problems:
+        raise InputError("; ".join(str(p) for p in problems))
+    ses = _throttled(args)
+    return ses, live.plan(ses, rule_set, args.rule_set)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    _, changes = _planned(args)
+    for change in changes:
+        print(change)
+    if not changes:
+        print("no changes")
+    return 0
+
+
+def run_apply(args: argparse.Namespace) -> int:
+    ses, changes = _planned(args)
+    for change in changes:
+        print(change)
+        ses.call(change.operation, **change.request)
+    print(f"{len(changes)} change{'s' if len(changes) != 1 else ''} applied")
+    return 0
