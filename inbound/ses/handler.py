@@ -1,0 +1,527 @@
+"""The Lambda handler for mail that Amazon SES received (SPEC section 8).
+
+Configure it as `inbound.ses.handler.lambda_handler` for a Lambda action of an SES receipt rule,
+or subscribe it to the SNS topic of an S3 (or SNS) action. It accepts:
+
+- the SES Lambda event (`Records[0].eventSource == "aws:ses"`);
+- an SNS event (`Records[0].EventSource == "aws:sns"`) whose `Sns.Message` is a `Received`
+  notification; SES's setup notification (`AMAZON_SES_SETUP_NOTIFICATION`) is ignored.
+Anything else raises `SesEventError`, which Lambda reports as the invocation's error.
+
+**The message.** The notification's `content` when present (UTF-8 or base64, per
+`receipt.action.encoding`); otherwise the object SES stored: the receipt's S3 action
+(`bucketName`, `objectKey`), else `INBOUND_SES_BUCKET` + `INBOUND_SES_PREFIX` + messageId. The
+bytes are used as SES stored them: SES's own prepended headers are not added a second time.
+
+**Facts.** The five verdicts and `dmarcPolicy` come from the receipt (`spamVerdict.status`, ...);
+nothing is rescanned. A verdict the receipt lacks takes the `Verdicts` default (spam/virus
+DISABLED, spf/dkim/dmarc GRAY). As everywhere, spam and virus stay DISABLED unless a matching
+YAML rule has `scan_enabled: true`. The envelope is `mail.source` and `receipt.recipients`.
+
+**No connection facts** (decision). SES does not tell a Lambda the client's IP or whether the
+session used TLS. The handler evaluates with client IP 0.0.0.0 and TLS on, and therefore:
+- the YAML's receipt IP `filters` are not applied (SES applied its own at connection time);
+- `tls_policy: require` does not exclude a rule (SES enforced its rule's TLS policy);
+- an enabled rule with a `client_ip` or `tls` condition in `when`/`unless` makes the rule set
+  unusable here: loading raises `SesRuleSetError` naming those rules, rather than deciding on a
+  made-up fact. Such conditions belong in the rule set of the SMTP receiver.
+
+**Rules.** The YAML (or SES JSON) rule set at `INBOUND_RULES` is loaded once per container and
+cached. Its actions run in order through `AwsTargets()`. The result is
+`{"disposition": "STOP_RULE_SET"}` when the YAML's rules stopped (a `stop` action, or a
+request_response Lambda returning STOP_RULE_SET), else `{"disposition": "CONTINUE"}`. A failing
+action raises its `ActionError`: the invocation fails and SES (or Lambda's asynchronous retry)
+delivers the event again.
+
+**Idempotency.** SES may deliver the same event twice. After each action that succeeds, the
+handler writes `INBOUND_SES_STATE_PREFIX` (default `inbound-state/`) + messageId + `.json` in the
+bucket the message came from (or `INBOUND_SES_BUCKET`): the succeeded step keys
+(`RULE:ACTION`) with any recorded result (a Lambda disposition). A second run skips those steps
+and replays the recorded dispositions. An action interrupted between its success and the state
+write runs again (at least once). With no bucket at all (inline `content` and no
+`INBOUND_SES_BUCKET`) nothing is recorded: a redelivered event runs every action again (S3 puts
+are overwritten with the same object, but SNS publishes, Lambda invocations and bounces repeat).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import json
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from inbound.actions import ActionModel, AddHeaderAction, LambdaAction
+from inbound.actions.base import ActionContext, JsonObject
+from inbound.core.envelope import Connection, Envelope
+from inbound.core.errors import InboundError
+from inbound.core.message import MessageFacts
+from inbound.core.plan import Plan
+from inbound.core.targets import BounceRequest, Targets
+from inbound.core.verdicts import VERDICT_KINDS, DmarcPolicy, Verdict, Verdicts
+from inbound.message.headers import add_header
+from inbound.message.notification import (
+    lambda_event,
+    mail_object,
+    receipt_object,
+    received_notification,
+)
+from inbound.message.parse import parse_message
+from inbound.message.read import need_for
+from inbound.observe.log import emit, emit_fields
+from inbound.rules.compiled import CompiledRuleSet
+from inbound.rules.evaluate import PAUSE, evaluate, message_keys
+from inbound.rules.load import load_rule_set
+from inbound.targets.aws import AwsTargets
+
+log = logging.getLogger("inbound.ses")
+
+SETUP_NOTIFICATION = "AMAZON_SES_SETUP_NOTIFICATION"
+DEFAULT_STATE_PREFIX = "inbound-state/"
+# Connection facts SES does not give: see the module docstring.
+UNKNOWN_CLIENT = Connection.of("0.0.0.0", "unknown", tls=True)  # noqa: S104 - not a bind address
+CONNECTION_KEYS = frozenset({"client_ip", "tls"})
+CONTINUE = {"disposition": "CONTINUE"}
+STOP_RULE_SET = {"disposition": "STOP_RULE_SET"}
+
+
+class SesEventError(InboundError):
+    """The event is not an SES receipt this handler understands."""
+
+
+class SesConfigError(InboundError):
+    """The handler's environment is incomplete (`INBOUND_RULES`, no bucket for the message)."""
+
+
+class SesRuleSetError(InboundError):
+    """The rule set uses conditions that cannot be evaluated against SES receipts."""
+
+
+class SesMessageError(InboundError):
+    """The raw message could not be read (S3 object missing, content not decodable)."""
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """One SES `Received` notification or Lambda event record: `mail`, `receipt`, `content`."""
+
+    mail: JsonObject
+    receipt: JsonObject
+    content: str | None = None
+
+    @property
+    def message_id(self) -> str:
+        return _text(self.mail, "messageId", "mail")
+
+    @property
+    def action(self) -> JsonObject:
+        action = self.receipt.get("action", {})
+        return action if isinstance(action, dict) else {}
+
+
+# -- the event -------------------------------------------------------------------------------
+
+
+def parse_event(event: object) -> Receipt | None:
+    """The receipt in a Lambda event; None for SES's setup notification."""
+    records = event.get("Records") if isinstance(event, dict) else None
+    if not isinstance(records, list) or not records or not isinstance(records[0], dict):
+        raise SesEventError("not an SES or SNS event: no Records[0] object")
+    record: dict[str, Any] = records[0]
+    if record.get("eventSource") == "aws:ses":
+        ses = _object(record, "ses", "Records[0]")
+        return _receipt(ses, "Records[0].ses")
+    if record.get("EventSource") == "aws:sns":
+        sns = _object(record, "Sns", "Records[0]")
+        text = sns.get("Message")
+        if not isinstance(text, str):
+            raise SesEventError("Records[0].Sns.Message is not a string")
+        try:
+            message = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SesEventError(f"Records[0].Sns.Message is not JSON: {exc}") from None
+        if not isinstance(message, dict):
+            raise SesEventError("Records[0].Sns.Message is not a JSON object")
+        kind = message.get("notificationType")
+        mail = message.get("mail")
+        if kind == SETUP_NOTIFICATION or (
+            isinstance(mail, dict) and mail.get("messageId") == SETUP_NOTIFICATION
+        ):
+            return None
+        if kind != "Received":
+            raise SesEventError(
+                f"SNS message has notificationType {kind!r}: only 'Received' notifications "
+                "(of SES receipt rules) are handled"
+            )
+        return _receipt(message, "Records[0].Sns.Message")
+    source = record.get("eventSource", record.get("EventSource"))
+    raise SesEventError(
+        f"unsupported event source {source!r}: expected 'aws:ses' (Lambda action) or "
+        "'aws:sns' (Received notification)"
+    )
+
+
+def _receipt(body: dict[str, Any], where: str) -> Receipt:
+    content = body.get("content")
+    if content is not None and not isinstance(content, str):
+        raise SesEventError(f"{where}.content is not a string")
+    found = Receipt(_object(body, "mail", where), _object(body, "receipt", where), content)
+    _text(found.mail, "messageId", f"{where}.mail")
+    return found
+
+
+def _object(body: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = body.get(key)
+    if not isinstance(value, dict):
+        raise SesEventError(f"{where}.{key} is missing or not an object")
+    return value
+
+
+def _text(body: Mapping[str, object], key: str, where: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str):
+        raise SesEventError(f"{where}.{key} is missing or not a string")
+    return value
+
+
+def verdicts_of(receipt: Mapping[str, object]) -> Verdicts:
+    """The receipt's verdicts; a missing one keeps the `Verdicts` default."""
+    found: dict[str, Any] = {}
+    for kind in VERDICT_KINDS:
+        entry = receipt.get(f"{kind}Verdict")
+        if entry is None:
+            continue
+        status = entry.get("status") if isinstance(entry, dict) else None
+        try:
+            found[kind] = Verdict(str(status))
+        except ValueError:
+            raise SesEventError(
+                f"receipt.{kind}Verdict.status {status!r} is not a verdict"
+            ) from None
+    policy = receipt.get("dmarcPolicy")
+    if policy is not None:
+        try:
+            found["dmarc_policy"] = DmarcPolicy(str(policy).lower())
+        except ValueError:
+            raise SesEventError(f"receipt.dmarcPolicy {policy!r} is not a DMARC policy") from None
+    return Verdicts(**found)
+
+
+def _timestamp(body: Mapping[str, object], fallback: datetime) -> datetime:
+    value = body.get("timestamp")
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return fallback
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return fallback
+
+
+# -- the rule set and the clients, once per container -----------------------------------------
+
+_lock = threading.Lock()
+_rules: dict[str, CompiledRuleSet] = {}
+_clients: dict[str, Any] = {}
+
+
+def clear_caches() -> None:
+    """Forget the cached rule sets, targets and clients (tests; a new configuration)."""
+    with _lock:
+        _rules.clear()
+        _clients.clear()
+
+
+def rules_at(path: str) -> CompiledRuleSet:
+    """The rule set at `path`, loaded and checked once per container."""
+    with _lock:
+        cached = _rules.get(path)
+    if cached is not None:
+        return cached
+    compiled = CompiledRuleSet.build(load_rule_set(Path(path)).rule_set)
+    unusable = [
+        f"{rule.name} ({', '.join(sorted(keys))})"
+        for rule in compiled.rules
+        if rule.enabled and (keys := _used_keys(rule.model) & CONNECTION_KEYS)
+    ]
+    if unusable:
+        raise SesRuleSetError(
+            f"{path}: SES receipts carry no client IP or TLS facts, so these rules' conditions "
+            f"cannot be evaluated: {'; '.join(unusable)}"
+        )
+    # SES applied its own IP filters when it accepted the connection.
+    compiled = dataclasses.replace(compiled, filters=())
+    with _lock:
+        _rules[path] = compiled
+    return compiled
+
+
+def _used_keys(rule: Any) -> set[str]:
+    keys: set[str] = set()
+    for conditions in (rule.when, rule.unless):
+        if conditions is not None:
+            keys.update(conditions.used())
+    return keys
+
+
+def _s3() -> Any:
+    with _lock:
+        client = _clients.get("s3")
+        if client is None:
+            client = _clients["s3"] = boto3.client("s3")
+    return client
+
+
+def _targets() -> AwsTargets:
+    with _lock:
+        targets = _clients.get("targets")
+        if targets is None:
+            targets = _clients["targets"] = AwsTargets()
+    assert isinstance(targets, AwsTargets)
+    return targets
+
+
+# -- the message and its state --------------------------------------------------------------
+
+
+def raw_message(found: Receipt, env: Mapping[str, str]) -> tuple[bytes, str | None]:
+    """The message's bytes and the bucket that keeps its state (None: no bucket)."""
+    env_bucket = env.get("INBOUND_SES_BUCKET") or None
+    action = found.action
+    if found.content is not None:
+        encoding = str(action.get("encoding", "UTF8")).upper()
+        if encoding == "BASE64":
+            try:
+                return base64.b64decode(found.content, validate=True), env_bucket
+            except binascii.Error as exc:
+                raise SesMessageError(f"content is not valid base64: {exc}") from None
+        return found.content.encode("utf-8"), env_bucket
+    bucket, key = action.get("bucketName"), action.get("objectKey")
+    if action.get("type") == "S3" and isinstance(bucket, str) and bucket:
+        if not isinstance(key, str) or not key:
+            key = _object_key(str(action.get("objectKeyPrefix") or ""), found.message_id)
+    elif env_bucket is not None:
+        bucket = env_bucket
+        key = env.get("INBOUND_SES_PREFIX", "") + found.message_id
+    else:
+        raise SesConfigError(
+            f"message {found.message_id}: the event has no content and no S3 action; set "
+            "INBOUND_SES_BUCKET (and INBOUND_SES_PREFIX) to where SES stores the messages"
+        )
+    try:
+        body = _s3().get_object(Bucket=bucket, Key=key)["Body"]
+        data: bytes = body.read()
+    except Exception as exc:  # botocore's errors: a missing object, a denied read, ...
+        raise SesMessageError(f"cannot read s3://{bucket}/{key}: {exc}") from exc
+    return data, bucket
+
+
+def _object_key(prefix: str, message_id: str) -> str:
+    if prefix and not prefix.endswith("/"):
+        return f"{prefix}/{message_id}"
+    return f"{prefix}{message_id}"
+
+
+@dataclass
+class StepState:
+    """The succeeded steps of one message (`RULE:ACTION` -> recorded result), kept in S3."""
+
+    bucket: str | None
+    key: str
+    steps: dict[str, str | None] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, bucket: str | None, key: str) -> StepState:
+        state = cls(bucket, key)
+        if bucket is None:
+            return state
+        s3 = _s3()
+        try:
+            data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except s3.exceptions.NoSuchKey:
+            return state
+        loaded = json.loads(data)
+        steps = loaded.get("steps", {}) if isinstance(loaded, dict) else {}
+        if isinstance(steps, dict):
+            state.steps = {str(k): v if isinstance(v, str) else None for k, v in steps.items()}
+        return state
+
+    def save(self, message_id: str) -> None:
+        if self.bucket is None:
+            return
+        body = json.dumps({"messageId": message_id, "steps": self.steps}, sort_keys=True)
+        _s3().put_object(
+            Bucket=self.bucket, Key=self.key, Body=body.encode(), ContentType="application/json"
+        )
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+def lambda_handler(event: object, context: object) -> dict[str, str]:
+    """Apply the rule set at `INBOUND_RULES` to one SES receipt; see the module docstring."""
+    found = parse_event(event)
+    if found is None:
+        emit(log, "ses.setup_notification_ignored")
+        return dict(CONTINUE)
+    env = os.environ
+    path = env.get("INBOUND_RULES")
+    if not path:
+        raise SesConfigError("INBOUND_RULES is not set: the path of the YAML rule set")
+    rules = rules_at(path)
+    raw, bucket = raw_message(found, env)
+    prefix = env.get("INBOUND_SES_STATE_PREFIX", DEFAULT_STATE_PREFIX)
+    state = StepState.load(bucket, f"{prefix}{found.message_id}.json")
+    plan = asyncio.run(_SesRun(rules, found, raw, state, _targets()).run())
+    stopped = any(run.stop in ("Stop", "STOP_RULE_SET") for run in plan.rules)
+    return dict(STOP_RULE_SET if stopped else CONTINUE)
+
+
+class _SesRun:
+    """Evaluate and execute one receipt, skipping the steps a previous run completed."""
+
+    def __init__(
+        self,
+        rules: CompiledRuleSet,
+        found: Receipt,
+        raw: bytes,
+        state: StepState,
+        targets: Targets,
+    ) -> None:
+        self.rules = rules
+        self.found = found
+        self.raw = raw
+        self.state = state
+        self.targets = targets
+        self.message_id = found.message_id
+        mail, receipt = found.mail, found.receipt
+        source = mail.get("source")
+        recipients = receipt.get("recipients")
+        if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
+            raise SesEventError("receipt.recipients is missing or not a list of addresses")
+        self.envelope = Envelope(source if isinstance(source, str) else "", tuple(recipients))
+        self.verdicts = verdicts_of(receipt)
+        self.received_at = _timestamp(mail, datetime.now(UTC))
+        self.triggered_at = _timestamp(receipt, self.received_at)
+        took = receipt.get("processingTimeMillis")
+        self.processing_ms = took if isinstance(took, int) else 0
+        need = need_for(message_keys(rules, self.envelope.rcpt_tos))
+        self.facts = MessageFacts(size=len(raw)) if need == "nothing" else parse_message(raw)
+        end = raw.find(b"\r\n\r\n")
+        self.headers = raw[: end + 2] if end >= 0 else raw
+        self.content = raw
+        self.plan_verdicts = self.verdicts
+
+    def _recorded(self, rule: int, action: int, _lambda: LambdaAction) -> str | None:
+        key = f"{rule}:{action}"
+        return self.state.steps.get(key, PAUSE)
+
+    def evaluate(self) -> Plan:
+        return evaluate(
+            self.rules,
+            message_id=self.message_id,
+            connection=UNKNOWN_CLIENT,
+            envelope=self.envelope,
+            message=self.facts,
+            verdicts=self.verdicts,
+            lambda_results=self._recorded,
+        )
+
+    async def run(self) -> Plan:
+        while True:
+            plan = self.evaluate()
+            self.plan_verdicts = plan.verdicts
+            self.content = self.raw
+            for rule_run in plan.rules:
+                for step in rule_run.actions:
+                    assert isinstance(step.action, ActionModel)
+                    await self._step(rule_run.index, step.index, step.action, rule_run.recipients)
+            if plan.pending is None:
+                return plan
+            rule_index, action_index = plan.pending
+            action = self.rules.rules[rule_index].actions[action_index]
+            recipients = next(r.recipients for r in plan.rules if r.index == rule_index)
+            await self._step(rule_index, action_index, action, recipients)
+
+    async def _step(
+        self, rule: int, index: int, action: ActionModel, recipients: tuple[str, ...]
+    ) -> None:
+        if isinstance(action, AddHeaderAction):
+            self.content = add_header(self.content, action.name, action.value)
+            return
+        key = f"{rule}:{index}"
+        if key in self.state.steps:
+            return
+        fields = {
+            "message_id": self.message_id,
+            "rule": self.rules.rules[rule].name,
+            "action": action.receipt_type,
+            "step": key,
+        }
+        try:
+            result = await action.execute(self._context(recipients), self.targets)
+        except InboundError as exc:
+            failure = {**fields, "error": str(exc)}
+            emit_fields(log, "ses.action_failed", failure, level=logging.WARNING)
+            raise
+        self.state.steps[key] = result
+        await asyncio.to_thread(self.state.save, self.message_id)
+        emit_fields(log, "ses.action_succeeded", fields)
+
+    def _context(self, recipients: tuple[str, ...]) -> ActionContext:
+        content = self.content
+        verdicts = self.plan_verdicts
+
+        def mail() -> JsonObject:
+            if content is self.raw:
+                return dict(self.found.mail)  # SES's own object for SES's bytes
+            return mail_object(
+                message_id=self.message_id,
+                timestamp=self.received_at,
+                source=self.envelope.mail_from,
+                raw=content,
+            )
+
+        def receipt(action: JsonObject) -> JsonObject:
+            return receipt_object(
+                timestamp=self.triggered_at,
+                processing_ms=self.processing_ms,
+                recipients=list(recipients),
+                verdicts=verdicts,
+                action=action,
+            )
+
+        def bounce(code: str, status: str, diagnostic: str, sender: str) -> BounceRequest:
+            domain = sender.rpartition("@")[2] or "localhost"
+            return BounceRequest(
+                message_id=self.message_id,
+                sender=sender,
+                to=self.envelope.mail_from,
+                recipients=recipients,
+                smtp_reply_code=code,
+                status_code=status,
+                diagnostic=diagnostic,
+                reporting_mta=domain,
+                original_headers=self.headers,
+                arrival=self.received_at,
+            )
+
+        return ActionContext(
+            message_id=self.message_id,
+            content=content,
+            mail_from=self.envelope.mail_from,
+            recipients=recipients,
+            notification=lambda action: received_notification(mail(), receipt(action)),
+            lambda_event=lambda action: lambda_event(mail(), receipt(action)),
+            bounce=bounce,
+        )

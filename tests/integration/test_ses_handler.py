@@ -1,0 +1,364 @@
+"""The SES Lambda handler against a real moto server: events of the corpus, SNS-wrapped
+notifications, the rules' actions through the AWS targets, verdicts from the receipt, and
+idempotency per messageId."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from inbound.ses import (
+    handler,
+    lambda_handler,  # the name SPEC section 8 gives
+)
+from inbound.ses.handler import SesEventError, SesRuleSetError
+from tests.conftest import FIXTURES
+from tests.integration.daemons import start_moto
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+CORPUS = FIXTURES / "corpus" / "ses"
+SAMPLES = sorted(CORPUS.glob("lambda-event__*.json"))
+RAW = (CORPUS / "lambda-event__ses-forwarder__message.eml").read_bytes()
+SNS_WITH_CONTENT = CORPUS / "docs__received_notification_sns_action_with_content.json"
+S3_NOTIFICATION = FIXTURES / "ses" / "received_notification_s3_action.json"
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[str]:
+    yield from start_moto()
+
+
+@pytest.fixture
+def aws(moto: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """Only the standard AWS configuration, pointing at moto; nothing from the developer's."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for service in ("S3", "SNS", "SQS", "LAMBDA", "STS", "IAM", "KMS"):
+        monkeypatch.delenv(f"AWS_ENDPOINT_URL_{service}", raising=False)
+    for name in ("INBOUND_SES_BUCKET", "INBOUND_SES_PREFIX", "INBOUND_RULES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    # Two corpus samples share a messageId: each test keeps its state apart.
+    monkeypatch.setenv("INBOUND_SES_STATE_PREFIX", f"state-{uuid.uuid4().hex[:8]}/")
+    handler.clear_caches()
+    yield moto
+    handler.clear_caches()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def s3() -> Any:
+    return boto3.client("s3")
+
+
+def bucket(name: str | None = None, *, versioned: bool = False) -> str:
+    name = name or unique("bucket")
+    s3().create_bucket(Bucket=name)
+    if versioned:
+        s3().put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    return name
+
+
+def get(bucket_name: str, key: str) -> bytes:
+    data: bytes = s3().get_object(Bucket=bucket_name, Key=key)["Body"].read()
+    return data
+
+
+def keys(bucket_name: str, prefix: str = "") -> list[str]:
+    listed = s3().list_objects_v2(Bucket=bucket_name, Prefix=prefix)
+    return sorted(o["Key"] for o in listed.get("Contents", []))
+
+
+def rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    path = tmp_path / unique("rules")
+    path.with_suffix(".yaml").write_text(text)
+    monkeypatch.setenv("INBOUND_RULES", str(path.with_suffix(".yaml")))
+
+
+def store_rules(domains: list[str], out: str) -> str:
+    return f"""\
+version: 1
+name: ses
+domains: {json.dumps(domains)}
+rules:
+  - name: keep
+    actions:
+      - {{type: s3, bucket: {out}, prefix: out/}}
+"""
+
+
+def sns_event(message: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "Records": [
+            {
+                "EventSource": "aws:sns",
+                "EventVersion": "1.0",
+                "EventSubscriptionArn": "arn:aws:sns:us-east-1:123456789012:inbound:sub",
+                "Sns": {
+                    "Type": "Notification",
+                    "MessageId": str(uuid.uuid4()),
+                    "TopicArn": "arn:aws:sns:us-east-1:123456789012:inbound",
+                    "Subject": "Amazon SES Email Receipt Notification",
+                    "Message": json.dumps(message),
+                    "Timestamp": "2026-01-01T00:00:00.000Z",
+                },
+            }
+        ]
+    }
+
+
+def ses_event(
+    message_id: str, recipient: str = "user@example.com", spam: str = "PASS"
+) -> dict[str, Any]:
+    event: dict[str, Any] = json.loads(SAMPLES[0].read_text())
+    record = event["Records"][0]["ses"]
+    record["mail"]["messageId"] = message_id
+    record["receipt"]["recipients"] = [recipient]
+    record["receipt"]["spamVerdict"] = {"status": spam}
+    return event
+
+
+def stored_message(message_id: str) -> str:
+    """Put RAW where INBOUND_SES_BUCKET + INBOUND_SES_PREFIX say SES stored it."""
+    return stored_at(bucket(), "incoming/", message_id)
+
+
+def stored_at(source: str, prefix: str, message_id: str) -> str:
+    s3().put_object(Bucket=source, Key=prefix + message_id, Body=RAW)
+    return source
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.stem)
+def test_every_lambda_event_sample_is_accepted(
+    aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sample: Path
+) -> None:
+    event = json.loads(sample.read_text())
+    ses = event["Records"][0]["ses"]
+    message_id = ses["mail"]["messageId"]
+    action = ses["receipt"]["action"]
+    if action.get("type") == "S3":  # read from the S3 action's own object
+        source = action["bucketName"]
+        bucket(source)
+        s3().put_object(Bucket=source, Key=action["objectKey"], Body=RAW)
+    else:
+        source = stored_message(message_id)
+        monkeypatch.setenv("INBOUND_SES_BUCKET", source)
+        monkeypatch.setenv("INBOUND_SES_PREFIX", "incoming/")
+    out = bucket()
+    domains = sorted({r.rpartition("@")[2] for r in ses["receipt"]["recipients"]})
+    rules(tmp_path, monkeypatch, store_rules(domains, out))
+
+    assert lambda_handler(event, None) == {"disposition": "CONTINUE"}
+    assert get(out, f"out/{message_id}") == RAW
+    state = json.loads(get(source, f"{os.environ['INBOUND_SES_STATE_PREFIX']}{message_id}.json"))
+    assert state == {"messageId": message_id, "steps": {"0:0": None}}
+
+
+def test_sns_wrapped_notification_with_content(
+    aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notification = json.loads(SNS_WITH_CONTENT.read_text())
+    out = bucket()
+    rules(tmp_path, monkeypatch, store_rules(["example.com"], out))
+    message_id = notification["mail"]["messageId"]
+    expected = notification["content"].encode("utf-8")
+
+    assert lambda_handler(sns_event(notification), None) == {"disposition": "CONTINUE"}
+    assert get(out, f"out/{message_id}") == expected
+
+    encoded = copy.deepcopy(notification)
+    encoded["mail"]["messageId"] = message_id + "b64"
+    encoded["receipt"]["action"]["encoding"] = "BASE64"
+    encoded["content"] = base64.b64encode(expected).decode("ascii")
+    assert lambda_handler(sns_event(encoded), None) == {"disposition": "CONTINUE"}
+    assert get(out, f"out/{message_id}b64") == expected
+
+
+def test_sns_wrapped_notification_of_an_s3_action_reads_the_object(
+    aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notification = json.loads(S3_NOTIFICATION.read_text())
+    action = notification["receipt"]["action"]
+    source = unique("ses-store")
+    action["bucketName"] = source
+    bucket(source)
+    s3().put_object(Bucket=source, Key=action["objectKey"], Body=RAW)
+    out = bucket()
+    rules(tmp_path, monkeypatch, store_rules(["example.com"], out))
+
+    assert lambda_handler(sns_event(notification), None) == {"disposition": "CONTINUE"}
+    assert get(out, f"out/{notification['mail']['messageId']}") == RAW
+
+
+def test_setup_notification_is_ignored(aws: str) -> None:
+    # No INBOUND_RULES and no bucket: the handler must not even look for them.
+    setup = {"notificationType": "AMAZON_SES_SETUP_NOTIFICATION"}
+    assert lambda_handler(sns_event(setup), None) == {"disposition": "CONTINUE"}
+    received = json.loads(S3_NOTIFICATION.read_text())
+    received["mail"]["messageId"] = "AMAZON_SES_SETUP_NOTIFICATION"
+    assert lambda_handler(sns_event(received), None) == {"disposition": "CONTINUE"}
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {},
+        {"Records": []},
+        {"Records": [{"eventSource": "aws:s3", "s3": {}}]},
+        {"Records": [{"EventSource": "aws:sns", "Sns": {"Message": "not json"}}]},
+        {
+            "Records": [
+                {"EventSource": "aws:sns", "Sns": {"Message": '{"notificationType": "Bounce"}'}}
+            ]
+        },
+        {"Records": [{"eventSource": "aws:ses", "ses": {"mail": {}, "receipt": {}}}]},
+    ],
+)
+def test_other_events_are_refused(event: dict[str, Any]) -> None:
+    with pytest.raises(SesEventError):
+        lambda_handler(event, None)
+
+
+def test_s3_action_and_stop(aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    message_id = unique("stop")
+    monkeypatch.setenv("INBOUND_SES_BUCKET", stored_message(message_id))
+    monkeypatch.setenv("INBOUND_SES_PREFIX", "incoming/")
+    out = bucket()
+    rules(
+        tmp_path,
+        monkeypatch,
+        f"""\
+version: 1
+name: ses
+domains: [example.com]
+rules:
+  - name: store-and-stop
+    actions:
+      - {{type: add_header, name: X-Team, value: support}}
+      - {{type: s3, bucket: {out}, prefix: kept}}
+      - {{type: stop}}
+  - name: never
+    actions:
+      - {{type: s3, bucket: {out}, prefix: never/}}
+""",
+    )
+    assert lambda_handler(ses_event(message_id), None) == {"disposition": "STOP_RULE_SET"}
+    assert keys(out) == [f"kept/{message_id}"]
+    assert get(out, f"kept/{message_id}") == b"X-Team: support\r\n" + RAW
+
+
+def test_a_duplicate_event_runs_nothing_twice(
+    aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message_id = unique("dup")
+    source = stored_message(message_id)
+    monkeypatch.setenv("INBOUND_SES_BUCKET", source)
+    monkeypatch.setenv("INBOUND_SES_PREFIX", "incoming/")
+    out = bucket(versioned=True)
+    rules(
+        tmp_path,
+        monkeypatch,
+        f"""\
+version: 1
+name: ses
+domains: [example.com]
+rules:
+  - name: twice
+    actions:
+      - {{type: s3, bucket: {out}, prefix: a/}}
+      - {{type: s3, bucket: {out}, prefix: b/}}
+""",
+    )
+    event = ses_event(message_id)
+    assert lambda_handler(event, None) == {"disposition": "CONTINUE"}
+    assert lambda_handler(copy.deepcopy(event), None) == {"disposition": "CONTINUE"}
+    versions = s3().list_object_versions(Bucket=out)["Versions"]
+    assert sorted(v["Key"] for v in versions) == [f"a/{message_id}", f"b/{message_id}"]
+    state_key = f"{os.environ['INBOUND_SES_STATE_PREFIX']}{message_id}.json"
+    assert json.loads(get(source, state_key))["steps"] == {"0:0": None, "0:1": None}
+
+    # A run that failed after its first action resumes with the second only.
+    second = unique("resume")
+    stored_at(source, "incoming/", second)
+    s3().put_object(
+        Bucket=source,
+        Key=f"{os.environ['INBOUND_SES_STATE_PREFIX']}{second}.json",
+        Body=json.dumps({"messageId": second, "steps": {"0:0": None}}).encode(),
+    )
+    assert lambda_handler(ses_event(second), None) == {"disposition": "CONTINUE"}
+    assert f"a/{second}" not in keys(out)
+    assert f"b/{second}" in keys(out)
+
+
+@pytest.mark.parametrize(("spam", "where"), [("FAIL", "quarantine"), ("PASS", "inbox")])
+def test_receipt_verdicts_drive_conditions(
+    aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spam: str, where: str
+) -> None:
+    message_id = unique(f"spam-{spam.lower()}")
+    monkeypatch.setenv("INBOUND_SES_BUCKET", stored_message(message_id))
+    monkeypatch.setenv("INBOUND_SES_PREFIX", "incoming/")
+    out = bucket()
+    rules(
+        tmp_path,
+        monkeypatch,
+        f"""\
+version: 1
+name: ses
+domains: [example.com]
+rules:
+  - name: quarantine
+    scan_enabled: true
+    when: {{spam: [FAIL]}}
+    actions:
+      - {{type: s3, bucket: {out}, prefix: quarantine/}}
+      - {{type: stop}}
+  - name: inbox
+    scan_enabled: true
+    actions:
+      - {{type: s3, bucket: {out}, prefix: inbox/}}
+""",
+    )
+    disposition = "STOP_RULE_SET" if spam == "FAIL" else "CONTINUE"
+    assert lambda_handler(ses_event(message_id, spam=spam), None) == {"disposition": disposition}
+    assert keys(out) == [f"{where}/{message_id}"]
+
+
+def test_connection_conditions_cannot_be_evaluated(
+    aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message_id = unique("ip")
+    monkeypatch.setenv("INBOUND_SES_BUCKET", stored_message(message_id))
+    rules(
+        tmp_path,
+        monkeypatch,
+        """\
+version: 1
+name: ses
+domains: [example.com]
+rules:
+  - name: office
+    when: {client_ip: [198.51.100.0/24]}
+    actions:
+      - {type: stop}
+""",
+    )
+    with pytest.raises(SesRuleSetError, match="office"):
+        lambda_handler(ses_event(message_id), None)
