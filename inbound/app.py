@@ -30,6 +30,7 @@ from inbound.observe.metrics import Metrics
 from inbound.receive.limits import ReceiverLimits
 from inbound.receive.server import SmtpServer
 from inbound.rules.book import RuleBook
+from inbound.rules.load import load_rule_set
 from inbound.scan.clamd import ClamdScanner
 from inbound.scan.dns import DnsPythonResolver, Resolver, ZoneResolver
 from inbound.scan.run import Scanners
@@ -122,6 +123,8 @@ class Receiver:
 
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
+        # Bad rules are reported before anything is created on disk.
+        load_rule_set(settings.rules, extra_domains=settings.domains)
         data_dir = settings.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = _lock_data_dir(data_dir)
