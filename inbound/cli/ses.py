@@ -1,19 +1,23 @@
-"""`inbound ses export|import|plan|apply`: the YAML rule set against a real SES receipt rule set.
+"""`inbound ses export|import|plan|apply`: the YAML rule set against a real SES receipt rule set;
+`inbound ses consume`: the Lambda handler's work for `Received` notifications in an SQS queue.
 
-`export` is offline; the others use boto3's `ses` client, configured only by the standard AWS
-environment (SPEC section 8).
+`export` is offline; the others use boto3's `ses` (or `sqs`) client, configured only by the
+standard AWS environment (SPEC section 8).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from inbound.cli.args import add_domain_flag
 from inbound.core.errors import InputError
+from inbound.observe.log import configure
 from inbound.rules.load import load_rule_set
 from inbound.ses import live
 from inbound.ses.export import export_rule_set, ses_problems
@@ -51,6 +55,27 @@ def add_parser(commands: Any) -> None:
         # Tests against a local SES emulator only: lifts the 1-call-per-second ceiling.
         cmd.add_argument("--test-rate", type=float, default=None, help=argparse.SUPPRESS)
         cmd.set_defaults(run=run)
+
+    consume = sub.add_parser(
+        "consume", help="run the rules on SES Received notifications from an SQS queue"
+    )
+    consume.add_argument("--queue", required=True, metavar="URL", help="the SQS queue URL")
+    consume.add_argument(
+        "--wait", type=int, default=20, help="long-poll seconds, 0 to 20 (default 20)"
+    )
+    consume.add_argument(
+        "--visibility",
+        type=int,
+        default=300,
+        help="seconds a received message stays hidden before a retry (default 300)",
+    )
+    consume.add_argument(
+        "--max-messages", type=int, default=None, metavar="N", help="stop after N messages"
+    )
+    consume.add_argument(
+        "--rules", metavar="PATH", default=None, help="the rule set (default: $INBOUND_RULES)"
+    )
+    consume.set_defaults(run=run_consume)
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -109,4 +134,33 @@ def run_apply(args: argparse.Namespace) -> int:
         print(change)
         ses.call(change.operation, **change.request)
     print(f"{len(changes)} change{'s' if len(changes) != 1 else ''} applied")
+    return 0
+
+
+def run_consume(args: argparse.Namespace) -> int:
+    # Imported here so the other subcommands do not load the handler and its targets.
+    from inbound.ses import consume, handler  # noqa: PLC0415
+
+    if not 0 <= args.wait <= 20:
+        raise InputError(f"--wait {args.wait}: must be 0 to 20 seconds (the SQS long-poll limit)")
+    if args.visibility < 0:
+        raise InputError(f"--visibility {args.visibility}: must not be negative")
+    if args.max_messages is not None and args.max_messages < 1:
+        raise InputError(f"--max-messages {args.max_messages}: must be at least 1")
+    path = args.rules or os.environ.get("INBOUND_RULES")
+    if not path:
+        raise InputError("no rule set: pass --rules PATH or set INBOUND_RULES")
+    # The handler reads INBOUND_RULES, as in the Lambda; check the rules before polling.
+    os.environ["INBOUND_RULES"] = path
+    handler.rules_at(path)
+    configure()
+    consumer = consume.Consumer(
+        args.queue, wait=args.wait, visibility=args.visibility, max_messages=args.max_messages
+    )
+    previous = {sig: signal.signal(sig, consumer.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        consumer.run()
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
     return 0

@@ -1,0 +1,197 @@
+"""`inbound ses consume`: the Lambda handler's work for `Received` notifications in SQS (SPEC 8).
+
+An SES receipt rule's SNS (or S3) action publishes a `Received` notification to a topic; an SQS
+queue subscribed to that topic holds it until this loop takes it. Each SQS message body is
+either the SNS envelope (`{"Type": "Notification", "Message": "<the notification>", ...}`) or,
+when the subscription uses raw message delivery, the notification itself. The body is handed to
+`inbound.ses.handler.lambda_handler` as the SNS event a subscribed Lambda would get, so the
+message is read, the rules at `INBOUND_RULES` are evaluated and their actions run through
+`AwsTargets` exactly as in the Lambda, with the same per-message state in S3: a notification
+delivered twice runs no action twice.
+
+**Acknowledgement.** The SQS message is deleted only after the handler succeeded. A failure
+(unreadable body, missing S3 object, failing action, ...) logs `sqs.failed` with the SQS
+messageId and the error's type, and leaves the message in the queue: when the visibility
+timeout (`--visibility`) expires it is received again, and once it has been received
+`maxReceiveCount` times the queue's redrive policy moves it to the dead-letter queue. A queue
+without a redrive policy keeps retrying it until its retention period ends. SES's setup
+notification (`AMAZON_SES_SETUP_NOTIFICATION`) runs nothing and is deleted.
+
+**Stopping.** After `max_messages` messages (succeeded, failed or ignored), or when `stop()` is
+called (the command calls it on SIGTERM and SIGINT): the message in hand is finished first;
+messages received in the same batch but not started are made visible again at once. A stop
+during a long poll takes effect when the poll returns (at most `--wait` seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+
+from inbound.observe.log import emit
+from inbound.ses.handler import SesEventError, lambda_handler, parse_event
+
+log = logging.getLogger("inbound.ses.consume")
+
+DEFAULT_WAIT = 20
+DEFAULT_VISIBILITY = 300
+SQS_BATCH_MAX = 10  # receive_message's MaxNumberOfMessages ceiling
+
+Handler = Callable[[object, object], dict[str, str]]
+
+
+@dataclass
+class ConsumeStats:
+    """What one run of the loop did."""
+
+    succeeded: int = 0
+    failed: int = 0
+    ignored: int = 0
+
+    @property
+    def handled(self) -> int:
+        return self.succeeded + self.failed + self.ignored
+
+
+def sns_event(body: str, sqs_message_id: str = "") -> dict[str, Any]:
+    """The SNS Lambda event for an SQS body: an SNS envelope, or a raw-delivery notification."""
+    try:
+        loaded = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise SesEventError(f"SQS message body is not JSON: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise SesEventError("SQS message body is not a JSON object")
+    if "notificationType" in loaded or "mail" in loaded:  # raw message delivery
+        sns: dict[str, Any] = {"Type": "Notification", "Message": body}
+    elif isinstance(loaded.get("Message"), str):
+        kind = loaded.get("Type", "Notification")
+        if kind != "Notification":
+            raise SesEventError(f"SNS message of Type {kind!r}: only notifications are handled")
+        sns = dict(loaded)
+    else:
+        raise SesEventError(
+            "SQS message body is neither an SNS envelope (with a Message string) nor an SES "
+            "notification (with a notificationType)"
+        )
+    sns.setdefault("MessageId", sqs_message_id)
+    return {"Records": [{"EventSource": "aws:sns", "EventVersion": "1.0", "Sns": sns}]}
+
+
+class Consumer:
+    """Long-poll one SQS queue and run each notification through the Lambda handler."""
+
+    def __init__(
+        self,
+        queue_url: str,
+        *,
+        wait: int = DEFAULT_WAIT,
+        visibility: int = DEFAULT_VISIBILITY,
+        max_messages: int | None = None,
+        sqs: Any = None,
+        handle: Handler = lambda_handler,
+    ) -> None:
+        self.queue_url = queue_url
+        self.wait = wait
+        self.visibility = visibility
+        self.max_messages = max_messages
+        self.sqs = sqs if sqs is not None else boto3.client("sqs")
+        self.handle = handle
+        self.stopping = threading.Event()
+        self.stats = ConsumeStats()
+
+    def stop(self, *_: object) -> None:
+        """Stop after the message in hand (usable as a signal handler)."""
+        self.stopping.set()
+
+    def _remaining(self) -> int:
+        if self.max_messages is None:
+            return SQS_BATCH_MAX
+        return max(0, min(SQS_BATCH_MAX, self.max_messages - self.stats.handled))
+
+    def run(self) -> ConsumeStats:
+        emit(log, "sqs.consuming", queue=self.queue_url, max_messages=self.max_messages)
+        while not self.stopping.is_set() and (count := self._remaining()) > 0:
+            received = self.sqs.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=count,
+                WaitTimeSeconds=self.wait,
+                VisibilityTimeout=self.visibility,
+                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            )
+            messages: list[dict[str, Any]] = received.get("Messages", [])
+            for position, message in enumerate(messages):
+                if self.stopping.is_set():
+                    self._release(messages[position:])
+                    break
+                self.consume(message)
+        emit(
+            log,
+            "sqs.stopped",
+            queue=self.queue_url,
+            succeeded=self.stats.succeeded,
+            failed=self.stats.failed,
+            ignored=self.stats.ignored,
+        )
+        return self.stats
+
+    def consume(self, message: dict[str, Any]) -> None:
+        """Run one SQS message; delete it on success, leave it for redelivery on failure."""
+        sqs_id = str(message.get("MessageId", ""))
+        attributes = message.get("Attributes", {})
+        receive_count = attributes.get("ApproximateReceiveCount")
+        try:
+            event = sns_event(str(message.get("Body", "")), sqs_id)
+            found = parse_event(event)
+            if found is None:
+                self._delete(message)
+                self.stats.ignored += 1
+                emit(log, "sqs.setup_notification_ignored", sqs_message_id=sqs_id)
+                return
+            result = self.handle(event, None)
+            self._delete(message)
+        except Exception as exc:  # any failure: the redrive policy decides what happens next
+            self.stats.failed += 1
+            emit(
+                log,
+                "sqs.failed",
+                level=logging.WARNING,
+                sqs_message_id=sqs_id,
+                error_type=type(exc).__name__,
+                receive_count=receive_count,
+            )
+            return
+        self.stats.succeeded += 1
+        emit(
+            log,
+            "sqs.succeeded",
+            sqs_message_id=sqs_id,
+            message_id=found.message_id,
+            disposition=result.get("disposition"),
+        )
+
+    def _delete(self, message: dict[str, Any]) -> None:
+        self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    def _release(self, messages: list[dict[str, Any]]) -> None:
+        """Make received but unstarted messages visible again now (best effort)."""
+        for message in messages:
+            try:
+                self.sqs.change_message_visibility(
+                    QueueUrl=self.queue_url,
+                    ReceiptHandle=message["ReceiptHandle"],
+                    VisibilityTimeout=0,
+                )
+            except Exception as exc:  # they come back when their visibility timeout ends
+                emit(
+                    log,
+                    "sqs.release_failed",
+                    level=logging.WARNING,
+                    sqs_message_id=message.get("MessageId"),
+                    error_type=type(exc).__name__,
+                )

@@ -1,0 +1,310 @@
+"""`inbound ses consume` against a real moto server: Received notifications in SQS (SNS envelope
+and raw delivery) run the rules like the Lambda handler; the SQS message is deleted only after
+success, comes back after its visibility timeout on failure, and ends in the dead-letter queue
+after maxReceiveCount."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from inbound.cli.main import main
+from inbound.ses import handler
+from inbound.ses.consume import Consumer, sns_event
+from inbound.ses.handler import SesEventError
+from tests.integration.daemons import start_moto
+from tests.integration.test_ses_handler import (
+    RAW,
+    S3_NOTIFICATION,
+    bucket,
+    get,
+    keys,
+    s3,
+    store_rules,
+    unique,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[str]:
+    yield from start_moto()
+
+
+@pytest.fixture
+def aws(moto: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """Only the standard AWS configuration, pointing at moto; nothing from the developer's."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for service in ("S3", "SNS", "SQS", "LAMBDA", "STS", "IAM", "KMS"):
+        monkeypatch.delenv(f"AWS_ENDPOINT_URL_{service}", raising=False)
+    for name in ("INBOUND_SES_BUCKET", "INBOUND_SES_PREFIX", "INBOUND_RULES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("INBOUND_SES_STATE_PREFIX", f"state-{uuid.uuid4().hex[:8]}/")
+    handler.clear_caches()
+    yield moto
+    handler.clear_caches()
+
+
+def sqs() -> Any:
+    return boto3.client("sqs")
+
+
+def queue(**attributes: str) -> str:
+    url: str = sqs().create_queue(QueueName=unique("queue"), Attributes=attributes)["QueueUrl"]
+    return url
+
+
+def queue_with_dlq() -> tuple[str, str]:
+    dlq = queue()
+    arn = sqs().get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    policy = json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": "1"})
+    return queue(RedrivePolicy=policy), dlq
+
+
+def envelope(notification: dict[str, Any]) -> str:
+    """The body SQS holds for an SNS subscription without raw delivery."""
+    return json.dumps(
+        {
+            "Type": "Notification",
+            "MessageId": str(uuid.uuid4()),
+            "TopicArn": "arn:aws:sns:us-east-1:123456789012:inbound",
+            "Subject": "Amazon SES Email Receipt Notification",
+            "Message": json.dumps(notification),
+            "Timestamp": "2026-01-01T00:00:00.000Z",
+        }
+    )
+
+
+def send(url: str, body: str) -> None:
+    sqs().send_message(QueueUrl=url, MessageBody=body)
+
+
+def receive(url: str, wait: int = 0) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = (
+        sqs()
+        .receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=wait,
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        )
+        .get("Messages", [])
+    )
+    return found
+
+
+def stored_notification(*, store: bool = True) -> dict[str, Any]:
+    """A Received notification of an S3 action, its message stored in S3 (unless not `store`)."""
+    notification: dict[str, Any] = json.loads(S3_NOTIFICATION.read_text())
+    notification["mail"]["messageId"] = unique("msg")
+    action = notification["receipt"]["action"]
+    action["bucketName"] = bucket()
+    action["objectKey"] = "incoming/" + notification["mail"]["messageId"]
+    if store:
+        s3().put_object(Bucket=action["bucketName"], Key=action["objectKey"], Body=RAW)
+    return notification
+
+
+def rules_file(tmp_path: Path, *, versioned: bool = False) -> tuple[str, Path]:
+    """A rule set that stores every message in a new bucket under `out/`."""
+    out = bucket(versioned=versioned)
+    path = tmp_path / f"{unique('rules')}.yaml"
+    path.write_text(store_rules(["example.com"], out))
+    return out, path
+
+
+def with_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, versioned: bool = False) -> str:
+    out, path = rules_file(tmp_path, versioned=versioned)
+    monkeypatch.setenv("INBOUND_RULES", str(path))
+    return out
+
+
+@pytest.mark.parametrize("raw_delivery", [False, True], ids=["sns-envelope", "raw"])
+def test_notification_runs_the_rules_and_is_deleted(
+    aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raw_delivery: bool
+) -> None:
+    out = with_rules(tmp_path, monkeypatch)
+    notification = stored_notification()
+    url = queue()
+    send(url, json.dumps(notification) if raw_delivery else envelope(notification))
+
+    stats = Consumer(url, wait=1, visibility=1, max_messages=1).run()
+
+    assert (stats.succeeded, stats.failed, stats.ignored) == (1, 0, 0)
+    assert get(out, f"out/{notification['mail']['messageId']}") == RAW
+    time.sleep(1.2)  # past the visibility timeout: a message left in the queue would show
+    assert receive(url) == []
+
+
+def test_duplicate_notification_runs_nothing_twice(
+    aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = with_rules(tmp_path, monkeypatch, versioned=True)
+    notification = stored_notification()
+    url = queue()
+    send(url, envelope(notification))
+    send(url, json.dumps(notification))
+
+    stats = Consumer(url, wait=1, max_messages=2).run()
+
+    assert stats.succeeded == 2
+    versions = s3().list_object_versions(Bucket=out).get("Versions", [])
+    assert [v["Key"] for v in versions] == [f"out/{notification['mail']['messageId']}"]
+
+
+def test_failure_leaves_the_message_for_redelivery(
+    aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = with_rules(tmp_path, monkeypatch)
+    notification = stored_notification(store=False)  # the S3 object is missing
+    url = queue()
+    send(url, envelope(notification))
+
+    with caplog.at_level("INFO", logger="inbound"):
+        stats = Consumer(url, wait=1, visibility=1, max_messages=1).run()
+
+    assert (stats.succeeded, stats.failed) == (0, 1)
+    assert keys(out) == []
+    failed = [r for r in caplog.records if getattr(r, "event", None) == "sqs.failed"]
+    assert len(failed) == 1
+    fields = failed[0].fields  # type: ignore[attr-defined]
+    assert fields["error_type"] == "SesMessageError"
+    assert fields["sqs_message_id"]
+    assert receive(url) == []  # hidden for the visibility timeout
+    again = receive(url, wait=3)  # and then visible again
+    assert len(again) == 1
+    assert again[0]["MessageId"] == fields["sqs_message_id"]
+    assert again[0]["Attributes"]["ApproximateReceiveCount"] == "2"
+
+
+def test_failure_ends_in_the_dead_letter_queue(
+    aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with_rules(tmp_path, monkeypatch)
+    url, dlq = queue_with_dlq()
+    send(url, envelope(stored_notification(store=False)))
+
+    assert Consumer(url, wait=1, visibility=1, max_messages=1).run().failed == 1
+    time.sleep(1.2)
+
+    assert receive(url, wait=1) == []  # maxReceiveCount 1: moved instead of delivered again
+    moved = receive(dlq, wait=1)
+    assert len(moved) == 1
+    assert json.loads(json.loads(moved[0]["Body"])["Message"])["notificationType"] == "Received"
+
+
+@pytest.mark.parametrize("raw_delivery", [False, True], ids=["sns-envelope", "raw"])
+def test_setup_notification_is_deleted_without_running_anything(
+    aws: str, raw_delivery: bool
+) -> None:
+    # No INBOUND_RULES: the handler must not be called at all.
+    setup = {"notificationType": "AMAZON_SES_SETUP_NOTIFICATION"}
+    url = queue()
+    send(url, json.dumps(setup) if raw_delivery else envelope(setup))
+    calls: list[object] = []
+
+    def handle(event: object, context: object) -> dict[str, str]:
+        calls.append(event)
+        return {"disposition": "CONTINUE"}
+
+    stats = Consumer(url, wait=1, visibility=1, max_messages=1, handle=handle).run()
+
+    assert (stats.ignored, stats.failed, calls) == (1, 0, [])
+    time.sleep(1.2)
+    assert receive(url) == []
+
+
+@pytest.fixture
+def logger_state() -> Iterator[None]:
+    """The command configures the `inbound` logger (JSON on stderr): put it back afterwards."""
+    root = logging.getLogger("inbound")
+    saved = (root.handlers[:], root.level, root.propagate)
+    yield
+    root.handlers[:], root.level, root.propagate = saved
+
+
+def test_stop_finishes_the_message_in_hand_and_releases_the_rest(aws: str) -> None:
+    url = queue()
+    for number in range(3):
+        send(url, json.dumps(dict(json.loads(S3_NOTIFICATION.read_text()), n=number)))
+    handled: list[object] = []
+
+    def handle(event: object, context: object) -> dict[str, str]:
+        handled.append(event)
+        consumer.stop()  # as SIGTERM would, while this message is in hand
+        return {"disposition": "CONTINUE"}
+
+    consumer = Consumer(url, wait=1, visibility=30, handle=handle)
+    # Three in one batch (moto returns them together): one is run, two released.
+    stats = consumer.run()
+
+    assert (len(handled), stats.succeeded) == (1, 1)
+    assert len(receive(url, wait=1)) == 2  # visible at once, not after 30 seconds
+
+
+def test_stop_during_a_long_poll(aws: str) -> None:
+    consumer = Consumer(queue(), wait=1)
+    threading.Timer(0.3, consumer.stop).start()
+    started = time.monotonic()
+    assert consumer.run().handled == 0
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.usefixtures("logger_state")
+def test_cli_max_messages_stops_the_loop(
+    aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, rules = rules_file(tmp_path)
+    # The command sets INBOUND_RULES from --rules (for the handler): monkeypatch restores it.
+    monkeypatch.setenv("INBOUND_RULES", "")
+    url = queue()
+    for _ in range(3):
+        send(url, envelope(stored_notification()))
+
+    args = ["ses", "consume", "--queue", url, "--wait", "1", "--max-messages", "2"]
+    code = main([*args, "--rules", str(rules)])
+
+    assert code == 0
+    assert len(keys(out, "out/")) == 2
+    left = receive(url, wait=1)
+    assert len(left) == 1
+
+
+@pytest.mark.usefixtures("logger_state")
+def test_cli_without_rules_is_refused(aws: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ses", "consume", "--queue", queue(), "--wait", "0"]) == 2
+    assert "INBOUND_RULES" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "not json",
+        "[]",
+        json.dumps({"Type": "SubscriptionConfirmation", "Message": "confirm"}),
+        json.dumps({"something": "else"}),
+    ],
+)
+def test_unusable_bodies_are_refused(body: str) -> None:
+    with pytest.raises(SesEventError):
+        sns_event(body)
