@@ -118,7 +118,7 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
 
 
 @pytest.fixture
-def moto(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Moto]:
+def own_moto(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Moto]:
     try:
         import moto.server  # noqa: F401, PLC0415 - only to know whether it is installed
     except ImportError:
@@ -153,12 +153,12 @@ def stored_keys(moto: Moto) -> list[str]:
 
 
 def test_aws_away_then_back_loses_nothing(
-    moto: Moto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    own_moto: Moto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "rules.yaml").write_text(RULES)
-    moto.start()
-    moto.s3().create_bucket(Bucket="inbound-mail")  # type: ignore[attr-defined]
-    gate = Gate(moto.port)
+    own_moto.start()
+    own_moto.s3().create_bucket(Bucket="inbound-mail")  # type: ignore[attr-defined]
+    gate = Gate(own_moto.port)
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{gate.port}")
     child = start_child(
         tmp_path, "--targets", "aws", "--retry-delay", "0.2s", "--max-retry-delay", "1s"
@@ -170,10 +170,10 @@ def test_aws_away_then_back_loses_nothing(
         failed = events_of(child, "action.failed")
         assert failed
         assert all(event["transient"] for event in failed)
-        assert stored_keys(moto) == []
+        assert stored_keys(own_moto) == []
         gate.open()
-        wait_for(lambda: len(stored_keys(moto)) == 5, "the five objects in S3", deadline=60)
-        assert stored_keys(moto) == sorted(f"in/{message_id}" for message_id in ids)
+        wait_for(lambda: len(stored_keys(own_moto)) == 5, "the five objects in S3", deadline=60)
+        assert stored_keys(own_moto) == sorted(f"in/{message_id}" for message_id in ids)
         wait_for(lambda: not any((child.data_dir / "spool" / "queue").iterdir()), "empty queue")
     finally:
         gate.close()
@@ -181,9 +181,9 @@ def test_aws_away_then_back_loses_nothing(
         child.process.wait(DEADLINE)
 
 
-def test_a_missing_bucket_dead_letters_with_the_reason(moto: Moto, tmp_path: Path) -> None:
+def test_a_missing_bucket_dead_letters_with_the_reason(own_moto: Moto, tmp_path: Path) -> None:
     (tmp_path / "rules.yaml").write_text(RULES)
-    moto.start()
+    own_moto.start()
     child = start_child(tmp_path, "--targets", "aws", "--retry-delay", "0.2s")
     try:
         message_id = send(child, "lost@example.com", 1)

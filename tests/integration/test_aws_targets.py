@@ -9,7 +9,6 @@ import json
 import time
 import uuid
 import zipfile
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,7 +34,7 @@ from inbound.message.notification import (
 from inbound.targets.aws import AwsTargets
 from inbound.targets.aws_errors import classify
 from tests.conftest import FIXTURES
-from tests.integration.daemons import moto_request, run, start_moto
+from tests.integration.daemons import moto_request, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -54,28 +53,6 @@ TRUST_POLICY = json.dumps(
         ],
     }
 )
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[str]:
-    yield from start_moto()
-
-
-@pytest.fixture
-def aws(moto: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> str:
-    """Only the standard AWS configuration, pointing at moto; nothing from the developer's."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    for service in ("S3", "SNS", "SQS", "LAMBDA", "STS", "IAM", "KMS"):
-        monkeypatch.delenv(f"AWS_ENDPOINT_URL_{service}", raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    return moto
 
 
 def unique(prefix: str) -> str:

@@ -18,10 +18,8 @@ import boto3
 import pytest
 
 from inbound.cli.main import main
-from inbound.ses import handler
 from inbound.ses.consume import Consumer, sns_event
 from inbound.ses.handler import SesEventError
-from tests.integration.daemons import start_moto
 from tests.integration.test_ses_handler import (
     RAW,
     S3_NOTIFICATION,
@@ -34,33 +32,6 @@ from tests.integration.test_ses_handler import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[str]:
-    yield from start_moto()
-
-
-@pytest.fixture
-def aws(moto: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
-    """Only the standard AWS configuration, pointing at moto; nothing from the developer's."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    for service in ("S3", "SNS", "SQS", "LAMBDA", "STS", "IAM", "KMS"):
-        monkeypatch.delenv(f"AWS_ENDPOINT_URL_{service}", raising=False)
-    for name in ("INBOUND_SES_BUCKET", "INBOUND_SES_PREFIX", "INBOUND_RULES"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("INBOUND_SES_STATE_PREFIX", f"state-{uuid.uuid4().hex[:8]}/")
-    handler.clear_caches()
-    yield moto
-    handler.clear_caches()
 
 
 def sqs() -> Any:

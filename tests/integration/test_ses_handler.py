@@ -9,7 +9,6 @@ import copy
 import json
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,10 @@ import boto3
 import pytest
 
 from inbound.ses import (
-    handler,
     lambda_handler,  # the name SPEC section 8 gives
 )
 from inbound.ses.handler import SesEventError, SesRuleSetError
 from tests.conftest import FIXTURES
-from tests.integration.daemons import start_moto
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -31,34 +28,6 @@ SAMPLES = sorted(CORPUS.glob("lambda-event__*.json"))
 RAW = (CORPUS / "lambda-event__ses-forwarder__message.eml").read_bytes()
 SNS_WITH_CONTENT = CORPUS / "docs__received_notification_sns_action_with_content.json"
 S3_NOTIFICATION = FIXTURES / "ses" / "received_notification_s3_action.json"
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[str]:
-    yield from start_moto()
-
-
-@pytest.fixture
-def aws(moto: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
-    """Only the standard AWS configuration, pointing at moto; nothing from the developer's."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    for service in ("S3", "SNS", "SQS", "LAMBDA", "STS", "IAM", "KMS"):
-        monkeypatch.delenv(f"AWS_ENDPOINT_URL_{service}", raising=False)
-    for name in ("INBOUND_SES_BUCKET", "INBOUND_SES_PREFIX", "INBOUND_RULES"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    # Two corpus samples share a messageId: each test keeps its state apart.
-    monkeypatch.setenv("INBOUND_SES_STATE_PREFIX", f"state-{uuid.uuid4().hex[:8]}/")
-    handler.clear_caches()
-    yield moto
-    handler.clear_caches()
 
 
 def unique(prefix: str) -> str:

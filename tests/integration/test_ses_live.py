@@ -3,7 +3,6 @@ implement (delete, reorder, filters) against botocore's Stubber with the exact r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ from inbound.rules.load import parse_rule_set
 from inbound.rules.model import RuleSet
 from inbound.ses import live
 from inbound.ses.export import export_rule
-from tests.integration.daemons import start_moto
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -48,25 +46,11 @@ def rule_set(text: str) -> RuleSet:
     return parse_rule_set(text, "rules.yaml").rule_set
 
 
-@pytest.fixture(scope="module")
-def moto() -> Iterator[str]:
-    yield from start_moto()
-
-
 @pytest.fixture
-def aws(moto: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
-    """Only the standard AWS configuration, pointing at moto; nothing from the developer's."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL_SES"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+def aws(aws: str) -> str:
+    """The shared AWS configuration (conftest), with the bucket the rules name."""
     boto3.client("s3").create_bucket(Bucket="mail")
-    return moto
+    return aws
 
 
 def test_export_apply_import_round_trip(aws: str, tmp_path: Path, capsys: Any) -> None:
