@@ -10,6 +10,7 @@ from typing import Any
 from inbound.cli.scanning import add_scan_flags, measure, scanners_from
 from inbound.core.ids import MessageIdGenerator
 from inbound.core.verdicts import Verdicts
+from inbound.scan.run import Scanners
 from inbound.testing.run import LoadedCase, TestFileError, discover, load_files, run_case
 
 
@@ -41,10 +42,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"{count} error{'s' if count != 1 else ''}: no test was run", file=sys.stderr)
         return 2
     ids = MessageIdGenerator()
-    scanners = scanners_from(args)
+    scanners: list[Scanners] = []  # built for the first case that asks for a scan
 
     def measured(case: LoadedCase) -> Verdicts:
-        return measure(scanners, case.rules, case.eml, case.connection, case.envelope)
+        if not scanners:
+            scanners.append(scanners_from(args))
+        return measure(scanners[0], case.rules, case.eml, case.connection, case.envelope)
 
     passed = failed = 0
     for loaded in files:
