@@ -1,0 +1,1 @@
+"""Files the Docker image carries besides the package (see the Dockerfile)."""
