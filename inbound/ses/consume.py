@@ -35,7 +35,8 @@ from typing import Any
 import boto3
 
 from inbound.observe.log import emit
-from inbound.ses.handler import SesEventError, lambda_handler, parse_event
+from inbound.ses.event import SesEventError, parse_event
+from inbound.ses.handler import lambda_handler
 
 log = logging.getLogger("inbound.ses.consume")
 
