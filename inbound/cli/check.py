@@ -1,4 +1,7 @@
-"""`inbound check RULES`: validate a rule file; warnings never change the exit code."""
+"""`inbound check RULES`: validate a rule file; warnings never change the exit code.
+
+`--ses` adds, rule by rule, what SES can run natively, what needs the guard Lambda and what is
+local only (the table of `inbound.ses.export`)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from typing import Any
 
 from inbound.cli.args import add_domain_flag
 from inbound.rules.load import load_rule_set
-from inbound.ses.export import ses_capabilities, ses_problems
+from inbound.ses.export import guard_collisions, ses_capabilities, ses_problems
 
 
 def add_parser(commands: Any) -> None:
@@ -39,4 +42,10 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{args.rules}: ses: {problem}")
         for capability in ses_capabilities(rs):
             print(f"{args.rules}: ses: {capability}")
+        for a, b in guard_collisions(rs):
+            print(
+                f"{args.rules}: ses: guard: {a.name} and {b.name} have different conditions for "
+                "recipients that overlap: one shared guard ARN cannot tell them apart "
+                "(put {rule} in the --lower-extensions ARN)"
+            )
     return 0

@@ -1,4 +1,5 @@
-"""`inbound ses export|import|plan|apply`: the YAML rule set against a real SES receipt rule set;
+"""`inbound ses export|import|plan|apply`: the YAML rule set against a real SES receipt rule set
+(`--lower-extensions` hands conditions to the guard Lambda);
 `inbound ses consume`: the Lambda handler's work for `Received` notifications in an SQS queue.
 
 `export` is offline; the others use boto3's `ses` (or `sqs`) client, configured only by the
@@ -19,8 +20,14 @@ from inbound.cli.args import add_domain_flag
 from inbound.core.errors import InputError
 from inbound.observe.log import configure
 from inbound.rules.load import load_rule_set
+from inbound.rules.model import RuleSet
 from inbound.ses import live
-from inbound.ses.export import export_rule_set, ses_problems
+from inbound.ses.export import Guard, check_guard_arn, export_rule_set, ses_problems
+
+LOWER_HELP = (
+    "put a RequestResponse Lambda action (inbound.ses.guard_handler) first in each rule with "
+    "when/unless conditions; {rule} in the ARN stands for the rule's name"
+)
 
 
 def add_parser(commands: Any) -> None:
@@ -29,6 +36,7 @@ def add_parser(commands: Any) -> None:
 
     export = sub.add_parser("export", help="print the SES JSON of a rule file")
     export.add_argument("rules", type=Path, metavar="RULES")
+    export.add_argument("--lower-extensions", metavar="GUARD_FUNCTION_ARN", help=LOWER_HELP)
     export.set_defaults(run=run_export)
 
     imp = sub.add_parser("import", help="print the YAML of a live SES rule set")
@@ -46,14 +54,7 @@ def add_parser(commands: Any) -> None:
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("rules", type=Path, metavar="RULES")
         cmd.add_argument("--rule-set", metavar="NAME", help="default: the rule file's name")
-        cmd.add_argument(
-            "--rate",
-            type=float,
-            default=live.DEFAULT_RATE,
-            help="SES calls per second, at most 1 (the SES quota; default 1)",
-        )
-        # Tests against a local SES emulator only: lifts the 1-call-per-second ceiling.
-        cmd.add_argument("--test-rate", type=float, default=None, help=argparse.SUPPRESS)
+        cmd.add_argument("--lower-extensions", metavar="GUARD_FUNCTION_ARN", help=LOWER_HELP)
         cmd.set_defaults(run=run)
 
     consume = sub.add_parser(
@@ -78,17 +79,29 @@ def add_parser(commands: Any) -> None:
     consume.set_defaults(run=run_consume)
 
 
+def _guard(args: argparse.Namespace) -> Guard | None:
+    arn: str | None = args.lower_extensions
+    if arn is None:
+        return None
+    problem = check_guard_arn(arn)
+    if problem is not None:
+        raise InputError(f"--lower-extensions: {problem}")
+    return Guard(arn)
+
+
 def run_export(args: argparse.Namespace) -> int:
+    guard = _guard(args)
     rule_set = load_rule_set(args.rules).rule_set
-    problems = ses_problems(rule_set)
+    problems = ses_problems(rule_set, guard)
     if problems:
         for problem in problems:
             print(f"{args.rules}: {problem}", file=sys.stderr)
         count = len({p.rule for p in problems if p.rule is not None})
         what = f"{count} rule{'s' if count != 1 else ''}"
-        print(f"{what} SES cannot express ({len(problems)} problems)", file=sys.stderr)
+        many = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        print(f"{what} SES cannot express ({many})", file=sys.stderr)
         return 2
-    print(json.dumps(export_rule_set(rule_set), indent=2))
+    print(json.dumps(export_rule_set(rule_set, guard), indent=2))
     return 0
 
 
@@ -110,17 +123,18 @@ def run_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _planned(args: argparse.Namespace) -> tuple[live.Throttled, list[live.Change]]:
+def _loaded(args: argparse.Namespace) -> tuple[live.Throttled, RuleSet, Guard | None]:
+    guard = _guard(args)
     rule_set = load_rule_set(args.rules).rule_set
-    problems = ses_problems(rule_set)
+    problems = ses_problems(rule_set, guard)
     if problems:
         raise InputError("; ".join(str(p) for p in problems))
-    ses = _throttled(args)
-    return ses, live.plan(ses, rule_set, args.rule_set)
+    return _throttled(args), rule_set, guard
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    _, changes = _planned(args)
+    ses, rule_set, guard = _loaded(args)
+    changes = live.plan(ses, rule_set, args.rule_set, guard)
     for change in changes:
         print(change)
     if not changes:
@@ -129,7 +143,8 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def run_apply(args: argparse.Namespace) -> int:
-    ses, changes = _planned(args)
+    ses, rule_set, guard = _loaded(args)
+    changes = live.plan(ses, rule_set, args.rule_set, guard)
     for change in changes:
         print(change)
         ses.call(change.operation, **change.request)

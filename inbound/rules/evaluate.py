@@ -26,7 +26,7 @@ from inbound.core.plan import (
 from inbound.core.reply import SmtpReply
 from inbound.core.verdicts import DmarcPolicy, Verdict, Verdicts
 from inbound.rules.compiled import CompiledRule, CompiledRuleSet
-from inbound.rules.conditions import Facts, failing, holding
+from inbound.rules.conditions import Check, Facts, failing, holding
 from inbound.rules.match import split_address, within_domains
 
 # What a request_response Lambda returned, by (rule position, action position, action);
@@ -217,13 +217,23 @@ def _why_not(rule: CompiledRule, facts: Facts) -> str:
     # when every rule for them requires TLS, and otherwise the Require rule does not apply.
     if rule.require_tls and not facts.connection.tls:
         return "tls_policy is require and the session is not under TLS"
+    return unmet_conditions(rule, facts)
+
+
+def unmet_conditions(rule: CompiledRule, facts: Facts) -> str:
+    """Why the rule's `when`/`unless` keep it from applying ("" if they hold)."""
+    unmet = unmet_checks(rule, facts)
+    verb = {"when": "does not hold", "unless": "holds"}
+    return "; ".join(f"{key} {c.key} {verb[key]} (saw {c.seen(facts)})" for key, c in unmet)
+
+
+def unmet_checks(rule: CompiledRule, facts: Facts) -> list[tuple[str, Check]]:
+    """The `when` checks that fail, else the `unless` checks that hold (empty: the conditions
+    hold). The guard Lambda decides through this too."""
     failed = failing(rule.when, facts)
     if failed:
-        return "; ".join(f"when {c.key} does not hold (saw {c.seen(facts)})" for c in failed)
-    held = holding(rule.unless, facts)
-    if held:
-        return "; ".join(f"unless {c.key} holds (saw {c.seen(facts)})" for c in held)
-    return ""
+        return [("when", c) for c in failed]
+    return [("unless", c) for c in holding(rule.unless, facts)]
 
 
 def _run_rule(

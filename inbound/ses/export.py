@@ -2,24 +2,55 @@
 
 `export_rule_set` gives `{"Rules": [...]}` with each rule as `create-receipt-rule` takes it
 (`Enabled` always explicit: the API default is false) and `Filters` when the set has any.
-`ses_problems` names every rule (or the whole set) that SES cannot hold, and why.
+`ses_problems` names every rule (or the whole set) that SES cannot hold, and why. With a
+`Guard`, rules whose `when`/`unless` the guard Lambda can decide get it as their first action
+(`--lower-extensions`); `GUARD_KEYS` and `LOCAL_ONLY_KEYS` are the one table of what it can
+decide, shared with `inbound.ses.guard` and `inbound check --ses`.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import combinations
 from typing import Literal
 
 from inbound.rules.load import SES_MAX_ACTIONS, SES_MAX_FILTERS, SES_MAX_RECIPIENTS, SES_MAX_RULES
+from inbound.rules.match import address_predicate, is_scanned_pattern
 from inbound.rules.model import Conditions, Filter, Rule, RuleSet
 
 # SES names (rules, rule sets, filters): [A-Za-z0-9_.-], start and end alphanumeric, <= 64.
 _SES_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9])?")
-# Conditions a guard Lambda cannot decide: the SES Lambda event carries no message content.
-LOCAL_ONLY_CONDITIONS = ("size", "attachment")
+RULE_PLACEHOLDER = "{rule}"
+# A Lambda function ARN, optionally qualified (version or alias); {rule} may stand in the name
+# or the qualifier. Function and alias names take letters, digits, '-' and '_' only.
+_LAMBDA_ARN = re.compile(
+    r"arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:function:[A-Za-z0-9_{}-]+(?::[A-Za-z0-9_${}-]+)?"
+)
+_LAMBDA_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
-ProblemKind = Literal["extension", "recipient-pattern", "limit", "name"]
+# What the guard Lambda reads each condition from: the SES Lambda event (`Records[0].ses`).
+GUARD_KEYS: dict[str, str] = {
+    "sender": "mail.source (the envelope sender)",
+    "from": "the From header (mail.headers, else commonHeaders.from)",
+    "subject": "the Subject header (mail.headers, else commonHeaders.subject)",
+    "header": "mail.headers (SES passes at most 10 KB of them)",
+    "client_ip": "the client IP in the Received header SES prepends",
+    "spam": "receipt.spamVerdict",
+    "virus": "receipt.virusVerdict",
+    "spf": "receipt.spfVerdict",
+    "dkim": "receipt.dkimVerdict",
+    "dmarc": "receipt.dmarcVerdict",
+    "dmarc_policy": "receipt.dmarcPolicy",
+}
+# Conditions no guard can decide, and why: the event carries no body and no session facts.
+LOCAL_ONLY_KEYS: dict[str, str] = {
+    "size": "the SES Lambda event does not give the message size",
+    "attachment": "the SES Lambda event carries no message body",
+    "tls": "the SES Lambda event does not say whether the session used TLS",
+}
+
+ProblemKind = Literal["extension", "recipient-pattern", "limit", "name", "guard"]
 Capability = Literal["native", "needs the guard Lambda", "local only"]
 
 
@@ -47,15 +78,56 @@ class RuleCapability:
         return f"{self.rule}: {self.capability}{why}"
 
 
-def export_rule(rule: Rule) -> dict[str, object]:
-    """One rule as `create-receipt-rule`'s `Rule` parameter."""
+@dataclass(frozen=True)
+class Guard:
+    """The guard Lambda of `--lower-extensions ARN`. With `{rule}` in the ARN each guarded rule
+    gets its own function or alias (the rule's name in its place); without, one function
+    guards every rule and tells them apart by the recipients SES matched."""
+
+    function_arn: str
+
+    @property
+    def per_rule(self) -> bool:
+        return RULE_PLACEHOLDER in self.function_arn
+
+    def arn_for(self, rule_name: str) -> str:
+        return self.function_arn.replace(RULE_PLACEHOLDER, rule_name)
+
+    def action_for(self, rule_name: str) -> dict[str, object]:
+        arn = self.arn_for(rule_name)
+        return {"LambdaAction": {"FunctionArn": arn, "InvocationType": "RequestResponse"}}
+
+
+def check_guard_arn(arn: str) -> str | None:
+    """Why `arn` cannot be a guard function ARN, or None."""
+    if not _LAMBDA_ARN.fullmatch(arn):
+        return (
+            f"{arn!r} is not a Lambda function ARN "
+            "(arn:aws:lambda:REGION:ACCOUNT:function:NAME[:ALIAS])"
+        )
+    if "{" in arn.replace(RULE_PLACEHOLDER, "") or "}" in arn.replace(RULE_PLACEHOLDER, ""):
+        return f"{arn!r}: the only placeholder is {RULE_PLACEHOLDER}"
+    return None
+
+
+def guarded(rule: Rule) -> bool:
+    """The rule has `when`/`unless` conditions: exported with a guard, or not at all."""
+    return bool(_used(rule.when) or _used(rule.unless))
+
+
+def export_rule(rule: Rule, guard: Guard | None = None) -> dict[str, object]:
+    """One rule as `create-receipt-rule`'s `Rule` parameter (the guard first when given and
+    the rule has conditions)."""
+    actions = [action.to_ses() for action in rule.actions]
+    if guard is not None and guarded(rule):
+        actions.insert(0, guard.action_for(rule.name))
     return {
         "Name": rule.name,
         "Enabled": rule.enabled,
         "TlsPolicy": "Require" if rule.tls_policy == "require" else "Optional",
         "ScanEnabled": rule.scan_enabled,
         "Recipients": list(rule.recipients),
-        "Actions": [action.to_ses() for action in rule.actions],
+        "Actions": actions,
     }
 
 
@@ -65,35 +137,64 @@ def export_filter(item: Filter) -> dict[str, object]:
     return {"Name": item.name, "IpFilter": {"Policy": policy, "Cidr": str(item.cidr)}}
 
 
-def export_rule_set(rule_set: RuleSet) -> dict[str, object]:
+def export_rule_set(rule_set: RuleSet, guard: Guard | None = None) -> dict[str, object]:
     """`{"Rules": [...]}` (plus `Filters` when there are any), in evaluation order."""
-    out: dict[str, object] = {"Rules": [export_rule(rule) for rule in rule_set.rules]}
+    out: dict[str, object] = {"Rules": [export_rule(rule, guard) for rule in rule_set.rules]}
     if rule_set.filters:
         out["Filters"] = [export_filter(item) for item in rule_set.filters]
     return out
 
 
-def _is_pattern(recipient: str) -> bool:
-    return recipient.startswith("re:") or "*" in recipient or "?" in recipient
+def ses_matches(recipients: list[str], address: str) -> bool:
+    """Whether SES's `Recipients` (addresses, domains, .subdomains; empty: all) match."""
+    return not recipients or any(address_predicate(p)(address) for p in recipients)
 
 
 def _used(conditions: Conditions | None) -> list[str]:
     return conditions.used() if conditions is not None else []
 
 
-def _extension_problems(rule: Rule) -> list[Problem]:
-    out: list[Problem] = []
-    for key, conditions in (("when", rule.when), ("unless", rule.unless)):
-        used = _used(conditions)
-        if used:
-            message = f"uses the extension {key}: {', '.join(used)} (SES has no such conditions)"
-            out.append(Problem(rule.name, "extension", message))
-    patterns = [r for r in rule.recipients if _is_pattern(r)]
-    if patterns:
-        shown = ", ".join(repr(p) for p in patterns)
-        message = f"recipient patterns {shown}: SES takes only addresses and domains"
-        out.append(Problem(rule.name, "recipient-pattern", message))
-    return out
+def _keys(rule: Rule) -> list[tuple[str, str]]:
+    return [
+        (k, name) for k, c in (("when", rule.when), ("unless", rule.unless)) for name in _used(c)
+    ]
+
+
+def _local_only(rule: Rule) -> list[str]:
+    return [
+        f"{key}: {name}: {LOCAL_ONLY_KEYS[name]}"
+        for key, name in _keys(rule)
+        if name in LOCAL_ONLY_KEYS
+    ]
+
+
+def _pattern_problems(rule: Rule) -> list[Problem]:
+    patterns = [r for r in rule.recipients if is_scanned_pattern(r)]
+    if not patterns:
+        return []
+    shown = ", ".join(repr(p) for p in patterns)
+    message = (
+        f"recipient patterns {shown}: SES takes only addresses and domains, and a guard "
+        "cannot narrow the recipients SES matched"
+    )
+    return [Problem(rule.name, "recipient-pattern", message)]
+
+
+def _extension_problems(rule: Rule, guard: Guard | None) -> list[Problem]:
+    if guard is None:
+        out: list[Problem] = []
+        for key, conditions in (("when", rule.when), ("unless", rule.unless)):
+            used = _used(conditions)
+            if used:
+                message = f"uses the extension {key}: {', '.join(used)} (SES has no such conditions"
+                if not _local_only(rule):
+                    message += "; --lower-extensions GUARD_FUNCTION_ARN hands them to a guard"
+                out.append(Problem(rule.name, "extension", message + ")"))
+        return out
+    return [
+        Problem(rule.name, "extension", f"the guard Lambda cannot decide {why}")
+        for why in _local_only(rule)
+    ]
 
 
 def _limit_problems(rule: Rule, *, extra_actions: int = 0) -> list[Problem]:
@@ -134,29 +235,85 @@ def _set_problems(rule_set: RuleSet) -> list[Problem]:
     return out
 
 
-def ses_problems(rule_set: RuleSet) -> list[Problem]:
-    """Everything SES cannot express as it is: set-wide problems first, then rule by rule."""
+def _witness(pattern: str) -> str:
+    """An address `pattern` matches (an address, a domain or a .subdomain form)."""
+    if "@" in pattern:
+        return pattern
+    if pattern.startswith("."):
+        return f"w@w{pattern}"
+    return f"w@{pattern}"
+
+
+def recipients_overlap(a: list[str], b: list[str]) -> bool:
+    """Whether one address can match both SES recipient lists."""
+    if not a or not b:
+        return True
+    return any(ses_matches(b, _witness(p)) for p in a) or any(
+        ses_matches(a, _witness(p)) for p in b
+    )
+
+
+def guard_collisions(rule_set: RuleSet) -> list[tuple[Rule, Rule]]:
+    """Pairs of lowerable rules a shared guard cannot tell apart: recipients that overlap
+    (SES gives the guard only the recipients it matched) and different conditions."""
+    rules = [r for r in rule_set.rules if guarded(r) and not _local_only(r)]
+    rules = [r for r in rules if not _pattern_problems(r)]
+    return [
+        (a, b)
+        for a, b in combinations(rules, 2)
+        if (a.when, a.unless) != (b.when, b.unless)
+        and recipients_overlap(a.recipients, b.recipients)
+    ]
+
+
+def _guard_problems(rule_set: RuleSet, guard: Guard) -> list[Problem]:
+    out: list[Problem] = []
+    if guard.per_rule:
+        for rule in rule_set.rules:
+            if guarded(rule) and not _LAMBDA_NAME.fullmatch(rule.name):
+                message = (
+                    f"the name {rule.name!r} cannot stand for {RULE_PLACEHOLDER} in the guard "
+                    "ARN: Lambda function and alias names take only letters, digits, '-', '_'"
+                )
+                out.append(Problem(rule.name, "guard", message))
+        return out
+    for a, b in guard_collisions(rule_set):
+        message = (
+            f"rules {a.name!r} and {b.name!r} have different conditions for recipients that "
+            "overlap, and one guard function cannot tell which of them SES invoked it for: "
+            f"put {RULE_PLACEHOLDER} in the guard ARN (a function or alias per rule), or give "
+            "them recipients that do not overlap"
+        )
+        out.append(Problem(b.name, "guard", message))
+    return out
+
+
+def ses_problems(rule_set: RuleSet, guard: Guard | None = None) -> list[Problem]:
+    """Everything SES cannot express as it is (with `guard`: lowered to the guard Lambda):
+    set-wide problems first, then rule by rule."""
     out = _set_problems(rule_set)
     for rule in rule_set.rules:
-        out += _extension_problems(rule) + _limit_problems(rule)
+        extra = 1 if guard is not None and guarded(rule) else 0
+        out += _extension_problems(rule, guard) + _pattern_problems(rule)
+        out += _limit_problems(rule, extra_actions=extra)
+    if guard is not None:
+        out += _guard_problems(rule_set, guard)
     return out
 
 
 def rule_capability(rule: Rule) -> RuleCapability:
-    """ "native", "needs the guard Lambda" (only extensions a guard can decide), or "local only"."""
-    extensions = _extension_problems(rule)
-    guard = 1 if extensions else 0
-    local = [p.message for p in _limit_problems(rule, extra_actions=guard)]
-    for key, conditions in (("when", rule.when), ("unless", rule.unless)):
-        for name in _used(conditions):
-            if name in LOCAL_ONLY_CONDITIONS:
-                local.append(f"{key}.{name} needs the message content, which SES gives no guard")
+    """ "native", "needs the guard Lambda" (only conditions a guard can decide), or "local only"."""
+    needs_guard = guarded(rule)
+    local = [p.message for p in _limit_problems(rule, extra_actions=int(needs_guard))]
+    local += [p.message for p in _pattern_problems(rule)]
+    local += [f"{why}, so no guard can decide it" for why in _local_only(rule)]
     if local:
         return RuleCapability(rule.name, "local only", tuple(local))
-    if extensions:
-        return RuleCapability(
-            rule.name, "needs the guard Lambda", tuple(p.message for p in extensions)
+    if needs_guard:
+        reasons = tuple(
+            f"{key}: {name} (read from {GUARD_KEYS[name]})" for key, name in _keys(rule)
         )
+        return RuleCapability(rule.name, "needs the guard Lambda", reasons)
     return RuleCapability(rule.name, "native", ())
 
 

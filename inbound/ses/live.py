@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 from inbound.core.errors import InboundError
 from inbound.rules.load import parse_rule_set
 from inbound.rules.model import Rule, RuleSet
-from inbound.ses.export import export_filter, export_rule
+from inbound.ses.export import Guard, export_filter, export_rule
 
 DEFAULT_RATE = 1.0  # calls per second (the SES receipt API quota)
 
@@ -155,8 +155,8 @@ class Change:
         return self.summary
 
 
-def _rules_by_name(rules: list[Rule]) -> dict[str, dict[str, object]]:
-    return {rule.name: export_rule(rule) for rule in rules}
+def _rules_by_name(rules: list[Rule], guard: Guard | None = None) -> dict[str, dict[str, object]]:
+    return {rule.name: export_rule(rule, guard) for rule in rules}
 
 
 def plan_changes(
@@ -166,8 +166,10 @@ def plan_changes(
     rule_set_name: str,
     active: str | None,
     live_filters: list[dict[str, Any]] | None = None,
+    guard: Guard | None = None,
 ) -> list[Change]:
-    """The calls that make the live set (None: missing) equal to `desired`, in order."""
+    """The calls that make the live set (None: missing) equal to `desired` (its conditions
+    lowered to `guard`), in order. The live set is compared as SES holds it."""
     changes: list[Change] = []
     name = rule_set_name
     if live is None:
@@ -175,7 +177,7 @@ def plan_changes(
             Change(f"create rule set {name}", "create_receipt_rule_set", {"RuleSetName": name})
         )
     live_rules = _rules_by_name(live.rules if live else [])
-    wanted = _rules_by_name(desired.rules)
+    wanted = _rules_by_name(desired.rules, guard)
     order = [r for r in live_rules if r in wanted]
     for rule_name in live_rules:
         if rule_name not in wanted:
@@ -231,7 +233,12 @@ def _filter_changes(desired: RuleSet, live_filters: list[dict[str, Any]]) -> lis
     return changes
 
 
-def plan(ses: Throttled, desired: RuleSet, rule_set_name: str | None = None) -> list[Change]:
+def plan(
+    ses: Throttled,
+    desired: RuleSet,
+    rule_set_name: str | None = None,
+    guard: Guard | None = None,
+) -> list[Change]:
     """Read the live state and plan the changes to `desired`."""
     name = rule_set_name or desired.name
     described = describe(ses, name)
@@ -241,7 +248,9 @@ def plan(ses: Throttled, desired: RuleSet, rule_set_name: str | None = None) -> 
     active_set = describe(ses, None)
     active = str(active_set["Metadata"]["Name"]) if active_set else None
     live_filters = list_filters(ses) if desired.filters else None
-    return plan_changes(desired, live, rule_set_name=name, active=active, live_filters=live_filters)
+    return plan_changes(
+        desired, live, rule_set_name=name, active=active, live_filters=live_filters, guard=guard
+    )
 
 
 def apply(ses: Throttled, changes: list[Change]) -> None:

@@ -210,7 +210,11 @@ def test_names_ses_rejects() -> None:
     [
         ("{name: a, actions: [{type: stop}]}", "native"),
         ("{name: a, when: {dkim: [FAIL]}}", "needs the guard Lambda"),
-        ('{name: a, recipients: ["*@example.com"]}', "needs the guard Lambda"),
+        # SES cannot hold the glob, and a guard cannot narrow the recipients SES matched
+        ('{name: a, recipients: ["*@example.com"]}', "local only"),
+        # the SES Lambda event says nothing about TLS
+        ("{name: a, when: {tls: true}}", "local only"),
+        ("{name: a, when: {client_ip: [192.0.2.0/24]}}", "needs the guard Lambda"),
         ("{name: a, when: {size: {max: 10}}}", "local only"),
         ("{name: a, unless: {attachment: {filename: '*.exe'}}}", "local only"),
         (f"{{name: a, actions: [{ACTIONS_11}]}}", "local only"),
@@ -256,7 +260,7 @@ def test_cli_check_ses(tmp_path, capsys) -> None:
     path = tmp_path / "rules.yaml"
     path.write_text(
         "version: 1\nname: main\ndomains: [example.com]\nrules:\n"
-        "  - {name: native}\n  - {name: guarded, when: {tls: true}}\n"
+        "  - {name: native}\n  - {name: guarded, when: {dkim: [FAIL]}}\n"
         "  - {name: local, when: {size: {min: 1}}}\n"
     )
     assert main(["check", "--ses", str(path)]) == 0
