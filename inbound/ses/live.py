@@ -15,7 +15,7 @@ from typing import Any
 
 import boto3
 import yaml
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from inbound.core.errors import InboundError
 from inbound.rules.load import parse_rule_set
@@ -50,6 +50,8 @@ class Throttled:
         except ClientError as exc:
             error = exc.response.get("Error", {})
             raise SesError(f"{operation}: {error.get('Code')}: {error.get('Message')}") from None
+        except BotoCoreError as exc:  # no credentials, no connection, an unreadable answer
+            raise SesError(f"{operation}: {exc}") from None
 
     def error_code(self, operation: str, **kwargs: object) -> tuple[dict[str, Any], str | None]:
         """Like `call`, but a ClientError gives its code instead of raising."""
@@ -57,6 +59,8 @@ class Throttled:
             return self.call_raw(operation, **kwargs), None
         except ClientError as exc:
             return {}, str(exc.response.get("Error", {}).get("Code"))
+        except BotoCoreError as exc:
+            raise SesError(f"{operation}: {exc}") from None
 
     def call_raw(self, operation: str, **kwargs: object) -> dict[str, Any]:
         if self.last is not None:

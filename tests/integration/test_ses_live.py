@@ -232,3 +232,24 @@ def test_rate_above_the_quota_is_refused(tmp_path: Path, capsys: Any) -> None:
     path.write_text(RULES)
     assert main(["ses", "plan", str(path), "--rate", "5"]) == 2
     assert "at most 1 call per second" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["import", "--active"], ["plan", "RULES"], ["apply", "RULES", "--blue-green"]],
+    ids=lambda c: c[0],
+)
+def test_ses_out_of_reach_is_an_error_not_a_traceback(
+    aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any, command: list[str]
+) -> None:
+    path = tmp_path / "main.yaml"
+    path.write_text(RULES)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard: nothing listens
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    args = ["ses", *[str(path) if a == "RULES" else a for a in command], "--test-rate", "1000"]
+    if command[0] == "import":
+        args = args[:-2]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Could not connect to the endpoint URL" in err
+    assert "Traceback" not in err
