@@ -1,5 +1,5 @@
 """`inbound ses export|import|plan|apply`: the YAML rule set against a real SES receipt rule set
-(`--lower-extensions` hands conditions to the guard Lambda);
+(`--lower-extensions` hands conditions to the guard Lambda, `--blue-green` switches whole sets);
 `inbound ses consume`: the Lambda handler's work for `Received` notifications in an SQS queue.
 
 `export` is offline; the others use boto3's `ses` (or `sqs`) client, configured only by the
@@ -21,7 +21,7 @@ from inbound.core.errors import InputError
 from inbound.observe.log import configure
 from inbound.rules.load import load_rule_set
 from inbound.rules.model import RuleSet
-from inbound.ses import live
+from inbound.ses import bluegreen, live
 from inbound.ses.export import Guard, check_guard_arn, export_rule_set, ses_problems
 
 LOWER_HELP = (
@@ -55,6 +55,27 @@ def add_parser(commands: Any) -> None:
         cmd.add_argument("rules", type=Path, metavar="RULES")
         cmd.add_argument("--rule-set", metavar="NAME", help="default: the rule file's name")
         cmd.add_argument("--lower-extensions", metavar="GUARD_FUNCTION_ARN", help=LOWER_HELP)
+        cmd.add_argument(
+            "--blue-green",
+            action="store_true",
+            help="clone the active set to NAME-<UTC timestamp>, change the clone, then activate it",
+        )
+        if name == "apply":
+            cmd.add_argument(
+                "--keep",
+                type=int,
+                default=1,
+                metavar="N",
+                help="with --blue-green: inactive NAME-<timestamp> sets to keep (default 1)",
+            )
+        cmd.add_argument(
+            "--rate",
+            type=float,
+            default=live.DEFAULT_RATE,
+            help="SES calls per second, at most 1 (the SES quota; default 1)",
+        )
+        # Tests against a local SES emulator only: lifts the 1-call-per-second ceiling.
+        cmd.add_argument("--test-rate", type=float, default=None, help=argparse.SUPPRESS)
         cmd.set_defaults(run=run)
 
     consume = sub.add_parser(
@@ -125,6 +146,9 @@ def run_import(args: argparse.Namespace) -> int:
 
 def _loaded(args: argparse.Namespace) -> tuple[live.Throttled, RuleSet, Guard | None]:
     guard = _guard(args)
+    keep: int | None = getattr(args, "keep", None)  # apply only
+    if keep is not None and keep < 0:
+        raise InputError(f"--keep {keep}: must not be negative")
     rule_set = load_rule_set(args.rules).rule_set
     problems = ses_problems(rule_set, guard)
     if problems:
@@ -134,6 +158,8 @@ def _loaded(args: argparse.Namespace) -> tuple[live.Throttled, RuleSet, Guard | 
 
 def run_plan(args: argparse.Namespace) -> int:
     ses, rule_set, guard = _loaded(args)
+    if args.blue_green:
+        return _plan_blue_green(args, ses, rule_set, guard)
     changes = live.plan(ses, rule_set, args.rule_set, guard)
     for change in changes:
         print(change)
@@ -144,11 +170,59 @@ def run_plan(args: argparse.Namespace) -> int:
 
 def run_apply(args: argparse.Namespace) -> int:
     ses, rule_set, guard = _loaded(args)
+    if args.blue_green:
+        return _apply_blue_green(args, ses, rule_set, guard)
     changes = live.plan(ses, rule_set, args.rule_set, guard)
     for change in changes:
         print(change)
         ses.call(change.operation, **change.request)
     print(f"{len(changes)} change{'s' if len(changes) != 1 else ''} applied")
+    return 0
+
+
+def _plan_blue_green(
+    args: argparse.Namespace, ses: live.Throttled, rule_set: RuleSet, guard: Guard | None
+) -> int:
+    planned = bluegreen.plan_blue_green(ses, rule_set, args.rule_set, guard=guard)
+    if not planned.changes:
+        print(f"no changes: the active rule set {planned.active} equals {args.rules}")
+        return 0
+    for change in planned.changes:
+        print(change)
+    return 0
+
+
+def _apply_blue_green(
+    args: argparse.Namespace, ses: live.Throttled, rule_set: RuleSet, guard: Guard | None
+) -> int:
+    base = args.rule_set or rule_set.name
+    planned = bluegreen.plan_blue_green(ses, rule_set, base, guard=guard)
+    if not planned.changes:
+        print(f"no changes: the active rule set {planned.active} equals {args.rules}")
+        return 0
+    done = 0  # the first change creates the new set (clone or create)
+    try:
+        for change in planned.changes:
+            print(change)
+            ses.call(change.operation, **change.request)
+            done += 1
+    except live.SesError as exc:
+        # Mail still meets the set that was active. The half-built set goes, so that clean-up
+        # never keeps it in place of a set that really was active.
+        was = f"{planned.active} is still active" if planned.active else "no rule set is active"
+        if done:
+            _, code = ses.error_code("delete_receipt_rule_set", RuleSetName=planned.new)
+            if code is None:
+                was += f"; the unfinished {planned.new} was deleted"
+            else:
+                was += f"; delete the unfinished {planned.new} by hand ({code})"
+        raise live.SesError(f"{exc}; {was}") from None
+    cleanup = bluegreen.cleanup_changes(ses, base, active=planned.new, keep=args.keep)
+    for change in cleanup:
+        print(change)
+        ses.call(change.operation, **change.request)
+    count = len(planned.changes) + len(cleanup)
+    print(f"{count} change{'s' if count != 1 else ''} applied")
     return 0
 
 
