@@ -8,17 +8,18 @@
 #
 # Usage:
 #   .ci/container-build.sh ensure [ENV_FILE]
-#                                     install docker.io + debootstrap if missing, start dockerd
-#                                     if no engine answers, build the base images if missing;
-#                                     then write KEY=VALUE lines for the tests (see below) to
-#                                     ENV_FILE (default: stdout)
+#                                     install docker.io, debootstrap and docker-compose if
+#                                     missing, start dockerd if no engine answers, build the
+#                                     base images if missing; then write KEY=VALUE lines for
+#                                     the tests (see below) to ENV_FILE (default: stdout)
 #   .ci/container-build.sh status     the engine and the images
 #   .ci/container-build.sh stop       stop the dockerd this script started (by its PID file)
 #
 # `ensure` writes (its progress goes to stderr):
 #   INBOUND_TEST_DOCKER=1
 #   INBOUND_TEST_DOCKER_CLI=/usr/bin/docker
-#   INBOUND_TEST_DOCKER_BASE=local/python:bookworm
+#   INBOUND_TEST_DOCKER_BASE=local/python:bookworm          (BASE of the receiver's Dockerfile)
+#   INBOUND_TEST_DOCKER_DEBIAN_BASE=local/debian:bookworm   (BASE of container/spamd.Dockerfile)
 #
 # The base images (cached in /var/lib/docker; made once, ~60 s, then reused):
 #   local/debian:bookworm  debootstrap minbase + ca-certificates + this host's extra CAs (HTTPS
@@ -70,6 +71,7 @@ cmd_install() {
   local need=() t
   [ -x "$DOCKERD" ] && [ -x "$DOCKER" ] || need+=(docker.io)
   command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+  command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)  # to validate compose.yaml
   [ ${#need[@]} -eq 0 ] && return 0
   [ "$(id -u)" = 0 ] || die "missing ${need[*]}: run as root (apt-get install ${need[*]})"
   t=$(now)
@@ -277,8 +279,8 @@ cmd_ensure() { # $1 = where the KEY=VALUE lines go (default: stdout)
   cmd_install
   cmd_start
   cmd_base
-  printf 'INBOUND_TEST_DOCKER=1\nINBOUND_TEST_DOCKER_CLI=%s\nINBOUND_TEST_DOCKER_BASE=%s\n' \
-    "$DOCKER" "$PY_IMG" >"$out"
+  printf 'INBOUND_TEST_DOCKER=1\nINBOUND_TEST_DOCKER_CLI=%s\nINBOUND_TEST_DOCKER_BASE=%s\nINBOUND_TEST_DOCKER_DEBIAN_BASE=%s\n' \
+    "$DOCKER" "$PY_IMG" "$DEB_IMG" >"$out"
 }
 
 case "${1:-}" in

@@ -7,10 +7,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.container.engine import Containers, Docker, Image, build, containers, engine
+from tests.container.engine import (
+    BUILT,
+    LOCAL_PYTHON,
+    Containers,
+    Docker,
+    Image,
+    build,
+    containers,
+    engine,
+)
 from tests.integration.daemons import start_moto
-
-BUILT = pytest.StashKey[Image]()
 
 
 @pytest.fixture(scope="session")
@@ -22,8 +29,14 @@ def docker() -> Docker:
 def image(
     docker: Docker, tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
 ) -> Image:
-    built = build(docker, tmp_path_factory.mktemp("image"))
-    pytestconfig.stash[BUILT] = built
+    built = build(
+        docker,
+        tmp_path_factory.mktemp("image"),
+        tag="inbound:test",
+        local_base=LOCAL_PYTHON,
+        base_env="INBOUND_TEST_DOCKER_BASE",
+    )
+    pytestconfig.stash.setdefault(BUILT, []).append(built)
     return built
 
 
@@ -40,6 +53,5 @@ def moto() -> Iterator[str]:
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
-    built = config.stash.get(BUILT, None)
-    if built is not None:
+    for built in config.stash.get(BUILT, []):
         terminalreporter.write_line(built.describe())

@@ -29,7 +29,11 @@ import pytest
 from tests.conftest import ROOT
 
 T = TypeVar("T")
-LOCAL_BASE = "local/python:bookworm"  # what .ci/container-build.sh makes from Debian packages
+# The images a session built, for the summary line that gives their size and build time.
+BUILT = pytest.StashKey[list["Image"]]()
+# What .ci/container-build.sh makes from Debian packages (no registry needed).
+LOCAL_PYTHON = "local/python:bookworm"
+LOCAL_DEBIAN = "local/debian:bookworm"
 BUILD_TIMEOUT = 900.0
 DEADLINE = 30.0
 LABEL = "inbound.test=container"
@@ -104,37 +108,47 @@ def engine() -> Docker:
 @dataclass(frozen=True)
 class Image:
     id: str
+    name: str
     base: str
     size: int
     build_seconds: float
 
     def describe(self) -> str:
         return (
-            f"container image {self.id[:19]}: {self.size / 1e6:.0f} MB, "
+            f"container image {self.name} ({self.id[7:19]}): {self.size / 1e6:.0f} MB, "
             f"built in {self.build_seconds:.1f} s on {self.base}"
         )
 
 
-def build(docker: Docker, work: Path) -> Image:
-    """`docker build` of this checkout on the local base (or the Dockerfile's own default)."""
-    base = os.environ.get("INBOUND_TEST_DOCKER_BASE") or (
-        LOCAL_BASE if docker.has_image(LOCAL_BASE) else ""
-    )
-    iidfile = work / "iid"
-    args = ["build", "--network=host", "--iidfile", str(iidfile), "-t", "inbound:test"]
+def build(
+    docker: Docker,
+    work: Path,
+    *,
+    tag: str,
+    local_base: str,
+    base_env: str,
+    context: Path = ROOT,
+    dockerfile: str = "Dockerfile",
+) -> Image:
+    """`docker build` with BASE from `base_env`, else the local base .ci/container-build.sh
+    made, else the Dockerfile's own default (a registry image)."""
+    base = os.environ.get(base_env) or (local_base if docker.has_image(local_base) else "")
+    iidfile = work / f"{tag.replace(':', '-').replace('/', '-')}.iid"
+    args = ["build", "--network=host", "--iidfile", str(iidfile), "-t", tag]
+    args += ["-f", str(context / dockerfile)]
     if base:
         args += ["--build-arg", f"BASE={base}"]
     start = time.monotonic()
-    done = docker(*args, str(ROOT), timeout=BUILD_TIMEOUT, check=False)
+    done = docker(*args, str(context), timeout=BUILD_TIMEOUT, check=False)
     seconds = time.monotonic() - start
     if done.returncode != 0:
-        raise AssertionError(f"docker build failed:\n{(done.stdout + done.stderr)[-5000:]}")
+        raise AssertionError(f"docker build {tag} failed:\n{(done.stdout + done.stderr)[-5000:]}")
     image_id = iidfile.read_text().strip()
-    # Earlier builds of this image that lost their tag (an hour old: not another run's current
-    # one); the build stage's layers, the cache of the dependencies, carry no label and stay.
+    # Earlier builds of the receiver image that lost their tag (an hour old: not another run's
+    # current one); the build stage's layers, the cache of the dependencies, have no label.
     docker("image", "prune", "--force", "--filter", f"label={TITLE}", "--filter", "until=1h")
     size = int(docker("image", "inspect", "--format", "{{.Size}}", image_id).stdout)
-    return Image(image_id, base or "the Dockerfile's default BASE", size, seconds)
+    return Image(image_id, tag, base or "the Dockerfile's default BASE", size, seconds)
 
 
 @dataclass
@@ -191,12 +205,19 @@ class Container:
 
 @dataclass
 class Containers:
-    """Starts containers and volumes for one test; removes them all afterwards."""
+    """Starts containers, volumes and networks for one test; removes them all afterwards."""
 
     docker: Docker
     image: str
     names: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
+    networks: list[str] = field(default_factory=list)
+
+    def network(self) -> str:
+        name = f"inbound-test-{uuid.uuid4().hex[:10]}"
+        self.docker("network", "create", "--label", LABEL, name)
+        self.networks.append(name)
+        return name
 
     def volume(self) -> str:
         name = f"inbound-test-{uuid.uuid4().hex[:10]}"
@@ -204,11 +225,13 @@ class Containers:
         self.volumes.append(name)
         return name
 
-    def start(self, *args: str, options: tuple[str, ...] = ()) -> Container:
-        """`docker run -d [options] IMAGE args...`."""
+    def start(self, *args: str, options: tuple[str, ...] = (), image: str = "") -> Container:
+        """`docker run -d [options] IMAGE args...` (the receiver's image unless given)."""
         name = f"inbound-test-{uuid.uuid4().hex[:10]}"
         self.names.append(name)
-        self.docker("run", "-d", "--name", name, "--label", LABEL, *options, self.image, *args)
+        self.docker(
+            "run", "-d", "--name", name, "--label", LABEL, *options, image or self.image, *args
+        )
         return Container(self.docker, name)
 
     def run(self, *args: str, options: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
@@ -226,6 +249,8 @@ class Containers:
             self.docker("rm", "-f", "-v", name, check=False)
         for name in self.volumes:
             self.docker("volume", "rm", "-f", name, check=False)
+        for name in self.networks:
+            self.docker("network", "rm", name, check=False)
 
 
 def containers(docker: Docker, image: Image) -> Iterator[Containers]:
