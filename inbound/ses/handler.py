@@ -209,7 +209,7 @@ def raw_message(found: Receipt, env: Mapping[str, str]) -> tuple[bytes, str | No
             key = _object_key(str(action.get("objectKeyPrefix") or ""), found.message_id)
     elif env_bucket is not None:
         bucket = env_bucket
-        key = env.get("INBOUND_SES_PREFIX", "") + found.message_id
+        key = _object_key(env.get("INBOUND_SES_PREFIX", ""), found.message_id)
     else:
         raise SesConfigError(
             f"message {found.message_id}: the event has no content and no S3 action; set "

@@ -331,3 +331,18 @@ rules:
     )
     with pytest.raises(SesRuleSetError, match="office"):
         lambda_handler(ses_event(message_id), None)
+
+
+def test_a_prefix_without_a_slash_is_read_where_ses_wrote_it(
+    aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SES puts a non-empty prefix that does not end in "/" in front of the messageId with a
+    # "/" (reference section 2.1): INBOUND_SES_PREFIX=incoming reads incoming/ID.
+    message_id = unique("prefix")
+    source = stored_at(bucket(), "incoming/", message_id)
+    monkeypatch.setenv("INBOUND_SES_BUCKET", source)
+    monkeypatch.setenv("INBOUND_SES_PREFIX", "incoming")
+    out = bucket()
+    rules(tmp_path, monkeypatch, store_rules(["example.com"], out))
+    assert lambda_handler(ses_event(message_id), None) == {"disposition": "CONTINUE"}
+    assert get(out, f"out/{message_id}") == RAW
