@@ -25,6 +25,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 CORPUS = FIXTURES / "corpus" / "ses"
 SAMPLES = sorted(CORPUS.glob("lambda-event__*.json"))
+# Cleaned copies of the documentation's samples that are not valid JSON as published.
+LAMBDA_EVENT = FIXTURES / "ses" / "lambda_action_event.json"
+SNS_BASE64 = FIXTURES / "ses" / "received_notification_sns_action_base64.json"
+# SES's sending-side notifications (Bounce, Complaint, Delivery): not receipts.
+SENDING = sorted(
+    p
+    for p in [*CORPUS.glob("docs__*_notification*.json"), *CORPUS.glob("notification__*.json")]
+    if not p.name.startswith("docs__received")
+)
 RAW = (CORPUS / "lambda-event__ses-forwarder__message.eml").read_bytes()
 SNS_WITH_CONTENT = CORPUS / "docs__received_notification_sns_action_with_content.json"
 S3_NOTIFICATION = FIXTURES / "ses" / "received_notification_s3_action.json"
@@ -115,7 +124,7 @@ def stored_at(source: str, prefix: str, message_id: str) -> str:
     return source
 
 
-@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("sample", [*SAMPLES, LAMBDA_EVENT], ids=lambda p: p.stem)
 def test_every_lambda_event_sample_is_accepted(
     aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sample: Path
 ) -> None:
@@ -346,3 +355,28 @@ def test_a_prefix_without_a_slash_is_read_where_ses_wrote_it(
     rules(tmp_path, monkeypatch, store_rules(["example.com"], out))
     assert lambda_handler(ses_event(message_id), None) == {"disposition": "CONTINUE"}
     assert get(out, f"out/{message_id}") == RAW
+
+
+def test_sns_notification_with_base64_content(
+    aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notification = json.loads(SNS_BASE64.read_text())
+    out = bucket()
+    rules(tmp_path, monkeypatch, store_rules(["example.com"], out))
+    message_id = notification["mail"]["messageId"]
+    assert lambda_handler(sns_event(notification), None) == {"disposition": "CONTINUE"}
+    stored = get(out, f"out/{message_id}")
+    assert stored == base64.b64decode(notification["content"])
+    assert b"Subject: Amazon SES Test" in stored
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [p for p in SENDING if p.name != "docs__received_notification_sns_action_with_content.json"],
+    ids=lambda p: p.stem,
+)
+def test_sending_notifications_are_refused_by_name(sample: Path) -> None:
+    data = json.loads(sample.read_text())
+    message = json.loads(data["Message"]) if "Message" in data else data
+    with pytest.raises(SesEventError, match=f"notificationType '{message['notificationType']}'"):
+        lambda_handler(sns_event(message), None)
