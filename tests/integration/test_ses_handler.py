@@ -372,7 +372,7 @@ def test_sns_notification_with_base64_content(
 
 @pytest.mark.parametrize(
     "sample",
-    [p for p in SENDING if p.name != "docs__received_notification_sns_action_with_content.json"],
+    SENDING,
     ids=lambda p: p.stem,
 )
 def test_sending_notifications_are_refused_by_name(sample: Path) -> None:
