@@ -18,8 +18,9 @@ nothing is rescanned. A verdict the receipt lacks takes the `Verdicts` default (
 DISABLED, spf/dkim/dmarc GRAY). As everywhere, spam and virus stay DISABLED unless a matching
 YAML rule has `scan_enabled: true`. The envelope is `mail.source` and `receipt.recipients`.
 
-**No connection facts** (decision). SES does not tell a Lambda the client's IP or whether the
-session used TLS. The handler evaluates with client IP 0.0.0.0 and TLS on, and therefore:
+**No connection facts** (decision). SES tells a Lambda nothing about TLS, and the client's IP
+only inside its `Received` header (which the guard Lambda reads for `client_ip`). The handler
+evaluates with client IP 0.0.0.0 and TLS on, and therefore:
 - the YAML's receipt IP `filters` are not applied (SES applied its own at connection time);
 - `tls_policy: require` does not exclude a rule (SES enforced its rule's TLS policy);
 - an enabled rule with a `client_ip` or `tls` condition in `when`/`unless` makes the rule set
