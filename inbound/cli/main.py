@@ -2,11 +2,13 @@
 
 0 success, 1 a failure of what was asked (a test failed), 2 bad input. Bad input never
 prints a traceback: every `InboundError` becomes a message naming the file and the problem.
+A reader that closes stdout early (`inbound ... | head -1`) ends the command quietly with 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -35,6 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return run(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, not in the flush at interpreter exit
+    except BrokenPipeError:
+        # The reader went away (`inbound ... | head -1`): what it did not read is of no use to
+        # anyone. As the Python docs advise (signal module, "Note on SIGPIPE"), point stdout at
+        # /dev/null so the flush at exit cannot fail again, and exit 1 without a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+
+
+def run(argv: Sequence[str] | None) -> int:
+    """Parse `argv`, run the command, turn bad input into a message and exit code 2."""
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 with a usage message on a bad flag
     try:

@@ -401,3 +401,45 @@ def test_check_ok_prints_a_summary() -> None:
     result = inbound("check", EXAMPLE)
     assert result.returncode == 0
     assert result.stdout.startswith("rules/example.yaml: ok: rule set 'example', 5 rules")
+
+
+SES_RULES = """\
+version: 1
+name: main
+domains: [example.com]
+rules:
+  - name: support
+    recipients: [support@example.com]
+    actions: [{type: s3, bucket: mail, prefix: support/}]
+"""
+
+PIPED = {
+    "evaluate": ["evaluate", "--rules", EXAMPLE, "--eml", HELLO, "--rcpt", "support@example.com"],
+    "test": ["test", "fixtures/"],
+    "check_ses": ["check", EXAMPLE, "--ses"],
+    "spool_list": ["spool", "--data-dir", "{tmp}/data", "list"],
+    "ses_export": ["ses", "export", "{tmp}/rules.yaml"],
+}
+
+
+@pytest.mark.parametrize("args", PIPED.values(), ids=PIPED)
+def test_a_reader_that_closes_early_gets_no_traceback(args: list[str], tmp_path: Path) -> None:
+    """`inbound ... | head -1`: the command stops quietly (exit 1, as the Python docs advise)."""
+    (tmp_path / "rules.yaml").write_text(SES_RULES)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line: every write meets EPIPE
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "inbound", *(a.format(tmp=tmp_path) for a in args)],
+            cwd=ROOT,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert result.stderr == ""
+    assert result.returncode == 1
