@@ -7,19 +7,35 @@ import json
 from pathlib import Path
 from typing import Any
 
+from inbound.core.errors import InputError
 from inbound.spool.store import Spool
 
 
 def add_parser(commands: Any) -> None:
     p = commands.add_parser("spool", help="look at and retry spooled messages")
-    p.add_argument("--data-dir", type=Path, default=Path("inbound-data"), metavar="DIR")
+    data_dir_help = "the receiver's --data-dir (default: inbound-data)"
+    p.add_argument(
+        "--data-dir", type=Path, default=Path("inbound-data"), metavar="DIR", help=data_dir_help
+    )
     sub = p.add_subparsers(dest="spool_command", required=True, metavar="list|show|retry")
-    listing = sub.add_parser("list", help="queued and dead-lettered messages, oldest first")
+    # `--data-dir` is taken before or after the subcommand (`spool list --data-dir DIR`, as
+    # the README writes it); SUPPRESS keeps the value given before when none comes after.
+    data_dir = argparse.ArgumentParser(add_help=False)
+    data_dir.add_argument(
+        "--data-dir", type=Path, default=argparse.SUPPRESS, metavar="DIR", help=data_dir_help
+    )
+    listing = sub.add_parser(
+        "list", parents=[data_dir], help="queued and dead-lettered messages, oldest first"
+    )
     listing.add_argument("--dead", action="store_true", help="only dead-lettered messages")
     listing.add_argument("--json", action="store_true")
-    show = sub.add_parser("show", help="one message: envelope, actions done, last error")
+    show = sub.add_parser(
+        "show", parents=[data_dir], help="one message: envelope, actions done, last error"
+    )
     show.add_argument("message_id")
-    retry = sub.add_parser("retry", help="retry dead-lettered (or deferred) messages now")
+    retry = sub.add_parser(
+        "retry", parents=[data_dir], help="retry dead-lettered (or deferred) messages now"
+    )
     retry.add_argument("message_ids", nargs="*", metavar="MESSAGE_ID")
     retry.add_argument("--all", action="store_true", help="every dead-lettered message")
     p.set_defaults(run=run)
@@ -48,6 +64,13 @@ def _summary(spool: Spool, message_id: str, where: str) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not (args.data_dir / "spool").is_dir():
+        # Spool() would create it: a mistyped --data-dir would show an empty spool, and leave
+        # a new directory behind.
+        raise InputError(
+            f"{args.data_dir}: no spool here (give the receiver's --data-dir; "
+            "it makes the spool when it first starts)"
+        )
     spool = Spool(args.data_dir / "spool")
     if args.spool_command == "list":
         rows = [] if args.dead else [_summary(spool, m, "queued") for m in spool.queued()]

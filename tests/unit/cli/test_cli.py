@@ -426,6 +426,7 @@ PIPED = {
 def test_a_reader_that_closes_early_gets_no_traceback(args: list[str], tmp_path: Path) -> None:
     """`inbound ... | head -1`: the command stops quietly (exit 1, as the Python docs advise)."""
     (tmp_path / "rules.yaml").write_text(SES_RULES)
+    (tmp_path / "data" / "spool").mkdir(parents=True)
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before the first line: every write meets EPIPE
     try:
@@ -443,3 +444,21 @@ def test_a_reader_that_closes_early_gets_no_traceback(args: list[str], tmp_path:
         os.close(write_end)
     assert result.stderr == ""
     assert result.returncode == 1
+
+
+def test_spool_takes_data_dir_before_or_after_the_subcommand(tmp_path: Path) -> None:
+    (tmp_path / "spool").mkdir()
+    for args in (["--data-dir", str(tmp_path), "list"], ["list", "--data-dir", str(tmp_path)]):
+        result = inbound("spool", *args)
+        assert (result.returncode, result.stdout) == (0, "0 queued, 0 dead\n"), result.stderr
+
+
+def test_spool_of_a_directory_without_a_spool_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    typo = tmp_path / "inbound-dta"
+    result = inbound("spool", "list", "--data-dir", str(typo))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"inbound spool: {typo}: no spool here (give the receiver's --data-dir; "
+        "it makes the spool when it first starts)\n"
+    )
+    assert not typo.exists()
