@@ -172,7 +172,7 @@ def _pattern_problems(rule: Rule) -> list[Problem]:
     patterns = [r for r in rule.recipients if is_scanned_pattern(r)]
     if not patterns:
         return []
-    shown = ", ".join(repr(p) for p in patterns)
+    shown = ", ".join(f"'{p}'" for p in patterns)  # as written: repr() doubles backslashes
     message = (
         f"recipient patterns {shown}: SES takes only addresses and domains, and a guard "
         "cannot narrow the recipients SES matched"

@@ -179,7 +179,8 @@ RECIPIENTS_101 = ", ".join(f"u{i}@example.com" for i in range(101))
             '{name: a, recipients: ["re:a.*@example\\\\.com"]}',
             1,
             0,
-            [("a", "recipient-pattern", "re:")],
+            # the pattern as written in the YAML, not its Python repr (one backslash)
+            [("a", "recipient-pattern", "patterns 're:a.*@example\\.com': SES")],
         ),
         (f"{{name: a, actions: [{ACTIONS_11}]}}", 1, 0, [("a", "limit", "11 actions")]),
         (f"{{name: a, recipients: [{RECIPIENTS_101}]}}", 1, 0, [("a", "limit", "101 recipients")]),
