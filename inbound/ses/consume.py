@@ -20,7 +20,8 @@ notification (`AMAZON_SES_SETUP_NOTIFICATION`) runs nothing and is deleted.
 **Stopping.** After `max_messages` messages (succeeded, failed or ignored), or when `stop()` is
 called (the command calls it on SIGTERM and SIGINT): the message in hand is finished first;
 messages received in the same batch but not started are made visible again at once. A stop
-during a long poll takes effect when the poll returns (at most `--wait` seconds).
+during a long poll takes effect when the poll returns (at most `--wait` seconds). A queue that
+cannot be read (no region, no such queue, no connection) stops the loop with `ConsumeError`.
 """
 
 from __future__ import annotations
@@ -33,10 +34,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import boto3
+from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
+from botocore.parsers import ResponseParserError
 
+from inbound.core.errors import InboundError
 from inbound.observe.log import emit
 from inbound.ses.event import SesEventError, parse_event
 from inbound.ses.handler import lambda_handler
+from inbound.ses.live import NO_REGION
 
 log = logging.getLogger("inbound.ses.consume")
 
@@ -45,6 +50,10 @@ DEFAULT_VISIBILITY = 300
 SQS_BATCH_MAX = 10  # receive_message's MaxNumberOfMessages ceiling
 
 Handler = Callable[[object, object], dict[str, str]]
+
+
+class ConsumeError(InboundError):
+    """The queue cannot be read (no region, no queue, no connection): the command stops."""
 
 
 @dataclass
@@ -101,7 +110,10 @@ class Consumer:
         self.wait = wait
         self.visibility = visibility
         self.max_messages = max_messages
-        self.sqs = sqs if sqs is not None else boto3.client("sqs")
+        try:
+            self.sqs = sqs if sqs is not None else boto3.client("sqs")
+        except NoRegionError:
+            raise ConsumeError(NO_REGION) from None
         self.handle = handle
         self.stopping = threading.Event()
         self.stats = ConsumeStats()
@@ -118,13 +130,7 @@ class Consumer:
     def run(self) -> ConsumeStats:
         emit(log, "sqs.consuming", queue=self.queue_url, max_messages=self.max_messages)
         while not self.stopping.is_set() and (count := self._remaining()) > 0:
-            received = self.sqs.receive_message(
-                QueueUrl=self.queue_url,
-                MaxNumberOfMessages=count,
-                WaitTimeSeconds=self.wait,
-                VisibilityTimeout=self.visibility,
-                MessageSystemAttributeNames=["ApproximateReceiveCount"],
-            )
+            received = self._receive(count)
             messages: list[dict[str, Any]] = received.get("Messages", [])
             for position, message in enumerate(messages):
                 if self.stopping.is_set():
@@ -140,6 +146,25 @@ class Consumer:
             ignored=self.stats.ignored,
         )
         return self.stats
+
+    def _receive(self, count: int) -> dict[str, Any]:
+        try:
+            received: dict[str, Any] = self.sqs.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=count,
+                WaitTimeSeconds=self.wait,
+                VisibilityTimeout=self.visibility,
+                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            )
+        except ClientError as exc:  # no such queue, access denied, ...
+            error = exc.response.get("Error", {})
+            raise ConsumeError(
+                f"receive_message {self.queue_url}: {error.get('Code')}: {error.get('Message')}"
+            ) from None
+        # no credentials, no connection, or an answer that is not SQS's (an HTML error page)
+        except (BotoCoreError, ResponseParserError) as exc:
+            raise ConsumeError(f"receive_message {self.queue_url}: {exc}") from None
+        return received
 
     def consume(self, message: dict[str, Any]) -> None:
         """Run one SQS message; delete it on success, leave it for redelivery on failure."""

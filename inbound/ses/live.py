@@ -15,7 +15,8 @@ from typing import Any
 
 import boto3
 import yaml
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
+from botocore.parsers import ResponseParserError
 
 from inbound.core.errors import InboundError
 from inbound.rules.load import parse_rule_set
@@ -29,8 +30,17 @@ class SesError(InboundError):
     """A call to SES failed (the message names the operation and SES's error)."""
 
 
+# boto3 takes the region from AWS_DEFAULT_REGION or the profile; AWS_REGION only inside Lambda.
+NO_REGION = (
+    "no AWS region: set AWS_DEFAULT_REGION or a profile's region (boto3 does not read AWS_REGION)"
+)
+
+
 def ses_client() -> Any:
-    return boto3.client("ses")
+    try:
+        return boto3.client("ses")
+    except NoRegionError:
+        raise SesError(NO_REGION) from None
 
 
 class Throttled:
@@ -50,7 +60,8 @@ class Throttled:
         except ClientError as exc:
             error = exc.response.get("Error", {})
             raise SesError(f"{operation}: {error.get('Code')}: {error.get('Message')}") from None
-        except BotoCoreError as exc:  # no credentials, no connection, an unreadable answer
+        # no credentials, no connection, or an answer that is not SES's (an HTML error page)
+        except (BotoCoreError, ResponseParserError) as exc:
             raise SesError(f"{operation}: {exc}") from None
 
     def error_code(self, operation: str, **kwargs: object) -> tuple[dict[str, Any], str | None]:
@@ -59,7 +70,7 @@ class Throttled:
             return self.call_raw(operation, **kwargs), None
         except ClientError as exc:
             return {}, str(exc.response.get("Error", {}).get("Code"))
-        except BotoCoreError as exc:
+        except (BotoCoreError, ResponseParserError) as exc:
             raise SesError(f"{operation}: {exc}") from None
 
     def call_raw(self, operation: str, **kwargs: object) -> dict[str, Any]:

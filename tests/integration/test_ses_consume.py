@@ -267,6 +267,19 @@ def test_cli_without_rules_is_refused(aws: str, capsys: pytest.CaptureFixture[st
     assert "INBOUND_RULES" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("logger_state")
+def test_cli_with_a_queue_that_does_not_exist_says_so(
+    aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, rules = rules_file(tmp_path)
+    monkeypatch.setenv("INBOUND_RULES", "")
+    gone = queue().rsplit("/", 1)[0] + "/" + unique("no-such-queue")
+    assert main(["ses", "consume", "--queue", gone, "--wait", "0", "--rules", str(rules)]) == 2
+    err = capsys.readouterr().err
+    assert f"inbound ses: receive_message {gone}: " in err
+    assert "queue does not exist" in err
+
+
 @pytest.mark.parametrize(
     "body",
     [
