@@ -1,9 +1,10 @@
 """The AWS target set (SPEC section 3, `--targets aws`): S3, SNS and Lambda through boto3.
 
-Configured only the standard AWS way (AWS_REGION, the credential chain, AWS_ENDPOINT_URL and
-AWS_ENDPOINT_URL_S3 …), so the same code talks to AWS, MinIO or a moto server. botocore makes
-one attempt per call: the spool owns retries. Every call runs in a thread with a deadline, and
-every failure becomes a transient or permanent action error (`aws_errors.ERROR_TABLE`).
+Configured only the standard AWS way (AWS_DEFAULT_REGION, not AWS_REGION; the credential chain,
+AWS_ENDPOINT_URL and AWS_ENDPOINT_URL_S3 …), so the same code talks to AWS, MinIO or a moto
+server. botocore makes one attempt per call: the spool owns retries. Every call runs in a
+thread with a deadline, and every failure becomes a transient or permanent action error
+(`aws_errors.ERROR_TABLE`).
 """
 
 from __future__ import annotations
