@@ -1,7 +1,7 @@
 # The inbound receiver. Build: docker build -t inbound .
 # Run:   docker run -d -p 25:2525 -v inbound-data:/var/lib/inbound \
-#            -v "$PWD/rules.yaml:/etc/inbound/rules.yaml:ro" inbound
-# Other commands: docker run --rm -v "$PWD/rules.yaml:/r.yaml:ro" inbound check /r.yaml
+#            -v "$HOME/inbound-rules:/etc/inbound:ro" inbound   # a folder holding rules.yaml
+# Other commands: docker run --rm -v "$HOME/inbound-rules:/r:ro" inbound check /r/rules.yaml
 #
 # The base image is a build argument so that a machine without an image registry can build on
 # a local one (.ci/container-build.sh makes local/python:bookworm from Debian packages):
