@@ -154,6 +154,7 @@ class FakeServer(asyncio.DatagramProtocol):
     def __init__(self, table: dict[tuple[str, str], list[str] | str]) -> None:
         self.table = table
         self.transport: asyncio.DatagramTransport | None = None
+        self.questions: list[tuple[str, str]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -162,6 +163,7 @@ class FakeServer(asyncio.DatagramProtocol):
         query = dns.message.from_wire(data)
         question = query.question[0]
         key = (question.name.to_text(omit_final_dot=True), dns.rdatatype.to_text(question.rdtype))
+        self.questions.append(key)
         entry = self.table.get(key, "NXDOMAIN")
         if entry == "SILENT":
             return
@@ -239,3 +241,26 @@ def test_dnspython_silence_times_out_within_the_timeout() -> None:
     with pytest.raises(DnsTimeoutError, match=r"silent\.example"):
         ask_server("txt", "silent.example", timeout=0.3)
     assert time.monotonic() - start < 1.5
+
+
+def test_dnspython_answers_are_cached_for_their_ttl() -> None:
+    """Every message from a domain asks the same SPF and DMARC questions: ask upstream once."""
+
+    async def run() -> list[tuple[str, str]]:
+        loop = asyncio.get_running_loop()
+        server = FakeServer(TABLE)
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: server, local_addr=("127.0.0.1", 0)
+        )
+        try:
+            port = transport.get_extra_info("sockname")[1]
+            resolver = DnsPythonResolver(2.0, nameservers=["127.0.0.1"], port=port)
+            for _ in range(3):
+                assert await resolver.txt("spf.example")
+                assert await resolver.a("host.example") == ["192.0.2.10"]
+            return server.questions
+        finally:
+            transport.close()
+            await asyncio.sleep(0)
+
+    assert asyncio.run(run()) == [("spf.example", "TXT"), ("host.example", "A")]
