@@ -19,7 +19,7 @@ from inbound.core.message import MessageFacts
 from inbound.core.reply import SmtpReply
 from inbound.message.read import need_for, read_facts
 from inbound.observe.log import emit
-from inbound.observe.metrics import Metrics
+from inbound.observe.metrics import ReceiveMetrics
 from inbound.rules.book import RuleBook
 from inbound.rules.evaluate import (
     check_connection,
@@ -48,7 +48,7 @@ class Intake:
         scanners: Scanners,
         *,
         hostname: str,
-        metrics: Metrics,
+        metrics: ReceiveMetrics,
         on_queued: Callable[[str], None],
         ids: MessageIdGenerator | None = None,
         clock: Callable[[], datetime] = utc_now,
@@ -121,7 +121,8 @@ class Intake:
         snapshot = self.book.current
         rules = snapshot.compiled
         need = need_for(message_keys(rules, envelope.rcpt_tos))
-        path = await asyncio.to_thread(writer.contents)
+        # At most one write buffer is left to flush: page cache, cheaper here than in a thread.
+        path = writer.contents()
         scanned = await self.scanners.scan(
             path,
             scanning=scanning_enabled(rules, envelope.rcpt_tos),

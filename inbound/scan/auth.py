@@ -294,11 +294,19 @@ class _MessageChecks:
     policies: dict[str, Discovery] = field(default_factory=dict)
 
 
+# Messages up to this size are read and parsed on the event loop: a hop to a worker thread
+# costs more than the work. Larger ones (and every signature check) go to the threads.
+_INLINE_BYTES = 128 * 1024
+
+
 async def _check_message(raw: bytes | Path, run: _Run) -> _MessageChecks:
     try:
         async with asyncio.timeout(run.deadline.remaining()):
-            data = raw if isinstance(raw, bytes) else await run.in_thread(raw.read_bytes)
-            message = await run.in_thread(_read_message, data)
+            data = raw if isinstance(raw, bytes) else await _read_file(raw, run)
+            if len(data) <= _INLINE_BYTES:
+                message = _read_message(data)
+            else:
+                message = await run.in_thread(_read_message, data)
     except TimeoutError:
         emit(_LOG, "auth.timed_out", check="message")
         return _MessageChecks(dkim=None)
@@ -310,6 +318,29 @@ async def _check_message(raw: bytes | Path, run: _Run) -> _MessageChecks:
         _discover_policies(message.from_domains, run),
     )
     return _MessageChecks(dkim_results, message.from_domains, policies)
+
+
+async def _read_file(path: Path, run: _Run) -> bytes:
+    if path.stat().st_size <= _INLINE_BYTES:  # just written: in the page cache
+        return path.read_bytes()
+    return await run.in_thread(_read_for_checks, path)
+
+
+def _read_for_checks(path: Path) -> bytes:
+    """The message's header, and its body only when a DKIM signature needs it (the body hash):
+    a large unsigned message is never held in memory."""
+    with path.open("rb") as f:
+        head = f.read(_INLINE_BYTES)
+        end = _header_end(head)
+        if end >= 0 and not _DKIM_HEADER.search(head, 0, end):
+            return head[:end]
+        return head + f.read()
+
+
+def _header_end(data: bytes) -> int:
+    """Where the header ends, its blank line included; -1 when it does not end in `data`."""
+    ends = [i + len(blank) for blank in (b"\r\n\r\n", b"\n\n") if (i := data.find(blank)) >= 0]
+    return min(ends, default=-1)
 
 
 def _read_message(data: bytes) -> _Message:
@@ -349,6 +380,8 @@ def _tag(value: bytes, name: bytes) -> str:
 
 
 async def _check_dkim(message: _Message, run: _Run) -> tuple[DkimResult, ...]:
+    if not message.signatures:
+        return ()
     names = list(dict.fromkeys(s.key_name for s in message.signatures if s.error is None))
     try:
         async with asyncio.timeout(run.deadline.remaining()):

@@ -479,3 +479,33 @@ def test_every_corpus_message_authenticates_without_an_exception(eml: Path) -> N
     assert outcome.dkim in (G, F)  # F: signed, and no key is published anywhere
     assert outcome.dmarc is G
     assert all(r.result in ("permerror", "fail") for r in outcome.details.dkim)
+
+
+# --- large messages, read from the spool file -----------------------------------------------
+
+
+def large(raw: bytes, size: int = 1024 * 1024) -> bytes:
+    """`raw` with its body grown past what is read inline (a large signed file is read whole)."""
+    line = b"x" * 76 + b"\r\n"
+    return raw + line * (size // len(line))
+
+
+def test_dkim_of_a_large_signed_message_file_is_verified_over_its_whole_body(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "message.eml"
+    path.write_bytes(signed(large(message("a@reject.example")), "reject.example"))
+    assert check(path).dkim is P
+    path.write_bytes(path.read_bytes()[:-3] + b"y\r\n")
+    assert check(path).dkim is F, "a changed body byte far past the header is noticed"
+
+
+def test_a_large_unsigned_message_file_gets_its_verdicts_from_the_header(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "message.eml"
+    path.write_bytes(large(message("a@reject.example")))
+    outcome = check(path)
+    assert outcome.dkim is G
+    assert outcome.details.from_domain == "reject.example"
+    assert (outcome.dmarc, outcome.dmarc_policy) == (F, DmarcPolicy.REJECT)
