@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Receiver throughput and memory: accepted messages per second of `inbound serve` (durable spool,
-# local targets) against Postfix's smtp-sink (the protocol ceiling, no storage) in the same run,
-# plus the peak RSS of the receiver while it takes one 40 MB message.
+# local targets, dispatching as it receives), in one process and with `--workers $(nproc)`,
+# against Postfix's smtp-sink (the protocol ceiling, no storage) in the same run, plus the peak
+# RSS of the receiver while it takes one 40 MB message.
 #
 #   bash bench/smtp.sh [MESSAGES] [SESSIONS] [SIZE_BYTES]      (default 2000 10 10240)
 #
@@ -66,22 +67,32 @@ pids+=($!)
 wait_port "$sink_port"
 sink_seconds=$(run_source "$sink_port")
 
-serve_port=$(free_port)
-"$PYTHON" -m inbound serve --rules "$work/rules.yaml" --data-dir "$work/data" \
-  --listen "127.0.0.1:$serve_port" --hostname bench.test 2>"$work/serve.log" &
-serve_pid=$!
-pids+=("$serve_pid")
-wait_port "$serve_port"
-serve_seconds=$(run_source "$serve_port")
-drain_start=$(date +%s.%N)
-deadline=$((SECONDS + 120))
-while [ -n "$(ls -A "$work/data/spool/queue" 2>/dev/null || true)" ] && [ $SECONDS -lt $deadline ]; do
-  sleep 0.1
-done
-drain_seconds=$(echo "$(date +%s.%N) - $drain_start" | bc -l)
-stored=$(find "$work/data/s3/mail/in" -type f ! -name '.*' 2>/dev/null | wc -l || true)
-kill -TERM "$serve_pid" 2>/dev/null || true
-wait "$serve_pid" 2>/dev/null || true
+# `inbound serve` with WORKERS receiving processes: sets serve_seconds, stored, drain_seconds.
+measure_serve() {
+  local workers=$1 data="$work/data-$1" port pid deadline drain_start
+  port=$(free_port)
+  "$PYTHON" -m inbound serve --rules "$work/rules.yaml" --data-dir "$data" \
+    --listen "127.0.0.1:$port" --hostname bench.test --workers "$workers" 2>"$work/serve-$workers.log" &
+  pid=$!
+  pids+=("$pid")
+  wait_port "$port"
+  serve_seconds=$(run_source "$port")
+  drain_start=$(date +%s.%N)
+  deadline=$((SECONDS + 120))
+  while [ -n "$(ls -A "$data/spool/queue" 2>/dev/null || true)" ] && [ $SECONDS -lt $deadline ]; do
+    sleep 0.1
+  done
+  drain_seconds=$(echo "$(date +%s.%N) - $drain_start" | bc -l)
+  stored=$(find "$data/s3/mail/in" -type f ! -name '.*' 2>/dev/null | wc -l || true)
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+CORES=$(nproc)
+measure_serve 1
+one_seconds=$serve_seconds one_stored=$stored one_drain=$drain_seconds
+measure_serve "$CORES"
+many_seconds=$serve_seconds many_stored=$stored many_drain=$drain_seconds
 
 # Peak RSS while receiving one 40 MB message (a fresh process, so the peak is this message's).
 mem_port=$(free_port)
@@ -110,9 +121,11 @@ ratio() { echo "scale=2; $1 / $2" | bc -l; }
 rate() { echo "scale=0; $MESSAGES / $1" | bc -l; }
 printf '\n%-34s %9s %9s %10s\n' "target ($SESSIONS sessions, $SIZE bytes)" messages seconds "msg/s"
 printf '%-34s %9d %9.2f %10d\n' "smtp-sink (no storage)" "$MESSAGES" "$sink_seconds" "$(rate "$sink_seconds")"
-printf '%-34s %9d %9.2f %10d\n' "inbound serve (durable spool)" "$MESSAGES" "$serve_seconds" "$(rate "$serve_seconds")"
-printf 'inbound / smtp-sink throughput: %s   (target: >= 1000 msg/s for inbound)\n' "$(ratio "$sink_seconds" "$serve_seconds")"
-printf 'stored by the s3 action: %s of %s (dispatch finished %.1f s after the last 250)\n' \
-  "$stored" "$MESSAGES" "$drain_seconds"
+printf '%-34s %9d %9.2f %10d\n' "inbound serve (durable spool)" "$MESSAGES" "$one_seconds" "$(rate "$one_seconds")"
+printf '%-34s %9d %9.2f %10d\n' "inbound serve --workers $CORES" "$MESSAGES" "$many_seconds" "$(rate "$many_seconds")"
+printf 'inbound / smtp-sink throughput: %s (1 process), %s (--workers %s)   (target: >= 1000 msg/s)\n' \
+  "$(ratio "$sink_seconds" "$one_seconds")" "$(ratio "$sink_seconds" "$many_seconds")" "$CORES"
+printf 'stored by the s3 action: %s and %s of %s (dispatch finished %.1f s and %.1f s after the last 250)\n' \
+  "$one_stored" "$many_stored" "$MESSAGES" "$one_drain" "$many_drain"
 printf 'peak RSS: idle %d MB, receiving one 40 MB message %d MB (target: < 150 MB), after dispatching it %d MB\n' \
   $((idle_kb / 1024)) $((received_kb / 1024)) $((dispatched_kb / 1024))

@@ -25,7 +25,7 @@ from inbound.core.errors import ConfigError, InputError
 from inbound.core.targets import Targets
 from inbound.dispatch import Dispatcher, RetryPolicy
 from inbound.intake import Intake
-from inbound.observe.log import emit
+from inbound.observe.log import emit, emit_fields
 from inbound.observe.metrics import Metrics
 from inbound.receive.limits import ReceiverLimits
 from inbound.receive.server import SmtpServer
@@ -74,6 +74,8 @@ class ServeSettings:
     # What an SNS action does with a message over 150 KB (SES bounces it).
     sns_oversize: Literal["bounce", "omit-content"] = "bounce"
     relay: tuple[str, int] | None = None
+    # Receiving processes; more than one: a supervisor dispatches (inbound/workers.py).
+    workers: int = 1
 
 
 def load_functions(mapping: Mapping[str, str]) -> dict[str, LambdaFunction]:
@@ -118,6 +120,70 @@ def build_scanners(settings: ServeSettings, auth_pool: Executor | None = None) -
     )
 
 
+def build_targets(settings: ServeSettings, book: RuleBook, *, announce: bool = True) -> Targets:
+    """The target set `--targets` and `--relay` ask for; `announce` logs what is missing."""
+    s = settings
+    base: Targets
+    if s.targets == "aws":
+        base = AwsTargets()
+    else:
+        base = LocalTargets(s.data_dir, functions=load_functions(s.lambdas))
+    if s.relay is not None:
+        host, port = s.relay
+        return WithRelay(base, RelaySender(host, port, local_hostname=s.hostname))
+    bouncing = [
+        r.name
+        for r in book.current.compiled.rules
+        if any(isinstance(a, BounceAction) for a in r.actions)
+    ]
+    if bouncing and announce:
+        emit(
+            log,
+            "relay.missing",
+            level=logging.WARNING,
+            rules=bouncing,
+            hint="bounces after acceptance need --relay HOST:PORT to send their DSNs",
+        )
+    return base
+
+
+def tls_context(
+    settings: ServeSettings, book: RuleBook, *, announce: bool = True
+) -> ssl.SSLContext | None:
+    """STARTTLS's context from `--tls-cert/--tls-key` or `--tls-self-signed`, else None."""
+    s = settings
+    if s.tls_cert is not None and s.tls_key is not None:
+        return load_tls_context(s.tls_cert, s.tls_key)
+    if s.tls_self_signed:
+        return self_signed_context(s.data_dir / "tls", s.hostname)
+    if announce:
+        requiring = [r.name for r in book.current.compiled.rules if r.require_tls]
+        emit(
+            log,
+            "tls.disabled",
+            level=logging.WARNING,
+            hint="no certificate: STARTTLS is not offered; use --tls-cert and --tls-key, "
+            "or --tls-self-signed for development",
+            rules_requiring_tls=requiring,
+        )
+    return None
+
+
+def reload_rules(book: RuleBook, context: Mapping[str, object] | None = None) -> None:
+    """SIGHUP: the new rules, or the old ones kept and the errors logged (with `context`)."""
+    fields = dict(context or {})
+    try:
+        snapshot = book.reload()
+    except ConfigError as exc:
+        fields["errors"] = [str(i) for i in exc.issues]
+    except InputError as exc:
+        fields["errors"] = [str(exc)]
+    else:
+        emit_fields(log, "rules.reloaded", {"rules_digest": snapshot.digest[:12], **fields})
+        return
+    emit_fields(log, "rules.reload_failed", fields, level=logging.ERROR)
+
+
 class Receiver:
     """A running `inbound serve`."""
 
@@ -127,7 +193,7 @@ class Receiver:
         load_rule_set(settings.rules, extra_domains=settings.domains)
         data_dir = settings.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock_data_dir(data_dir)
+        self._lock = lock_data_dir(data_dir)
         self.metrics = Metrics()
         self.spool = Spool(data_dir / "spool")
         self.book = RuleBook(
@@ -136,9 +202,9 @@ class Receiver:
             load_text=self.spool.load_rules,
             extra_domains=settings.domains,
         )
-        self.tls_context = self._tls()
+        self.tls_context = tls_context(settings, self.book)
         self.committer = GroupCommitter(self.spool)
-        targets = self._targets()
+        targets = build_targets(settings, self.book)
         self.dispatcher = Dispatcher(
             self.spool,
             self.book,
@@ -167,48 +233,6 @@ class Receiver:
         )
         self.stopping = asyncio.Event()
 
-    def _targets(self) -> Targets:
-        s = self.settings
-        base: Targets
-        if s.targets == "aws":
-            base = AwsTargets()
-        else:
-            base = LocalTargets(s.data_dir, functions=load_functions(s.lambdas))
-        if s.relay is not None:
-            host, port = s.relay
-            return WithRelay(base, RelaySender(host, port, local_hostname=s.hostname))
-        bouncing = [
-            r.name
-            for r in self.book.current.compiled.rules
-            if any(isinstance(a, BounceAction) for a in r.actions)
-        ]
-        if bouncing:
-            emit(
-                log,
-                "relay.missing",
-                level=logging.WARNING,
-                rules=bouncing,
-                hint="bounces after acceptance need --relay HOST:PORT to send their DSNs",
-            )
-        return base
-
-    def _tls(self) -> ssl.SSLContext | None:
-        s = self.settings
-        if s.tls_cert is not None and s.tls_key is not None:
-            return load_tls_context(s.tls_cert, s.tls_key)
-        if s.tls_self_signed:
-            return self_signed_context(s.data_dir / "tls", s.hostname)
-        requiring = [r.name for r in self.book.current.compiled.rules if r.require_tls]
-        emit(
-            log,
-            "tls.disabled",
-            level=logging.WARNING,
-            hint="no certificate: STARTTLS is not offered; use --tls-cert and --tls-key, "
-            "or --tls-self-signed for development",
-            rules_requiring_tls=requiring,
-        )
-        return None
-
     async def start(self) -> None:
         recovered = self.spool.recover()
         queued = self.dispatcher.load_queue()
@@ -229,16 +253,7 @@ class Receiver:
         )
 
     def reload(self) -> None:
-        try:
-            snapshot = self.book.reload()
-        except ConfigError as exc:
-            emit(
-                log, "rules.reload_failed", level=logging.ERROR, errors=[str(i) for i in exc.issues]
-            )
-        except InputError as exc:
-            emit(log, "rules.reload_failed", level=logging.ERROR, errors=[str(exc)])
-        else:
-            emit(log, "rules.reloaded", rules_digest=snapshot.digest[:12])
+        reload_rules(self.book)
 
     async def run(self) -> None:
         """Serve until SIGTERM or SIGINT; then drain and return."""
@@ -264,7 +279,7 @@ class Receiver:
         self._lock.close()
 
 
-def _lock_data_dir(data_dir: Path) -> IO[bytes]:
+def lock_data_dir(data_dir: Path) -> IO[bytes]:
     """One receiver per data directory: two would dispatch the same messages twice."""
     handle = (data_dir / "inbound.lock").open("ab")
     try:

@@ -33,7 +33,7 @@ from inbound.message.notification import (
 )
 from inbound.message.read import need_for, read_facts
 from inbound.observe.log import emit, emit_fields
-from inbound.observe.metrics import Metrics
+from inbound.observe.metrics import DispatchMetrics
 from inbound.rules.book import RuleBook
 from inbound.rules.evaluate import PAUSE, evaluate, message_keys
 from inbound.spool.retry import is_expired, next_delay, window_start
@@ -57,7 +57,7 @@ class Dispatcher:
         book: RuleBook,
         targets: Targets,
         *,
-        metrics: Metrics,
+        metrics: DispatchMetrics,
         retry: RetryPolicy | None = None,
         concurrency: int = 8,
         sns_max_bytes: int = 150 * 1024,

@@ -16,8 +16,10 @@ from inbound.dispatch import RetryPolicy
 from inbound.observe.log import configure
 from inbound.receive.limits import ReceiverLimits
 from inbound.targets.relay import parse_relay
+from inbound.workers import serve_with_workers
 
 _DEFAULTS = ReceiverLimits()
+_MAX_WORKERS = 64
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 _SIZE = re.compile(r"(\d+)([kKmMgG]?)[bB]?")
 
@@ -87,6 +89,13 @@ def add_parser(commands: Any) -> None:
         "or publish the notification without content",
     )
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="receive in N processes (one per core); a supervisor dispatches (default 1)",
+    )
     p.add_argument("--clamd", metavar="ADDR", help="ClamAV clamd (host:port or unix socket)")
     p.add_argument("--spamd", metavar="ADDR", help="SpamAssassin spamd (host:port)")
     add_domain_flag(p)
@@ -178,6 +187,8 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
         base_delay=_duration("--retry-delay", args.retry_delay),
         max_delay=_duration("--max-retry-delay", args.max_retry_delay),
     )
+    if not 1 <= args.workers <= _MAX_WORKERS:
+        raise InputError(f"--workers {args.workers}: expected 1 to {_MAX_WORKERS}")
     return ServeSettings(
         rules=args.rules,
         data_dir=args.data_dir,
@@ -202,10 +213,13 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
         targets=args.targets,
         sns_oversize=args.sns_oversize,
         relay=relay,
+        workers=args.workers,
     )
 
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     configure()
+    if settings.workers > 1:
+        return serve_with_workers(settings)
     return serve(settings)

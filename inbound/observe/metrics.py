@@ -1,11 +1,28 @@
-"""Prometheus metrics of one receiver, on a registry of its own (no module-level state)."""
+"""Prometheus metrics of one receiver, on a registry of its own (no module-level state).
+
+`ReceiveMetrics` are counted where SMTP sessions run, `DispatchMetrics` where actions run;
+`Metrics` is both, for a receiver in one process. With `--workers` the receiving processes
+count in prometheus-client's multiprocess files and the supervisor serves their sum next to its
+own dispatch metrics (`serve_with_workers`).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import os
+from pathlib import Path
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+    values,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
 
 
-class Metrics:
+class ReceiveMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
@@ -21,6 +38,12 @@ class Metrics:
         self.recipients_rejected = Counter(
             "inbound_recipients_rejected", "Recipients refused at RCPT TO", ["reason"], registry=r
         )
+
+
+class DispatchMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
         self.actions = Counter(
             "inbound_actions", "Actions run by the dispatcher", ["type", "outcome"], registry=r
         )
@@ -36,3 +59,28 @@ class Metrics:
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)
+
+
+class Metrics(ReceiveMetrics, DispatchMetrics):
+    """Every metric, on one registry: a receiver in one process."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        registry = registry or CollectorRegistry()
+        ReceiveMetrics.__init__(self, registry)
+        DispatchMetrics.__init__(self, registry)
+
+
+def worker_metrics(directory: Path) -> ReceiveMetrics:
+    """For a receiving worker process: counts go to files in `directory`, summed by the
+    supervisor's `MultiProcessCollector`. Call before any other metric of this process exists."""
+    # What PROMETHEUS_MULTIPROC_DIR selects when set before prometheus_client is imported.
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    return ReceiveMetrics()
+
+
+def supervisor_metrics(workers_directory: Path) -> DispatchMetrics:
+    """For the supervisor: its own dispatch metrics plus the workers' receive counts."""
+    metrics = DispatchMetrics()
+    MultiProcessCollector(metrics.registry, path=str(workers_directory))  # type: ignore[no-untyped-call]
+    return metrics

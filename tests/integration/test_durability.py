@@ -187,7 +187,10 @@ def _transaction(client: smtplib.SMTP, number: int, token: str) -> tuple[int, st
     return code, text.decode()
 
 
-def test_sigkill_while_sending_loses_no_acknowledged_message(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
+def test_sigkill_while_sending_loses_no_acknowledged_message(tmp_path: Path, workers: int) -> None:
+    """With `--workers 2` the supervisor is what is killed: its workers die with it."""
+    args = ("--workers", str(workers))
     started = time.monotonic()
     rng = random.Random(SEED)  # noqa: S311 - a reproducible schedule of kills, not a secret
     kills = rng.randint(3, 4)
@@ -198,7 +201,7 @@ def test_sigkill_while_sending_loses_no_acknowledged_message(tmp_path: Path) -> 
     halt = threading.Event()
     end = started + TEST_BUDGET - 15
     children: list[Child] = []
-    child = start_child(tmp_path, port=port)
+    child = start_child(tmp_path, *args, port=port)
     children.append(child)
     threads = [
         threading.Thread(target=_client, args=(n, port, ledger, halt, end), daemon=True)
@@ -215,14 +218,14 @@ def test_sigkill_while_sending_loses_no_acknowledged_message(tmp_path: Path) -> 
             wait_for(reached, f"{threshold} acknowledged messages")
             time.sleep(rng.uniform(0.0, 0.03))  # a random moment, not a wait for anything
             child.kill()
-            child = start_child(tmp_path, port=port)
+            child = start_child(tmp_path, *args, port=port)
             children.append(child)
         for thread in threads:
             thread.join(max(0.1, end - time.monotonic()))
         assert not any(t.is_alive() for t in threads), "clients did not finish in time"
         # One more crash, then a last start that must empty the queue.
         child.kill()
-        child = start_child(tmp_path, port=port)
+        child = start_child(tmp_path, *args, port=port)
         children.append(child)
         queue = spool_dir(child, "queue")
         wait_for(lambda: not any(queue.iterdir()), "an empty spool queue")

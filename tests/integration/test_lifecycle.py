@@ -378,6 +378,31 @@ def test_metrics_count_the_messages_by_reply_code(
 # -- start-up errors -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_exits_2_with_a_message_and_no_traceback(
+    tmp_path: Path, workers: str
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = inbound_serve(
+            "--rules",
+            str(rules),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--workers",
+            workers,
+        )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().endswith(
+        f"inbound serve: --listen 127.0.0.1:{port}: cannot listen there: Address already in use"
+    )
+
+
 @pytest.mark.parametrize(
     "case",
     ["missing_rules", "broken_rules", "tls_cert_without_key"],

@@ -1,0 +1,360 @@
+"""`inbound serve --workers N`: N receiving processes and one supervisor that dispatches.
+
+One Python process is bound by its interpreter lock, so a receiver on a machine with more
+cores runs its SMTP sessions in worker processes. The process model:
+
+- The supervisor checks the rules, locks the data directory, recovers the spool, binds the
+  listening socket and starts the workers (spawned, not forked: it runs threads). It runs
+  the dispatcher, the metrics endpoint and the signals.
+- Each worker serves SMTP sessions on the shared socket with its own rule book, scanners and
+  group committer, all writing to the one spool. It tells the supervisor each message it
+  queued over a pipe (`q ID` lines, and `r N` once it listens). A lost notice only delays
+  that message until the dispatcher's next rescan of the spool.
+- Connection limits count in shared memory (`SharedConnections`); the workers' metrics go to
+  prometheus-client's multiprocess files, which the supervisor's endpoint sums.
+- SIGHUP and SIGTERM go to the supervisor, which passes them on. SIGTERM drains the workers,
+  then the dispatcher. A worker that dies is started again, its connections forgotten. If
+  the supervisor dies, the workers exit at once (their pipe from it reaches end of file):
+  what they acknowledged is in the spool, and what they did not, the client sends again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+from inbound.app import (
+    ServeSettings,
+    build_scanners,
+    build_targets,
+    lock_data_dir,
+    reload_rules,
+    tls_context,
+)
+from inbound.core.errors import InboundError
+from inbound.core.ids import is_message_id
+from inbound.dispatch import Dispatcher
+from inbound.intake import Intake
+from inbound.observe.log import configure, emit
+from inbound.observe.metrics import supervisor_metrics, worker_metrics
+from inbound.receive.connections import ConnectionCounter, SharedConnections
+from inbound.receive.server import SmtpServer, listening_socket
+from inbound.rules.book import RuleBook
+from inbound.rules.load import load_rule_set
+from inbound.spool.store import GroupCommitter, Spool
+
+log = logging.getLogger("inbound.workers")
+
+_SPAWN = multiprocessing.get_context("spawn")
+# How long a worker may take to listen, and to wait before starting one again.
+_START_TIMEOUT = 60.0
+_RESTART_DELAY = 1.0
+# Exit status of a worker whose supervisor is gone.
+_ORPHANED = 70
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# The workers of a supervisor that was just killed may hold the port for a moment.
+_BIND_PATIENCE = 5.0
+
+
+@dataclass(frozen=True)
+class _WorkerArgs:
+    """Everything a worker process is started with (pickled by multiprocessing)."""
+
+    settings: ServeSettings
+    index: int
+    metrics_dir: Path
+    connections: SharedConnections
+    sock: socket.socket
+    notices: Connection  # the write end: `q ID` and `r N` lines
+    lifeline: Connection  # the read end of a pipe the supervisor never writes to
+
+
+def _book(settings: ServeSettings, spool: Spool) -> RuleBook:
+    return RuleBook(
+        settings.rules,
+        save_text=spool.save_rules,
+        load_text=spool.load_rules,
+        extra_domains=settings.domains,
+    )
+
+
+# --- a worker -------------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this process when its supervisor dies (the lifeline pipe is the
+    portable way, but needs this process's event loop to notice)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _worker_main(args: _WorkerArgs) -> None:
+    """The entry point of a worker process."""
+    _die_with_parent()
+    configure()
+    try:
+        asyncio.run(_Worker(args).run())
+    except InboundError as exc:  # e.g. rules that changed on disk between checks
+        emit(log, "worker.failed", level=logging.ERROR, worker=args.index, error=str(exc))
+        raise SystemExit(2) from None
+
+
+class _Worker:
+    def __init__(self, args: _WorkerArgs) -> None:
+        s = args.settings
+        self.args = args
+        self.metrics = worker_metrics(args.metrics_dir)
+        self.spool = Spool(s.data_dir / "spool")
+        self.book = _book(s, self.spool)
+        self.committer = GroupCommitter(self.spool)
+        self.auth_pool = ThreadPoolExecutor(8, thread_name_prefix="inbound-auth")
+        self.intake = Intake(
+            self.book,
+            self.spool,
+            self.committer,
+            build_scanners(s, self.auth_pool),
+            hostname=s.hostname,
+            metrics=self.metrics,
+            on_queued=self._queued,
+        )
+        self.server = SmtpServer(
+            self.intake,
+            hostname=s.hostname,
+            limits=s.limits,
+            tls_context=tls_context(s, self.book, announce=False),
+            counter=ConnectionCounter(shared=args.connections.for_worker(args.index)),
+            sock=args.sock,
+        )
+        self._notices = args.notices.fileno()
+        os.set_blocking(self._notices, False)
+
+    def _tell(self, line: str) -> None:
+        with contextlib.suppress(OSError):  # a full pipe: the dispatcher's rescan finds it
+            os.write(self._notices, line.encode())
+
+    def _queued(self, message_id: str) -> None:
+        self._tell(f"q {message_id}\n")
+
+    def _orphaned(self) -> None:
+        emit(log, "worker.orphaned", level=logging.ERROR, worker=self.args.index)
+        os._exit(_ORPHANED)  # as if killed with the supervisor: nothing unacknowledged is kept
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        index = self.args.index
+        loop.add_signal_handler(signal.SIGHUP, reload_rules, self.book, {"worker": index})
+        loop.add_signal_handler(signal.SIGTERM, stopping.set)
+        loop.add_signal_handler(signal.SIGINT, stopping.set)
+        loop.add_reader(self.args.lifeline.fileno(), self._orphaned)
+        self.committer.start()
+        await self.server.start()
+        self._tell(f"r {index}\n")
+        await stopping.wait()
+        self.server.stop_accepting()
+        drained = await self.server.wait_idle(self.args.settings.drain_timeout)
+        await self.committer.close()
+        self.auth_pool.shutdown(wait=False, cancel_futures=True)
+        emit(log, "worker.stopped", worker=index, drained=drained)
+
+
+# --- the supervisor -------------------------------------------------------------------------
+
+
+class Supervisor:
+    """A running `inbound serve --workers N`."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        # Bad rules, certificates and flags are reported before anything starts.
+        load_rule_set(settings.rules, extra_domains=settings.domains)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = lock_data_dir(settings.data_dir)
+        self.spool = Spool(settings.data_dir / "spool")
+        self.book = _book(settings, self.spool)
+        tls_context(settings, self.book)  # checks the certificate, makes a self-signed one
+        # Files the processes share while they run: the workers' metrics, the connections lock.
+        self.run_dir = Path(tempfile.mkdtemp(prefix="inbound-run-"))
+        self.metrics_dir = self.run_dir / "metrics"
+        self.metrics_dir.mkdir()
+        self.metrics = supervisor_metrics(self.metrics_dir)
+        self.dispatcher = Dispatcher(
+            self.spool,
+            self.book,
+            build_targets(settings, self.book),
+            metrics=self.metrics,
+            retry=settings.retry,
+            sns_oversize=settings.sns_oversize,
+        )
+        self.connections = SharedConnections.create(
+            settings.workers, _SPAWN, self.run_dir / "connections.lock"
+        )
+        self.sock = listening_socket(settings.host, settings.port, patience=_BIND_PATIENCE)
+        self._notices_in, self._notices_out = _SPAWN.Pipe(duplex=False)
+        self._lifeline_in, self._lifeline_out = _SPAWN.Pipe(duplex=False)
+        os.set_blocking(self._notices_in.fileno(), False)
+        self._pending = b""
+        self.workers: dict[int, BaseProcess] = {}
+        self._ready: set[int] = set()
+        self._ready_changed = asyncio.Event()
+        self.stopping = asyncio.Event()
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    def _start_worker(self, index: int) -> None:
+        args = _WorkerArgs(
+            self.settings,
+            index,
+            self.metrics_dir,
+            self.connections,
+            self.sock,
+            self._notices_out,
+            self._lifeline_in,
+        )
+        process = _SPAWN.Process(target=_worker_main, args=(args,), name=f"inbound-worker-{index}")
+        process.start()
+        self.workers[index] = process
+        asyncio.get_running_loop().add_reader(process.sentinel, self._exited, index, process)
+
+    def _exited(self, index: int, process: BaseProcess) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(process.sentinel)
+        process.join()
+        self._ready.discard(index)
+        self._ready_changed.set()
+        self.connections.for_worker(index).clear()
+        if self.stopping.is_set():
+            return
+        emit(
+            log,
+            "worker.exited",
+            level=logging.ERROR,
+            worker=index,
+            exit_code=process.exitcode,
+            restart_in=_RESTART_DELAY,
+        )
+        loop.call_later(_RESTART_DELAY, self._restart, index)
+
+    def _restart(self, index: int) -> None:
+        if not self.stopping.is_set():
+            self._start_worker(index)
+
+    def _read_notices(self) -> None:
+        try:
+            data = os.read(self._notices_in.fileno(), 65536)
+        except BlockingIOError:
+            return
+        lines = (self._pending + data).split(b"\n")
+        self._pending = lines.pop()
+        for line in lines:
+            kind, _, value = line.decode("ascii", "replace").partition(" ")
+            if kind == "q" and is_message_id(value):
+                self.dispatcher.notify(value)
+            elif kind == "r" and value.isdigit():
+                self._ready.add(int(value))
+                self._ready_changed.set()
+
+    async def _wait_ready(self) -> None:
+        async with asyncio.timeout(_START_TIMEOUT):
+            while len(self._ready) < len(self.workers):
+                self._ready_changed.clear()
+                await self._ready_changed.wait()
+                failed = [i for i, p in self.workers.items() if p.exitcode is not None]
+                if failed:
+                    raise InboundError(f"worker {failed[0]} exited while starting (see its log)")
+
+    async def run(self) -> None:
+        """Serve until SIGTERM or SIGINT; then drain the workers, then the dispatcher."""
+        loop = asyncio.get_running_loop()
+        recovered = self.spool.recover()
+        queued = self.dispatcher.load_queue()
+        loop.add_reader(self._notices_in.fileno(), self._read_notices)
+        for index in range(self.settings.workers):
+            self._start_worker(index)
+        try:
+            await self._wait_ready()
+        except (InboundError, TimeoutError) as exc:
+            self.stopping.set()
+            await self._stop_workers()
+            self._close()
+            raise InboundError(f"the workers did not start: {exc}") from None
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        if self.settings.metrics is not None:
+            self.metrics.serve(*self.settings.metrics)
+        emit(
+            log,
+            "server.started",
+            listen=f"{self.settings.host}:{self.port}",
+            data_dir=str(self.settings.data_dir),
+            workers=self.settings.workers,
+            queued=queued,
+            discarded_partial=recovered,
+            rules_digest=self.book.current.digest[:12],
+        )
+        dispatch_stop = asyncio.Event()
+        dispatching = asyncio.create_task(self.dispatcher.run(dispatch_stop))
+        await self.stopping.wait()
+        emit(log, "server.stopping")
+        drained = await self._stop_workers()
+        self._read_notices()  # the last messages the workers queued
+        dispatch_stop.set()
+        await dispatching
+        self._close()
+        emit(log, "server.stopped", drained=drained)
+
+    def reload(self) -> None:
+        reload_rules(self.book)
+        for process in self.workers.values():
+            if process.exitcode is None and process.pid is not None:
+                os.kill(process.pid, signal.SIGHUP)
+
+    async def _stop_workers(self) -> bool:
+        """SIGTERM to every worker; True when all drained and exited in time."""
+        for process in self.workers.values():
+            if process.exitcode is None and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = asyncio.get_running_loop().time() + self.settings.drain_timeout + 10
+        while any(p.exitcode is None for p in self.workers.values()):
+            if asyncio.get_running_loop().time() > deadline:
+                for process in self.workers.values():
+                    if process.exitcode is None:
+                        process.kill()
+                        process.join()
+                return False
+            await asyncio.sleep(0.05)
+        return all(p.exitcode == 0 for p in self.workers.values())
+
+    def _close(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._notices_in.fileno())
+        for process in self.workers.values():
+            loop.remove_reader(process.sentinel)
+        self.sock.close()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self._lock.close()
+
+
+def serve_with_workers(settings: ServeSettings) -> int:
+    supervisor = Supervisor(settings)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(supervisor.run())
+    return 0
