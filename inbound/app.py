@@ -36,7 +36,7 @@ from inbound.scan.dns import DnsPythonResolver, Resolver, ZoneResolver
 from inbound.scan.run import Scanners
 from inbound.scan.spamd import SpamdScanner
 from inbound.spool.store import GroupCommitter, Spool
-from inbound.targets.aws import AwsTargets
+from inbound.targets.aws import NO_REGION, AwsTargets, aws_session
 from inbound.targets.bounces import WithRelay
 from inbound.targets.local import LambdaFunction, LocalTargets
 from inbound.targets.relay import RelaySender
@@ -125,7 +125,10 @@ def build_targets(settings: ServeSettings, book: RuleBook, *, announce: bool = T
     s = settings
     base: Targets
     if s.targets == "aws":
-        base = AwsTargets()
+        session = aws_session()
+        if session.region_name is None:  # at start, not as dead letters later
+            raise InputError(NO_REGION)
+        base = AwsTargets(session=session)
     else:
         base = LocalTargets(s.data_dir, functions=load_functions(s.lambdas))
     if s.relay is not None:

@@ -33,7 +33,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 from botocore.parsers import ResponseParserError
 
@@ -41,7 +40,7 @@ from inbound.core.errors import InboundError
 from inbound.observe.log import emit
 from inbound.ses.event import SesEventError, parse_event
 from inbound.ses.handler import lambda_handler
-from inbound.ses.live import NO_REGION
+from inbound.targets.aws import NO_REGION, aws_session
 
 log = logging.getLogger("inbound.ses.consume")
 
@@ -111,7 +110,7 @@ class Consumer:
         self.visibility = visibility
         self.max_messages = max_messages
         try:
-            self.sqs = sqs if sqs is not None else boto3.client("sqs")
+            self.sqs = sqs if sqs is not None else aws_session().client("sqs")
         except NoRegionError:
             raise ConsumeError(NO_REGION) from None
         self.handle = handle

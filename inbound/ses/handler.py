@@ -60,8 +60,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
-
 from inbound.actions import ActionModel, AddHeaderAction, LambdaAction
 from inbound.actions.base import ActionContext, JsonObject
 from inbound.core.envelope import Connection, Envelope
@@ -88,7 +86,7 @@ from inbound.ses.event import (
     parse_event,
     verdicts_of,
 )
-from inbound.targets.aws import AwsTargets
+from inbound.targets.aws import AwsTargets, aws_session
 
 # Re-exported: the handler's callers catch these without knowing where events are parsed.
 __all__ = ["Receipt", "SesEventError", "lambda_handler", "parse_event", "verdicts_of"]
@@ -176,7 +174,7 @@ def _s3() -> Any:
     with _lock:
         client = _clients.get("s3")
         if client is None:
-            client = _clients["s3"] = boto3.client("s3")
+            client = _clients["s3"] = aws_session().client("s3")
     return client
 
 

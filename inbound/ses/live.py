@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
 import yaml
 from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 from botocore.parsers import ResponseParserError
@@ -22,6 +21,7 @@ from inbound.core.errors import InboundError
 from inbound.rules.load import parse_rule_set
 from inbound.rules.model import Rule, RuleSet
 from inbound.ses.export import Guard, export_filter, export_rule
+from inbound.targets.aws import NO_REGION, aws_session
 
 DEFAULT_RATE = 1.0  # calls per second (the SES receipt API quota)
 
@@ -30,15 +30,9 @@ class SesError(InboundError):
     """A call to SES failed (the message names the operation and SES's error)."""
 
 
-# boto3 takes the region from AWS_DEFAULT_REGION or the profile; AWS_REGION only inside Lambda.
-NO_REGION = (
-    "no AWS region: set AWS_DEFAULT_REGION or a profile's region (boto3 does not read AWS_REGION)"
-)
-
-
 def ses_client() -> Any:
     try:
-        return boto3.client("ses")
+        return aws_session().client("ses")
     except NoRegionError:
         raise SesError(NO_REGION) from None
 

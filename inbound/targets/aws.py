@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +46,19 @@ class _RoleClient:
     expires: datetime
 
 
+# SPEC section 3 names AWS_REGION, the variable of the Lambda runtime and the other AWS SDKs;
+# boto3 itself reads only AWS_DEFAULT_REGION and the profile.
+NO_REGION = "no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, or a profile's region)"
+
+
+def aws_session() -> boto3.session.Session:
+    """boto3's standard configuration, with AWS_REGION when boto3 finds no region itself."""
+    session = boto3.session.Session()
+    if session.region_name is None and os.environ.get("AWS_REGION"):
+        return boto3.session.Session(region_name=os.environ["AWS_REGION"])
+    return session
+
+
 class AwsTargets:
     """`Targets` on AWS. Clients are made on first use and shared (boto3 clients are
     thread-safe; the session is not, so it is only touched under a lock)."""
@@ -66,7 +80,7 @@ class AwsTargets:
         # Added to botocore's own timeouts for the deadline of a whole call (DNS, signing,
         # reading the body): botocore's timeouts normally fire first and say more.
         self.deadline_slack = deadline_slack
-        self._session = session or boto3.session.Session()
+        self._session = session or aws_session()
         self._lock = threading.Lock()
         self._clients: dict[str, Any] = {}
         self._roles: dict[str, _RoleClient] = {}

@@ -56,17 +56,23 @@ COMMANDS = {
 }
 
 
+NO_REGION = "no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, or a profile's region)"
+
+
 @pytest.mark.parametrize("args", COMMANDS.values(), ids=COMMANDS)
-def test_aws_region_alone_is_no_region_and_the_message_says_which_variable(
-    tmp_path: Path, args: list[str]
-) -> None:
-    # boto3 reads AWS_DEFAULT_REGION; AWS_REGION is what the Lambda runtime sets next to it.
-    result = inbound(tmp_path, *args, AWS_REGION="us-east-1")
+def test_no_region_anywhere_says_which_variable(tmp_path: Path, args: list[str]) -> None:
+    result = inbound(tmp_path, *args)
     assert result.returncode == 2
-    assert result.stderr == (
-        "inbound ses: no AWS region: set AWS_DEFAULT_REGION or a profile's region "
-        "(boto3 does not read AWS_REGION)\n"
-    )
+    assert result.stderr == f"inbound ses: {NO_REGION}\n"
+
+
+def test_serve_with_aws_targets_and_no_region_refuses_to_start(tmp_path: Path) -> None:
+    """Not a receiver whose SNS and Lambda actions all dead-letter with NoRegionError later."""
+    args = ["serve", "--rules", "{tmp}/rules.yaml", "--data-dir", "{tmp}/data"]
+    result = inbound(tmp_path, *args, "--targets", "aws", "--listen", "127.0.0.1:0")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == f"inbound serve: {NO_REGION}"
+    assert "Traceback" not in result.stderr
 
 
 class HtmlError(BaseHTTPRequestHandler):
@@ -109,4 +115,15 @@ def test_consume_of_an_unreachable_queue_is_an_error(tmp_path: Path) -> None:
     result = inbound(tmp_path, *COMMANDS["consume"], "--wait", "0", **nowhere)
     assert result.returncode == 2
     assert f"inbound ses: receive_message {QUEUE}: Could not connect" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_aws_region_alone_is_the_region(tmp_path: Path, html_endpoint: str) -> None:
+    """SPEC section 3 names AWS_REGION (what the Lambda runtime and other SDKs read); boto3
+    alone reads only AWS_DEFAULT_REGION. The call is made: here it meets a non-SES answer."""
+    result = inbound(
+        tmp_path, *COMMANDS["plan"], AWS_REGION="eu-west-1", AWS_ENDPOINT_URL=html_endpoint
+    )
+    assert result.returncode == 2
+    assert "no AWS region" not in result.stderr
     assert "Traceback" not in result.stderr
