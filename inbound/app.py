@@ -98,6 +98,23 @@ def load_functions(mapping: Mapping[str, str]) -> dict[str, LambdaFunction]:
     return functions
 
 
+def announce_missing_scanners(settings: ServeSettings, book: RuleBook) -> None:
+    """Rules that ask for spam and virus scans while no scanner is configured: say so at
+    start (their messages get PROCESSING_FAILED verdicts, SPEC section 2)."""
+    scanning = [r.name for r in book.current.compiled.rules if r.scan_enabled and r.enabled]
+    flags = (("--clamd", settings.clamd), ("--spamd", settings.spamd))
+    missing = [flag for flag, value in flags if not value]
+    if scanning and missing:
+        emit(
+            log,
+            "scanners.missing",
+            level=logging.WARNING,
+            rules=scanning,
+            missing=missing,
+            hint="these rules' messages get PROCESSING_FAILED spam/virus verdicts",
+        )
+
+
 def build_scanners(settings: ServeSettings, auth_pool: Executor | None = None) -> Scanners:
     """The scanners `--clamd`, `--spamd` and the DNS settings ask for (bad ones: InputError)."""
     resolver: Resolver
@@ -206,6 +223,7 @@ class Receiver:
             extra_domains=settings.domains,
         )
         self.tls_context = tls_context(settings, self.book)
+        announce_missing_scanners(settings, self.book)
         self.committer = GroupCommitter(self.spool)
         targets = build_targets(settings, self.book)
         self.dispatcher = Dispatcher(

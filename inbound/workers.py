@@ -39,6 +39,7 @@ from pathlib import Path
 
 from inbound.app import (
     ServeSettings,
+    announce_missing_scanners,
     build_scanners,
     build_targets,
     lock_data_dir,
@@ -188,6 +189,7 @@ class Supervisor:
         self.spool = Spool(settings.data_dir / "spool")
         self.book = _book(settings, self.spool)
         tls_context(settings, self.book)  # checks the certificate, makes a self-signed one
+        announce_missing_scanners(settings, self.book)
         # Files the processes share while they run: the workers' metrics, the connections lock.
         self.run_dir = Path(tempfile.mkdtemp(prefix="inbound-run-"))
         self.metrics_dir = self.run_dir / "metrics"

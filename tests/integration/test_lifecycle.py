@@ -500,3 +500,15 @@ def test_logs_stay_json_lines_when_a_client_sends_junk(
             not_json.append(line)
     assert not_json == [], "log lines that are not JSON"
     assert marker.lower() not in text.lower()
+
+
+def test_rules_that_scan_without_scanners_are_named_at_start(
+    tmp_path: Path, serve: Callable[..., Child]
+) -> None:
+    scanning = RULES.replace("  - name: store\n", "  - name: store\n    scan_enabled: true\n")
+    assert scanning != RULES
+    (tmp_path / "rules.yaml").write_text(scanning)
+    child = serve("--clamd", "127.0.0.1:9")
+    warned = events_of(child, "scanners.missing")
+    assert [(e["rules"], e["missing"]) for e in warned] == [(["store"], ["--spamd"])]
+    stop(child)
