@@ -204,8 +204,13 @@ class Spool:
         """Delivered: remove the message (from queue/, or from dead/ when an operator purges)."""
         home, gone = self._home(message_id), self._tmp / message_id
         # Rename first so queue/ never holds a half-deleted message; recover() empties tmp/.
+        # Only the entry's leaving `home`'s folder must be durable: in tmp/ it is garbage.
         shutil.rmtree(gone, ignore_errors=True)
-        self._move(home, gone)
+        try:
+            home.rename(gone)
+            _fsync_dir(home.parent)
+        except OSError as exc:
+            raise SpoolWriteError(f"message {message_id}: cannot finish: {exc.strerror}") from exc
         shutil.rmtree(gone, ignore_errors=True)
 
     def dead_letter(self, message_id: str, reason: str) -> None:
