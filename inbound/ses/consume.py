@@ -20,8 +20,13 @@ notification (`AMAZON_SES_SETUP_NOTIFICATION`) runs nothing and is deleted.
 **Stopping.** After `max_messages` messages (succeeded, failed or ignored), or when `stop()` is
 called (the command calls it on SIGTERM and SIGINT): the message in hand is finished first;
 messages received in the same batch but not started are made visible again at once. A stop
-during a long poll takes effect when the poll returns (at most `--wait` seconds). A queue that
-cannot be read (no region, no such queue, no connection) stops the loop with `ConsumeError`.
+during a long poll takes effect when the poll returns (at most `--wait` seconds).
+
+**A queue that cannot be read.** At the first receive, any failure (no region, no such queue,
+no connection, no credentials) stops the loop with `ConsumeError`: the command is set up wrong.
+Once it has received, a transient failure (network, throttling, 5xx: the AWS targets' table)
+logs `sqs.receive_failed` and is retried with backoff (`retry_delay`, doubling to a minute);
+a permanent one (the queue deleted, access revoked) still stops the loop.
 """
 
 from __future__ import annotations
@@ -41,11 +46,15 @@ from inbound.observe.log import emit
 from inbound.ses.event import SesEventError, parse_event
 from inbound.ses.handler import lambda_handler
 from inbound.targets.aws import NO_REGION, aws_session
+from inbound.targets.aws_errors import classify
 
 log = logging.getLogger("inbound.ses.consume")
 
 DEFAULT_WAIT = 20
 DEFAULT_VISIBILITY = 300
+# Backoff between receives that failed transiently, once the queue has been read.
+DEFAULT_RETRY_DELAY = 1.0
+MAX_RETRY_DELAY = 60.0
 SQS_BATCH_MAX = 10  # receive_message's MaxNumberOfMessages ceiling
 
 Handler = Callable[[object, object], dict[str, str]]
@@ -104,6 +113,7 @@ class Consumer:
         max_messages: int | None = None,
         sqs: Any = None,
         handle: Handler = lambda_handler,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
     ) -> None:
         self.queue_url = queue_url
         self.wait = wait
@@ -114,8 +124,11 @@ class Consumer:
         except NoRegionError:
             raise ConsumeError(NO_REGION) from None
         self.handle = handle
+        self.retry_delay = retry_delay
         self.stopping = threading.Event()
         self.stats = ConsumeStats()
+        self._received = False  # has a receive ever succeeded?
+        self._failures = 0  # transient receive failures in a row
 
     def stop(self, *_: object) -> None:
         """Stop after the message in hand (usable as a signal handler)."""
@@ -147,6 +160,7 @@ class Consumer:
         return self.stats
 
     def _receive(self, count: int) -> dict[str, Any]:
+        """One long poll; {} after a transient failure (once the queue has been read)."""
         try:
             received: dict[str, Any] = self.sqs.receive_message(
                 QueueUrl=self.queue_url,
@@ -155,15 +169,25 @@ class Consumer:
                 VisibilityTimeout=self.visibility,
                 MessageSystemAttributeNames=["ApproximateReceiveCount"],
             )
-        except ClientError as exc:  # no such queue, access denied, ...
+        except ClientError as exc:  # no such queue, access denied, throttled, 5xx ...
             error = exc.response.get("Error", {})
-            raise ConsumeError(
-                f"receive_message {self.queue_url}: {error.get('Code')}: {error.get('Message')}"
-            ) from None
+            text = f"{error.get('Code')}: {error.get('Message')}"
+            return self._receive_failed(exc, text)
         # no credentials, no connection, or an answer that is not SQS's (an HTML error page)
         except (BotoCoreError, ResponseParserError) as exc:
-            raise ConsumeError(f"receive_message {self.queue_url}: {exc}") from None
+            return self._receive_failed(exc, str(exc))
+        self._received, self._failures = True, 0
         return received
+
+    def _receive_failed(self, exc: Exception, text: str) -> dict[str, Any]:
+        failure = f"receive_message {self.queue_url}: {text}"
+        if not self._received or not classify(exc).transient:
+            raise ConsumeError(failure) from None
+        delay = min(self.retry_delay * 2**self._failures, MAX_RETRY_DELAY)
+        self._failures += 1
+        emit(log, "sqs.receive_failed", level=logging.WARNING, error=failure, retry_in=delay)
+        self.stopping.wait(delay)
+        return {}
 
     def consume(self, message: dict[str, Any]) -> None:
         """Run one SQS message; delete it on success, leave it for redelivery on failure."""

@@ -10,16 +10,18 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from botocore.config import Config
 
 from inbound.cli.main import main
 from inbound.ses.consume import Consumer, sns_event
 from inbound.ses.handler import SesEventError
+from tests.integration.test_aws_receive import Gate
 from tests.integration.test_ses_handler import (
     RAW,
     S3_NOTIFICATION,
@@ -292,3 +294,43 @@ def test_cli_with_a_queue_that_does_not_exist_says_so(
 def test_unusable_bodies_are_refused(body: str) -> None:
     with pytest.raises(SesEventError):
         sns_event(body)
+
+
+def test_a_queue_unreachable_for_a_while_is_polled_again_with_backoff(
+    aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer that has read its queue keeps going through a network outage."""
+    out = with_rules(tmp_path, monkeypatch)
+    url = queue()
+    gate = Gate(int(aws.rsplit(":", 1)[1]))  # SQS through a port we can close
+    gate.open()
+    through_gate = boto3.client(
+        "sqs",
+        endpoint_url=f"http://127.0.0.1:{gate.port}",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5),
+    )
+    first, second = stored_notification(), stored_notification()
+    send(url, envelope(first))
+    consumer = Consumer(url, wait=0, max_messages=2, sqs=through_gate, retry_delay=0.05)
+    running = threading.Thread(target=consumer.run, daemon=True)
+    running.start()
+    try:
+        wait_until(lambda: consumer.stats.succeeded == 1, "the first message")
+        gate.close()
+        wait_until(lambda: consumer._failures >= 3, "three failed polls")
+        send(url, envelope(second))
+        gate.open()
+        running.join(30)
+        assert not running.is_alive(), "the consumer did not take the second message"
+    finally:
+        consumer.stop()
+        gate.close()
+    assert (consumer.stats.succeeded, consumer.stats.failed) == (2, 0)
+    assert get(out, f"out/{second['mail']['messageId']}") == RAW
+
+
+def wait_until(check: Callable[[], bool], what: str, deadline: float = 20.0) -> None:
+    end = time.monotonic() + deadline
+    while not check():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)
