@@ -107,11 +107,11 @@ def _die_with_parent() -> None:
 def _worker_main(args: _WorkerArgs) -> None:
     """The entry point of a worker process."""
     _die_with_parent()
-    configure()
+    configure(context={"worker": args.index})
     try:
         asyncio.run(_Worker(args).run())
     except InboundError as exc:  # e.g. rules that changed on disk between checks
-        emit(log, "worker.failed", level=logging.ERROR, worker=args.index, error=str(exc))
+        emit(log, "worker.failed", level=logging.ERROR, error=str(exc))
         raise SystemExit(2) from None
 
 
@@ -152,14 +152,14 @@ class _Worker:
         self._tell(f"q {message_id}\n")
 
     def _orphaned(self) -> None:
-        emit(log, "worker.orphaned", level=logging.ERROR, worker=self.args.index)
+        emit(log, "worker.orphaned", level=logging.ERROR)
         os._exit(_ORPHANED)  # as if killed with the supervisor: nothing unacknowledged is kept
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         index = self.args.index
-        loop.add_signal_handler(signal.SIGHUP, reload_rules, self.book, {"worker": index})
+        loop.add_signal_handler(signal.SIGHUP, reload_rules, self.book)
         loop.add_signal_handler(signal.SIGTERM, stopping.set)
         loop.add_signal_handler(signal.SIGINT, stopping.set)
         loop.add_reader(self.args.lifeline.fileno(), self._orphaned)
@@ -171,7 +171,7 @@ class _Worker:
         drained = await self.server.wait_idle(self.args.settings.drain_timeout)
         await self.committer.close()
         self.auth_pool.shutdown(wait=False, cancel_futures=True)
-        emit(log, "worker.stopped", worker=index, drained=drained)
+        emit(log, "worker.stopped", drained=drained)
 
 
 # --- the supervisor -------------------------------------------------------------------------

@@ -15,11 +15,18 @@ from typing import Any
 
 
 class JsonFormatter(logging.Formatter):
+    """`context` goes into every line (e.g. the worker process that wrote it)."""
+
+    def __init__(self, context: Mapping[str, object] | None = None) -> None:
+        super().__init__()
+        self.context = dict(context or {})
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "event": getattr(record, "event", None) or record.getMessage(),
+            **self.context,
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
@@ -42,10 +49,10 @@ def emit_fields(
     logger.log(level, event, extra={"event": event, "fields": dict(fields)})
 
 
-def configure(level: int = logging.INFO) -> None:
+def configure(level: int = logging.INFO, context: Mapping[str, object] | None = None) -> None:
     """JSON lines on stderr for the `inbound` loggers; aiosmtpd's own chatter is muted."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(context))
     root = logging.getLogger("inbound")
     root.handlers[:] = [handler]
     root.setLevel(level)
