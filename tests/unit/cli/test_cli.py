@@ -381,8 +381,8 @@ BAD_INPUT = {
     ),
     "no_test_files": (["test", "inbound"], "no test files"),
     "test_file_with_missing_eml": (
-        ["test", "tests/unit/cli/broken.test.yaml"],
-        "tests/unit/cli/broken.test.yaml:5:10: cases[0].eml: ",
+        ["test", "tests/unit/cli/missing-eml.yaml"],
+        "tests/unit/cli/missing-eml.yaml:5:10: cases[0].eml: ",
     ),
     "binary_rules_file": (["check", "fixtures/corpus/eml/malformed/spamscope__nul_bytes.eml"], ""),
 }
