@@ -30,7 +30,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -191,9 +190,12 @@ class Supervisor:
         tls_context(settings, self.book)  # checks the certificate, makes a self-signed one
         announce_missing_scanners(settings, self.book)
         # Files the processes share while they run: the workers' metrics, the connections lock.
-        self.run_dir = Path(tempfile.mkdtemp(prefix="inbound-run-"))
+        # In the data directory (known to be writable, and ours while we hold its lock), made
+        # anew: counts of an earlier run must not be summed into this one's.
+        self.run_dir = settings.data_dir / "run"
+        shutil.rmtree(self.run_dir, ignore_errors=True)
         self.metrics_dir = self.run_dir / "metrics"
-        self.metrics_dir.mkdir()
+        self.metrics_dir.mkdir(parents=True)
         self.metrics = supervisor_metrics(self.metrics_dir)
         self.dispatcher = Dispatcher(
             self.spool,
