@@ -104,14 +104,20 @@ def _die_with_parent() -> None:
 
 
 def _worker_main(args: _WorkerArgs) -> None:
-    """The entry point of a worker process."""
+    """The entry point of a worker process; it logs JSON lines only, whatever happens."""
     _die_with_parent()
+    # Ctrl-C reaches every process of the terminal's group: the supervisor alone answers it,
+    # with a SIGTERM to each worker once they are all running.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure(context={"worker": args.index})
     try:
         asyncio.run(_Worker(args).run())
     except InboundError as exc:  # e.g. rules that changed on disk between checks
         emit(log, "worker.failed", level=logging.ERROR, error=str(exc))
         raise SystemExit(2) from None
+    except Exception as exc:  # a bug: the supervisor logs the exit and starts another
+        emit(log, "worker.failed", level=logging.ERROR, error_type=type(exc).__name__)
+        raise SystemExit(1) from None
 
 
 class _Worker:
@@ -160,7 +166,6 @@ class _Worker:
         index = self.args.index
         loop.add_signal_handler(signal.SIGHUP, reload_rules, self.book)
         loop.add_signal_handler(signal.SIGTERM, stopping.set)
-        loop.add_signal_handler(signal.SIGINT, stopping.set)
         loop.add_reader(self.args.lifeline.fileno(), self._orphaned)
         self.committer.start()
         await self.server.start()
