@@ -1,0 +1,136 @@
+"""SPF (RFC 7208) for one message with pyspf, every DNS question asked through our resolver.
+
+pyspf is blocking: it runs on a worker thread, and `_Bridge` lets that thread await the
+resolver on the event loop, never past the checks' deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import CancelledError
+from dataclasses import dataclass
+from ipaddress import ip_address
+from typing import Any, TypeVar
+
+import spf
+
+from inbound.observe.log import emit
+from inbound.scan.checkrun import CheckRun, Deadline
+from inbound.scan.dmarc import normal_domain
+from inbound.scan.dns import DnsTemporaryError, DnsTimeoutError, Resolver
+
+log = logging.getLogger("inbound.scan.auth")
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class SpfResult:
+    result: str  # RFC 7208 §2.6 word
+    explanation: str
+    domain: str  # the checked identity's domain: MAIL FROM's, or HELO for <> (RFC 7208 §2.4)
+
+
+async def check_spf(client_ip: str, helo: str, mail_from: str, run: CheckRun) -> SpfResult:
+    domain = normal_domain(mail_from.rpartition("@")[2] if mail_from else helo)
+    try:
+        ip = str(ip_address(client_ip))
+    except ValueError:
+        return SpfResult("temperror", f"no client IP address to check {domain} with", domain)
+    if not domain:
+        return SpfResult("none", "no MAIL FROM or HELO domain to check", domain)
+    bridge = _Bridge(asyncio.get_running_loop(), run.deadline)
+    try:
+        async with asyncio.timeout(run.deadline.remaining()):
+            return await run.in_thread(_run_spf, bridge, run.resolver, ip, mail_from, helo)
+    except TimeoutError:
+        emit(log, "auth.timed_out", check="spf")
+        return SpfResult("temperror", "SPF check timed out", domain)
+    except Exception as exc:  # a library bug must not lose the message (SPEC §2)
+        emit(log, "auth.failed", level=logging.WARNING, check="spf", error=type(exc).__name__)
+        return SpfResult("temperror", "SPF check failed", domain)
+
+
+def _run_spf(bridge: _Bridge, resolver: Resolver, ip: str, mail_from: str, helo: str) -> SpfResult:
+    query = _SpfQuery(bridge, resolver, ip=ip, mail_from=mail_from, helo=helo)
+    result, _code, _text = query.check()
+    return SpfResult(str(result), str(query.get_header_comment(result)), normal_domain(query.o))
+
+
+class _SpfQuery(spf.query):  # type: ignore[misc]  # pyspf has no type hints
+    """pyspf's check with its one door to DNS, `query.dns`, opened onto our resolver.
+
+    pyspf otherwise calls a module-level lookup (`spf.DNSLookup`); replacing that would be
+    process-wide, so this override keeps pyspf's contract instead: lists of TXT string tuples,
+    address strings, (preference, name) pairs; void lookups counted (RFC 7208 §4.6.4).
+    """
+
+    def __init__(
+        self, bridge: _Bridge, resolver: Resolver, *, ip: str, mail_from: str, helo: str
+    ) -> None:
+        super().__init__(i=ip, s=mail_from, h=helo)
+        self._bridge = bridge
+        self._resolver = resolver
+        self._answers: dict[tuple[str, str], list[Any]] = {}
+
+    def dns(
+        self, name: str, qtype: str, cnames: object = None, ignore_void: bool = False
+    ) -> list[Any]:
+        name = str(name).removesuffix(".").lower()
+        if not name or not all(0 < len(label) < 64 for label in name.split(".")):
+            return []  # RFC 7208 §4.3: a malformed domain has no records
+        key = (name, qtype)
+        if key not in self._answers:
+            try:
+                self._answers[key] = self._lookup(name, qtype)
+            except DnsTemporaryError as exc:
+                raise spf.TempError(f"DNS {exc}") from exc
+        found = self._answers[key]
+        if not found and not ignore_void:
+            self.void_lookups += 1
+            if self.void_lookups > spf.MAX_VOID_LOOKUPS:
+                raise spf.PermError(f"Void lookup limit of {spf.MAX_VOID_LOOKUPS} exceeded")
+        return list(found)  # dns_mx() sorts what it gets in place
+
+    def _lookup(self, name: str, qtype: str) -> list[Any]:
+        call, resolver = self._bridge.call, self._resolver
+        if qtype == "TXT":
+            return [(text.encode("utf-8"),) for text in call(resolver.txt, name)]
+        if qtype in ("A", "AAAA"):
+            return list(call(resolver.a if qtype == "A" else resolver.aaaa, name))
+        if qtype == "MX":
+            return list(call(resolver.mx, name))
+        if qtype == "PTR":
+            return list(call(resolver.ptr, name))
+        return []  # type SPF (99) is obsolete (RFC 7208 §3.1)
+
+
+class _Bridge:
+    """Lets a worker thread await the resolver on the event loop, never past the deadline."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadline: Deadline) -> None:
+        self._loop = loop
+        self._deadline = deadline
+
+    def call(self, method: Callable[[str], Awaitable[_T]], name: str) -> _T:
+        remaining = self._deadline.remaining()
+        if remaining <= 0:
+            raise DnsTimeoutError(f"{name}: no time left for the check")
+        coroutine = _awaited(method, name)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        except RuntimeError as exc:  # the loop has closed: the caller gave up on us
+            coroutine.close()
+            raise DnsTemporaryError(f"{name}: the event loop is gone") from exc
+        try:
+            return future.result(timeout=remaining)
+        except TimeoutError as exc:
+            future.cancel()
+            raise DnsTimeoutError(f"{name}: no time left for the check") from exc
+        except CancelledError as exc:  # the loop cancelled the lookup while shutting down
+            raise DnsTemporaryError(f"{name}: lookup cancelled") from exc
+
+
+async def _awaited(method: Callable[[str], Awaitable[_T]], name: str) -> _T:
+    return await method(name)
