@@ -67,7 +67,18 @@ pids+=($!)
 wait_port "$sink_port"
 sink_seconds=$(run_source "$sink_port")
 
-# `inbound serve` with WORKERS receiving processes: sets serve_seconds, stored, drain_seconds.
+# CPU seconds used so far by PID and its child processes (user + system), from /proc.
+cpu_seconds() {
+  local total=0 ticks
+  ticks=$(getconf CLK_TCK)
+  for p in "$1" $(pgrep -P "$1" || true); do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "scale=3; $total / $ticks" | bc -l
+}
+
+# `inbound serve` with WORKERS receiving processes: sets serve_seconds, stored, drain_seconds,
+# cpu_ms (CPU per message, receiving and dispatching: steadier than msg/s on a busy machine).
 measure_serve() {
   local workers=$1 data="$work/data-$1" port pid deadline drain_start
   port=$(free_port)
@@ -76,6 +87,8 @@ measure_serve() {
   pid=$!
   pids+=("$pid")
   wait_port "$port"
+  local cpu_before
+  cpu_before=$(cpu_seconds "$pid")
   serve_seconds=$(run_source "$port")
   drain_start=$(date +%s.%N)
   deadline=$((SECONDS + 120))
@@ -83,6 +96,7 @@ measure_serve() {
     sleep 0.1
   done
   drain_seconds=$(echo "$(date +%s.%N) - $drain_start" | bc -l)
+  cpu_ms=$(echo "scale=2; ($(cpu_seconds "$pid") - $cpu_before) * 1000 / $MESSAGES" | bc -l)
   stored=$(find "$data/s3/mail/in" -type f ! -name '.*' 2>/dev/null | wc -l || true)
   kill -TERM "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
@@ -90,9 +104,9 @@ measure_serve() {
 
 CORES=$(nproc)
 measure_serve 1
-one_seconds=$serve_seconds one_stored=$stored one_drain=$drain_seconds
+one_seconds=$serve_seconds one_stored=$stored one_drain=$drain_seconds one_cpu=$cpu_ms
 measure_serve "$CORES"
-many_seconds=$serve_seconds many_stored=$stored many_drain=$drain_seconds
+many_seconds=$serve_seconds many_stored=$stored many_drain=$drain_seconds many_cpu=$cpu_ms
 
 # Peak RSS while receiving one 40 MB message (a fresh process, so the peak is this message's).
 mem_port=$(free_port)
@@ -125,6 +139,8 @@ printf '%-34s %9d %9.2f %10d\n' "inbound serve (durable spool)" "$MESSAGES" "$on
 printf '%-34s %9d %9.2f %10d\n' "inbound serve --workers $CORES" "$MESSAGES" "$many_seconds" "$(rate "$many_seconds")"
 printf 'inbound / smtp-sink throughput: %s (1 process), %s (--workers %s)   (target: >= 1000 msg/s)\n' \
   "$(ratio "$sink_seconds" "$one_seconds")" "$(ratio "$sink_seconds" "$many_seconds")" "$CORES"
+printf 'CPU per message, receiving and dispatching: %s ms (1 process), %s ms (--workers %s)\n' \
+  "$one_cpu" "$many_cpu" "$CORES"
 printf 'stored by the s3 action: %s and %s of %s (dispatch finished %.1f s and %.1f s after the last 250)\n' \
   "$one_stored" "$many_stored" "$MESSAGES" "$one_drain" "$many_drain"
 printf 'peak RSS: idle %d MB, receiving one 40 MB message %d MB (target: < 150 MB), after dispatching it %d MB\n' \
