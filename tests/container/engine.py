@@ -22,11 +22,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
 from tests.conftest import ROOT
+from tests.unavailable import unavailable
 
 T = TypeVar("T")
 # The images a session built, for the summary line that gives their size and build time.
@@ -38,12 +39,6 @@ BUILD_TIMEOUT = 900.0
 DEADLINE = 30.0
 LABEL = "inbound.test=container"
 TITLE = "org.opencontainers.image.title=inbound"  # the Dockerfile's LABEL  # `docker ps -a --filter label=inbound.test` finds leftovers
-
-
-def unavailable(reason: str) -> NoReturn:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: run the tests through .ci/run, which starts an engine)")
-    pytest.skip(reason)  # only outside CI: under CI=true the line above fails instead
 
 
 def wait_for(check: Callable[[], T | None], what: str, deadline: float = DEADLINE) -> T:
@@ -88,7 +83,7 @@ def engine() -> Docker:
     said = os.environ.get("INBOUND_TEST_DOCKER")
     if said == "0":
         why = os.environ.get("INBOUND_TEST_DOCKER_REASON", "no reason given")
-        pytest.skip(f".ci/run could not start a Docker engine: {why}")
+        unavailable(f".ci/run could not start a Docker engine: {why}")
     # Debian's client first: /usr/local/bin/docker may be a newer client without buildx.
     cli = os.environ.get("INBOUND_TEST_DOCKER_CLI") or (
         "/usr/bin/docker" if Path("/usr/bin/docker").exists() else shutil.which("docker")

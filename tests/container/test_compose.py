@@ -5,7 +5,6 @@ spamd sidecar built from container/spamd.Dockerfile gives the receiver its spam 
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import smtplib
@@ -33,6 +32,7 @@ from tests.container.engine import (
     free_port,
     wait_for,
 )
+from tests.unavailable import unavailable
 
 COMPOSE = ROOT / "compose.yaml"
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
@@ -84,9 +84,7 @@ def test_the_receivers_command_is_one_inbound_serve_accepts() -> None:
 
 def test_docker_compose_accepts_the_file() -> None:
     if shutil.which("docker-compose") is None:
-        if os.environ.get("INBOUND_TEST_DOCKER") == "1":
-            pytest.fail("docker-compose missing: .ci/container-build.sh ensure installs it")
-        pytest.skip("docker-compose not installed (apt-get install docker-compose)")
+        unavailable("docker-compose missing: .ci/container-build.sh ensure installs it")
     checked = subprocess.run(
         ["docker-compose", "-f", str(COMPOSE), "config", "--quiet"],
         capture_output=True,
@@ -143,7 +141,7 @@ def test_the_spamd_sidecar_gives_the_receiver_its_spam_verdicts(
     """As compose runs them: a network of their own, spamd by its service name, its own
     command; the receiver with compose's rules (local targets: MinIO cannot run here)."""
     if docker("network", "inspect", "bridge", check=False).returncode != 0:
-        pytest.skip("the engine runs without a bridge network (--bridge=none)")
+        unavailable("the engine runs without a bridge network (--bridge=none)")
     sidecar = services()["spamd"]["build"]
     spamd_image = build(
         docker,

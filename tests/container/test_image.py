@@ -15,6 +15,7 @@ import boto3
 import pytest
 
 from tests.container.engine import Container, Containers, Docker, free_port, wait_for
+from tests.unavailable import unavailable
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(600)]
 
@@ -198,7 +199,7 @@ def test_the_default_command_serves_the_example_rules_on_a_published_port(
     run: Containers, docker: Docker
 ) -> None:
     if docker("network", "inspect", "bridge", check=False).returncode != 0:
-        pytest.skip("the engine runs without a bridge network (--bridge=none): no -p mapping")
+        unavailable("the engine runs without a bridge network (--bridge=none): no -p mapping")
     port = free_port()
     server = run.start(options=("-p", f"127.0.0.1:{port}:2525", "--health-interval=1s"))
     assert server.wait_event("server.started")["listen"] == "0.0.0.0:2525"

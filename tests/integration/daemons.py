@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import TypeVar
 
 import pytest
 
@@ -27,6 +27,7 @@ from inbound.scan.clamd import ClamdScanner
 from inbound.scan.result import DaemonError
 from inbound.scan.spamd import SpamdScanner
 from tests.conftest import ROOT
+from tests.unavailable import unavailable
 
 T = TypeVar("T")
 SCRIPT = ROOT / ".ci" / "real-components.sh"
@@ -44,13 +45,6 @@ def timed(coroutine: Awaitable[T]) -> tuple[T, float]:
     start = time.monotonic()
     result = run(coroutine)
     return result, time.monotonic() - start
-
-
-def unavailable(reason: str) -> NoReturn:
-    """Skip on a developer's machine without the daemons; under CI=true that is a failure."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: the scanner tests must run)")
-    pytest.skip(reason)  # only outside CI: under CI=true the line above fails instead
 
 
 # -- the daemons -------------------------------------------------------------------------

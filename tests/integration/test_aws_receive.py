@@ -21,8 +21,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.integration.daemons import _free_port, _moto_ready, unavailable
+from tests.integration.daemons import _free_port, _moto_ready
 from tests.integration.receiver import DEADLINE, Child, events_of, start_child, wait_for
+from tests.unavailable import unavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -28,7 +28,8 @@ from inbound.scan.clamd import ClamdScanner
 from inbound.scan.result import ScanResult
 from inbound.scan.spamd import SPAMC_MAX_SIZE, SpamdScanner
 from tests.conftest import CORPUS_EML, FIXTURES, ROOT
-from tests.integration.daemons import Daemons, run, timed, unavailable
+from tests.integration.daemons import Daemons, run, timed
+from tests.unavailable import unavailable
 
 # The first test may wait for apt to install the daemons (about a minute on a fresh machine).
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -18,7 +18,6 @@ from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
@@ -38,6 +37,7 @@ from inbound.spool.store import (
     SpoolWriteError,
     StepRecord,
 )
+from tests.unavailable import unavailable
 
 IDS = MessageIdGenerator()
 RECEIVED = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -159,13 +159,6 @@ def test_the_same_id_cannot_be_received_twice_at_once(tmp_path: Path) -> None:
     first.write(b"still mine")
     first.commit(make_meta(first.message_id, 10))
     assert spool.queued() == [first.message_id]
-
-
-def unavailable(why: str) -> NoReturn:
-    """Skip on a developer's odd machine; under CI=true a missing facility is a failure."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(why)
-    pytest.skip(why)  # only outside CI: under CI=true the line above fails instead
 
 
 def assert_nothing_spooled(root: Path, error: pytest.ExceptionInfo[SpoolWriteError]) -> None:
