@@ -13,8 +13,9 @@ import fcntl
 import importlib
 import logging
 import signal
+import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,8 @@ from inbound.core.targets import Targets
 from inbound.dispatch import Dispatcher, RetryPolicy
 from inbound.intake import Intake
 from inbound.observe.log import emit, emit_fields
-from inbound.observe.metrics import Metrics
+from inbound.observe.metrics import Metrics, ReceiveMetrics
+from inbound.receive.connections import ConnectionCounter
 from inbound.receive.limits import ReceiverLimits
 from inbound.receive.server import SmtpServer
 from inbound.rules.book import RuleBook
@@ -204,6 +206,68 @@ def reload_rules(book: RuleBook, context: Mapping[str, object] | None = None) ->
     emit_fields(log, "rules.reload_failed", fields, level=logging.ERROR)
 
 
+def rule_book(settings: ServeSettings, spool: Spool) -> RuleBook:
+    """The rules at `--rules`, each version kept in the spool for the messages received under it."""
+    return RuleBook(
+        settings.rules,
+        save_text=spool.save_rules,
+        load_text=spool.load_rules,
+        extra_domains=settings.domains,
+    )
+
+
+class Receiving:
+    """The receiving side of one process: the SMTP server, its policy (intake), the scanners'
+    threads and the group commit. A receiver has one; with `--workers`, each worker has one."""
+
+    def __init__(
+        self,
+        settings: ServeSettings,
+        book: RuleBook,
+        spool: Spool,
+        metrics: ReceiveMetrics,
+        *,
+        on_queued: Callable[[str], None],
+        tls: ssl.SSLContext | None,
+        counter: ConnectionCounter | None = None,
+        sock: socket.socket | None = None,
+    ) -> None:
+        self.settings = settings
+        self.committer = GroupCommitter(spool)
+        self.auth_pool = ThreadPoolExecutor(8, thread_name_prefix="inbound-auth")
+        self.intake = Intake(
+            book,
+            spool,
+            self.committer,
+            build_scanners(settings, self.auth_pool),
+            hostname=settings.hostname,
+            metrics=metrics,
+            on_queued=on_queued,
+        )
+        self.server = SmtpServer(
+            self.intake,
+            host=settings.host,
+            port=settings.port,
+            hostname=settings.hostname,
+            limits=settings.limits,
+            tls_context=tls,
+            counter=counter or ConnectionCounter(),
+            sock=sock,
+        )
+
+    async def start(self) -> None:
+        self.committer.start()
+        await self.server.start()
+
+    async def drain(self) -> bool:
+        """Stop accepting, let the sessions in flight end (True if all did in time), close."""
+        self.server.stop_accepting()
+        drained = await self.server.wait_idle(self.settings.drain_timeout)
+        await self.committer.close()
+        self.auth_pool.shutdown(wait=False, cancel_futures=True)
+        return drained
+
+
 class Receiver:
     """A running `inbound serve`."""
 
@@ -216,49 +280,32 @@ class Receiver:
         self._lock = lock_data_dir(data_dir)
         self.metrics = Metrics()
         self.spool = Spool(data_dir / "spool")
-        self.book = RuleBook(
-            settings.rules,
-            save_text=self.spool.save_rules,
-            load_text=self.spool.load_rules,
-            extra_domains=settings.domains,
-        )
+        self.book = rule_book(settings, self.spool)
         self.tls_context = tls_context(settings, self.book)
         announce_missing_scanners(settings, self.book)
-        self.committer = GroupCommitter(self.spool)
-        targets = build_targets(settings, self.book)
         self.dispatcher = Dispatcher(
             self.spool,
             self.book,
-            targets,
+            build_targets(settings, self.book),
             metrics=self.metrics,
             retry=settings.retry,
             sns_oversize=settings.sns_oversize,
         )
-        self.auth_pool = ThreadPoolExecutor(8, thread_name_prefix="inbound-auth")
-        self.intake = Intake(
+        self.receiving = Receiving(
+            settings,
             self.book,
             self.spool,
-            self.committer,
-            build_scanners(settings, self.auth_pool),
-            hostname=settings.hostname,
-            metrics=self.metrics,
+            self.metrics,
             on_queued=self.dispatcher.notify,
+            tls=self.tls_context,
         )
-        self.server = SmtpServer(
-            self.intake,
-            host=settings.host,
-            port=settings.port,
-            hostname=settings.hostname,
-            limits=settings.limits,
-            tls_context=self.tls_context,
-        )
+        self.server = self.receiving.server
         self.stopping = asyncio.Event()
 
     async def start(self) -> None:
         recovered = self.spool.recover()
         queued = self.dispatcher.load_queue()
-        self.committer.start()
-        await self.server.start()
+        await self.receiving.start()
         if self.settings.metrics is not None:
             host, port = self.settings.metrics
             self.metrics.serve(host, port)
@@ -289,13 +336,10 @@ class Receiver:
 
     async def shutdown(self, dispatching: asyncio.Task[None] | None = None) -> None:
         emit(log, "server.stopping")
-        self.server.stop_accepting()
-        drained = await self.server.wait_idle(self.settings.drain_timeout)
+        drained = await self.receiving.drain()
         self.stopping.set()
         if dispatching is not None:
             await dispatching
-        await self.committer.close()
-        self.auth_pool.shutdown(wait=False, cancel_futures=True)
         emit(log, "server.stopped", drained=drained)
         self._lock.close()
 

@@ -30,32 +30,30 @@ import shutil
 import signal
 import socket
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from inbound.app import (
+    Receiving,
     ServeSettings,
     announce_missing_scanners,
-    build_scanners,
     build_targets,
     lock_data_dir,
     reload_rules,
+    rule_book,
     tls_context,
 )
 from inbound.core.errors import InboundError
 from inbound.core.ids import is_message_id
 from inbound.dispatch import Dispatcher
-from inbound.intake import Intake
 from inbound.observe.log import configure, emit
 from inbound.observe.metrics import supervisor_metrics, worker_metrics
 from inbound.receive.connections import ConnectionCounter, SharedConnections
-from inbound.receive.server import SmtpServer, listening_socket
-from inbound.rules.book import RuleBook
+from inbound.receive.server import listening_socket
 from inbound.rules.load import load_rule_set
-from inbound.spool.store import GroupCommitter, Spool
+from inbound.spool.store import Spool
 
 log = logging.getLogger("inbound.workers")
 
@@ -81,15 +79,6 @@ class _WorkerArgs:
     sock: socket.socket
     notices: Connection  # the write end: `q ID` and `r N` lines
     lifeline: Connection  # the read end of a pipe the supervisor never writes to
-
-
-def _book(settings: ServeSettings, spool: Spool) -> RuleBook:
-    return RuleBook(
-        settings.rules,
-        save_text=spool.save_rules,
-        load_text=spool.load_rules,
-        extra_domains=settings.domains,
-    )
 
 
 # --- a worker -------------------------------------------------------------------------------
@@ -124,25 +113,15 @@ class _Worker:
     def __init__(self, args: _WorkerArgs) -> None:
         s = args.settings
         self.args = args
-        self.metrics = worker_metrics(args.metrics_dir)
-        self.spool = Spool(s.data_dir / "spool")
-        self.book = _book(s, self.spool)
-        self.committer = GroupCommitter(self.spool)
-        self.auth_pool = ThreadPoolExecutor(8, thread_name_prefix="inbound-auth")
-        self.intake = Intake(
+        spool = Spool(s.data_dir / "spool")
+        self.book = rule_book(s, spool)
+        self.receiving = Receiving(
+            s,
             self.book,
-            self.spool,
-            self.committer,
-            build_scanners(s, self.auth_pool),
-            hostname=s.hostname,
-            metrics=self.metrics,
+            spool,
+            worker_metrics(args.metrics_dir),
             on_queued=self._queued,
-        )
-        self.server = SmtpServer(
-            self.intake,
-            hostname=s.hostname,
-            limits=s.limits,
-            tls_context=tls_context(s, self.book, announce=False),
+            tls=tls_context(s, self.book, announce=False),
             counter=ConnectionCounter(shared=args.connections.for_worker(args.index)),
             sock=args.sock,
         )
@@ -163,19 +142,13 @@ class _Worker:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
-        index = self.args.index
         loop.add_signal_handler(signal.SIGHUP, reload_rules, self.book)
         loop.add_signal_handler(signal.SIGTERM, stopping.set)
         loop.add_reader(self.args.lifeline.fileno(), self._orphaned)
-        self.committer.start()
-        await self.server.start()
-        self._tell(f"r {index}\n")
+        await self.receiving.start()
+        self._tell(f"r {self.args.index}\n")
         await stopping.wait()
-        self.server.stop_accepting()
-        drained = await self.server.wait_idle(self.args.settings.drain_timeout)
-        await self.committer.close()
-        self.auth_pool.shutdown(wait=False, cancel_futures=True)
-        emit(log, "worker.stopped", drained=drained)
+        emit(log, "worker.stopped", drained=await self.receiving.drain())
 
 
 # --- the supervisor -------------------------------------------------------------------------
@@ -191,7 +164,7 @@ class Supervisor:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = lock_data_dir(settings.data_dir)
         self.spool = Spool(settings.data_dir / "spool")
-        self.book = _book(settings, self.spool)
+        self.book = rule_book(settings, self.spool)
         tls_context(settings, self.book)  # checks the certificate, makes a self-signed one
         announce_missing_scanners(settings, self.book)
         # Files the processes share while they run: the workers' metrics, the connections lock.
