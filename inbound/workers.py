@@ -165,7 +165,8 @@ class Supervisor:
         self._lock = lock_data_dir(settings.data_dir)
         self.spool = Spool(settings.data_dir / "spool")
         self.book = rule_book(settings, self.spool)
-        tls_context(settings, self.book)  # checks the certificate, makes a self-signed one
+        # Checks the certificate (and makes a self-signed one) before any worker starts.
+        self.tls = tls_context(settings, self.book) is not None
         announce_missing_scanners(settings, self.book)
         # Files the processes share while they run: the workers' metrics, the connections lock.
         # In the data directory (known to be writable, and ours while we hold its lock), made
@@ -290,6 +291,7 @@ class Supervisor:
             workers=self.settings.workers,
             queued=queued,
             discarded_partial=recovered,
+            tls=self.tls,
             rules_digest=self.book.current.digest[:12],
         )
         dispatch_stop = asyncio.Event()

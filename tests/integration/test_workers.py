@@ -121,6 +121,7 @@ def test_two_workers_receive_and_the_supervisor_dispatches_and_counts_them_all(
     assert len(workers) == 2
     started = events_of(child, "server.started")
     assert started[0]["workers"] == 2
+    assert started[0]["tls"] is False  # the same keys as one process's server.started
 
     ids = []
     for n in range(16):
