@@ -2,7 +2,8 @@
 
 Everything lands under DATA_DIR, and no path can leave it: buckets and prefixes are validated
 when the rules load, and every path is checked again here. Files are written durably
-(temporary file, fsync, rename) so a retry after a crash finds whole files only.
+(temporary file, fsync, rename) so a retry after a crash finds whole files only; all of it
+private to the receiver's user (`inbound.datadir`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from inbound.config.fields import function_name, topic_name
 from inbound.core.errors import PermanentActionError, TransientActionError
 from inbound.core.ids import MessageIdGenerator
 from inbound.core.targets import BounceRequest
+from inbound.datadir import append_file, create_file, make_dirs
 from inbound.message.notification import sns_envelope
 
 LambdaFunction = Callable[[dict[str, object], object], object]
@@ -115,13 +117,8 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _make_dirs(directory: Path) -> None:
-    """`mkdir -p`, syncing the parent of every directory it creates."""
-    missing = []
-    while not directory.is_dir():
-        missing.append(directory)
-        directory = directory.parent
-    for created in reversed(missing):
-        created.mkdir(exist_ok=True)
+    """`mkdir -p` (0700, SPEC section 7 Files), syncing the parent of every directory it makes."""
+    for created in make_dirs(directory):
         _fsync_dir(created.parent)
 
 
@@ -129,7 +126,7 @@ def _write_file(path: Path, content: bytes) -> None:
     try:
         _make_dirs(path.parent)
         tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("wb") as f:
+        with create_file(tmp) as f:
             f.write(content)
             f.flush()
             os.fsync(f.fileno())
@@ -143,7 +140,7 @@ def _append_line(path: Path, line: bytes) -> None:
     try:
         _make_dirs(path.parent)
         new = not path.exists()
-        with path.open("ab") as f:
+        with append_file(path) as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
