@@ -2,13 +2,15 @@
 
 Everything lands under DATA_DIR, and no path can leave it: buckets and prefixes are validated
 when the rules load, and every path is checked again here. Files are written durably
-(temporary file, fsync, rename) so a retry after a crash finds whole files only; all of it
-private to the receiver's user (`inbound.datadir`).
+(temporary file, fsync, rename) so a retry after a crash finds whole files only, and JSON lines
+are appended whole or not at all; all of it private to the receiver's user (`inbound.datadir`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -20,7 +22,7 @@ from inbound.config.fields import function_name, topic_name
 from inbound.core.errors import PermanentActionError, TransientActionError
 from inbound.core.ids import MessageIdGenerator
 from inbound.core.targets import BounceRequest
-from inbound.datadir import append_file, create_file, make_dirs
+from inbound.datadir import create_file, make_dirs, open_fd
 from inbound.message.notification import sns_envelope
 
 LambdaFunction = Callable[[dict[str, object], object], object]
@@ -136,15 +138,68 @@ def _write_file(path: Path, content: bytes) -> None:
         raise TransientActionError(f"cannot write {path.name}: {exc.strerror}") from exc
 
 
+# A JSON-lines file holds whole lines only. An append cut short (ENOSPC, EDQUOT, EIO, a crash)
+# leaves part of a line; the retry's whole line after it would make one line that is not JSON,
+# and lose both records for every reader. So a failed append is cut back to where it began, and
+# whatever follows the last newline (left by a crash) is cut before the next append: that
+# record's action did not succeed, so it will be appended again, whole.
+
+_SCAN = 64 * 1024
+
+
 def _append_line(path: Path, line: bytes) -> None:
     try:
         _make_dirs(path.parent)
         new = not path.exists()
-        with append_file(path) as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        fd = open_fd(path, os.O_RDWR | os.O_CREAT)
+        try:
+            _append_whole(fd, line)
+        finally:
+            os.close(fd)
         if new:
             _fsync_dir(path.parent)
     except OSError as exc:
         raise TransientActionError(f"cannot append to {path.name}: {exc.strerror}") from exc
+
+
+def _append_whole(fd: int, line: bytes) -> None:
+    end = _whole_lines(fd)
+    try:
+        _write_at(fd, line, end)
+        os.fsync(fd)
+    except OSError:
+        # If even this fails, the next append cuts the partial line before it writes.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, end)
+            os.fsync(fd)
+        raise
+
+
+def _whole_lines(fd: int) -> int:
+    """The length of the file's complete lines; anything after the last newline is cut."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size  # the usual case: one byte read
+    end = size
+    while end > 0:
+        start = max(0, end - _SCAN)
+        chunk = os.pread(fd, end - start, start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            end = start + newline + 1
+            break
+        end = start
+    if end != size:
+        os.ftruncate(fd, end)
+        os.fsync(fd)
+    return end
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        # A short write (the disk filling up) is followed by the write that fails.
+        written = os.pwrite(fd, view, offset)
+        if written == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view, offset = view[written:], offset + written
