@@ -31,14 +31,15 @@ RUN groupadd --system --gid 10001 inbound \
  && useradd --system --uid 10001 --gid inbound --home-dir /var/lib/inbound --no-create-home \
       --shell /usr/sbin/nologin inbound \
  && mkdir -p /etc/inbound /var/lib/inbound \
- && chown inbound:inbound /var/lib/inbound
+ && chown inbound:inbound /var/lib/inbound && chmod 0700 /var/lib/inbound
 COPY --from=build /opt/inbound /opt/inbound
 COPY rules/example.yaml /etc/inbound/rules.yaml
 COPY container/healthcheck.py /usr/local/lib/inbound/healthcheck.py
 ENV PATH=/opt/inbound/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
-# A new named volume starts as a copy of this directory: owned by inbound, so it is writable.
+# A new named volume starts as a copy of this directory: owned by inbound, so it is writable,
+# and 0700 (the receiver makes its data directory so at start anyway: SPEC section 7, Files).
 VOLUME /var/lib/inbound
 WORKDIR /var/lib/inbound
 USER inbound:inbound

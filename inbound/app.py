@@ -24,6 +24,7 @@ from typing import IO, Literal
 from inbound.actions import BounceAction
 from inbound.core.errors import ConfigError, InputError
 from inbound.core.targets import Targets
+from inbound.datadir import append_file, protect
 from inbound.dispatch import Dispatcher, RetryPolicy
 from inbound.intake import Intake
 from inbound.observe.log import emit, emit_fields
@@ -276,7 +277,7 @@ class Receiver:
         # Bad rules are reported before anything is created on disk.
         load_rule_set(settings.rules, extra_domains=settings.domains)
         data_dir = settings.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
+        protect(data_dir)
         self._lock = lock_data_dir(data_dir)
         self.metrics = Metrics()
         self.spool = Spool(data_dir / "spool")
@@ -346,7 +347,7 @@ class Receiver:
 
 def lock_data_dir(data_dir: Path) -> IO[bytes]:
     """One receiver per data directory: two would dispatch the same messages twice."""
-    handle = (data_dir / "inbound.lock").open("ab")
+    handle = append_file(data_dir / "inbound.lock")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from inbound.core.errors import InputError
+from inbound.datadir import create_file, make_dirs
 
 
 def load_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -35,7 +36,7 @@ def self_signed_context(directory: Path, hostname: str) -> ssl.SSLContext:
     """A certificate for `hostname`, made once and kept in `directory`."""
     cert, key = directory / "self-signed.crt", directory / "self-signed.key"
     if not (cert.exists() and key.exists()):
-        directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(directory)
         _make_self_signed(cert, key, hostname)
     return load_tls_context(cert, key)
 
@@ -60,12 +61,14 @@ def _make_self_signed(cert_path: Path, key_path: Path, hostname: str) -> None:
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .sign(key, hashes.SHA256())
     )
-    key_path.touch(mode=0o600)
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
+    # In the data directory, so 0600 like everything there (SPEC section 7, Files).
+    with create_file(key_path) as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
+            )
         )
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    with create_file(cert_path) as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))

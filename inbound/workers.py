@@ -47,6 +47,7 @@ from inbound.app import (
 )
 from inbound.core.errors import InboundError
 from inbound.core.ids import is_message_id
+from inbound.datadir import make_dir, protect
 from inbound.dispatch import Dispatcher
 from inbound.observe.log import configure, emit
 from inbound.observe.metrics import supervisor_metrics, worker_metrics
@@ -161,7 +162,7 @@ class Supervisor:
         self.settings = settings
         # Bad rules, certificates and flags are reported before anything starts.
         load_rule_set(settings.rules, extra_domains=settings.domains)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        protect(settings.data_dir)
         self._lock = lock_data_dir(settings.data_dir)
         self.spool = Spool(settings.data_dir / "spool")
         self.book = rule_book(settings, self.spool)
@@ -174,7 +175,8 @@ class Supervisor:
         self.run_dir = settings.data_dir / "run"
         shutil.rmtree(self.run_dir, ignore_errors=True)
         self.metrics_dir = self.run_dir / "metrics"
-        self.metrics_dir.mkdir(parents=True)
+        make_dir(self.run_dir)
+        make_dir(self.metrics_dir)
         self.metrics = supervisor_metrics(self.metrics_dir)
         self.dispatcher = Dispatcher(
             self.spool,

@@ -12,6 +12,7 @@ from typing import Any
 from inbound.app import ServeSettings, serve
 from inbound.cli.args import add_domain_flag, pairs
 from inbound.core.errors import InputError
+from inbound.datadir import restrict_umask
 from inbound.dispatch import RetryPolicy
 from inbound.observe.log import configure
 from inbound.receive.limits import ReceiverLimits
@@ -220,6 +221,7 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     configure()
+    restrict_umask()  # whatever a library creates in the data directory is private too
     if settings.workers > 1:
         return serve_with_workers(settings)
     return serve(settings)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from inbound.core.errors import InputError
+from inbound.datadir import restrict_umask
 from inbound.spool.store import Spool
 
 
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
             f"{args.data_dir}: no spool here (give the receiver's --data-dir; "
             "it makes the spool when it first starts)"
         )
+    restrict_umask()  # `retry` writes state.json: as private as what the receiver writes
     spool = Spool(args.data_dir / "spool")
     if args.spool_command == "list":
         rows = [] if args.dead else [_summary(spool, m, "queued") for m in spool.queued()]

@@ -47,7 +47,7 @@ class SharedConnections:
 
     @classmethod
     def create(cls, workers: int, context: SpawnContext, lock_path: Path) -> SharedConnections:
-        lock_path.touch()
+        lock_path.touch(mode=0o600)  # in the data directory: private (SPEC section 7, Files)
         return cls(context.RawArray(c_int32, workers * _ROW), lock_path)
 
     def for_worker(self, row: int) -> SharedConnections:

@@ -33,6 +33,7 @@ from typing import Any, BinaryIO, NoReturn
 
 from inbound.core.errors import InboundError
 from inbound.core.ids import is_message_id
+from inbound.datadir import create_file, make_dir, make_dirs
 from inbound.spool.retry import DispatchState as DispatchState  # noqa: PLC0414 - re-export
 from inbound.spool.retry import SpoolMeta as SpoolMeta  # noqa: PLC0414 - re-export
 from inbound.spool.retry import StepRecord as StepRecord  # noqa: PLC0414 - re-export
@@ -69,7 +70,7 @@ def _fsync_dir(path: Path) -> None:
 def _write_durably(directory: Path, name: str, data: bytes) -> None:
     """Replace `name` durably: a per-thread temporary file, fsync, rename, fsync the directory."""
     tmp = directory / f".{name}.{threading.get_ident()}.tmp"
-    with tmp.open("wb") as f:
+    with create_file(tmp) as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -94,7 +95,7 @@ class Spool:
         self._tmp, self._queue, self._dead, self._rules = dirs = [root / d for d in _DIRS]
         try:
             for directory in dirs:
-                directory.mkdir(parents=True, exist_ok=True)
+                make_dirs(directory)
             _fsync_dir(root)  # new directories must outlive a crash before any message does
         except OSError as exc:
             raise SpoolError(f"cannot create the spool in {root}: {exc}") from exc
@@ -242,8 +243,8 @@ class SpoolWriter:
         self._size = 0
         self._file: BinaryIO | None = None
         try:
-            directory.mkdir()
-            self._file = (directory / _MESSAGE).open("wb", buffering=_WRITE_BUFFER)
+            make_dir(directory)
+            self._file = create_file(directory / _MESSAGE, buffering=_WRITE_BUFFER)
         except FileExistsError as exc:  # tmp/ID is another writer's: leave it alone
             raise SpoolWriteError(f"message {self.message_id}: is being received") from exc
         except OSError as exc:
@@ -297,7 +298,7 @@ class SpoolWriter:
             os.fsync(f.fileno())
             f.close()
             self._file = None
-            with (self._dir / _META).open("wb") as m:
+            with create_file(self._dir / _META) as m:
                 m.write(json.dumps(meta.to_json(), indent=2).encode())
                 m.flush()
                 os.fsync(m.fileno())

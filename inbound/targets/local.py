@@ -2,12 +2,15 @@
 
 Everything lands under DATA_DIR, and no path can leave it: buckets and prefixes are validated
 when the rules load, and every path is checked again here. Files are written durably
-(temporary file, fsync, rename) so a retry after a crash finds whole files only.
+(temporary file, fsync, rename) so a retry after a crash finds whole files only, and JSON lines
+are appended whole or not at all; all of it private to the receiver's user (`inbound.datadir`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -19,6 +22,7 @@ from inbound.config.fields import function_name, topic_name
 from inbound.core.errors import PermanentActionError, TransientActionError
 from inbound.core.ids import MessageIdGenerator
 from inbound.core.targets import BounceRequest
+from inbound.datadir import create_file, make_dirs, open_fd
 from inbound.message.notification import sns_envelope
 
 LambdaFunction = Callable[[dict[str, object], object], object]
@@ -115,13 +119,8 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _make_dirs(directory: Path) -> None:
-    """`mkdir -p`, syncing the parent of every directory it creates."""
-    missing = []
-    while not directory.is_dir():
-        missing.append(directory)
-        directory = directory.parent
-    for created in reversed(missing):
-        created.mkdir(exist_ok=True)
+    """`mkdir -p` (0700, SPEC section 7 Files), syncing the parent of every directory it makes."""
+    for created in make_dirs(directory):
         _fsync_dir(created.parent)
 
 
@@ -129,7 +128,7 @@ def _write_file(path: Path, content: bytes) -> None:
     try:
         _make_dirs(path.parent)
         tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("wb") as f:
+        with create_file(tmp) as f:
             f.write(content)
             f.flush()
             os.fsync(f.fileno())
@@ -139,15 +138,68 @@ def _write_file(path: Path, content: bytes) -> None:
         raise TransientActionError(f"cannot write {path.name}: {exc.strerror}") from exc
 
 
+# A JSON-lines file holds whole lines only. An append cut short (ENOSPC, EDQUOT, EIO, a crash)
+# leaves part of a line; the retry's whole line after it would make one line that is not JSON,
+# and lose both records for every reader. So a failed append is cut back to where it began, and
+# whatever follows the last newline (left by a crash) is cut before the next append: that
+# record's action did not succeed, so it will be appended again, whole.
+
+_SCAN = 64 * 1024
+
+
 def _append_line(path: Path, line: bytes) -> None:
     try:
         _make_dirs(path.parent)
         new = not path.exists()
-        with path.open("ab") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        fd = open_fd(path, os.O_RDWR | os.O_CREAT)
+        try:
+            _append_whole(fd, line)
+        finally:
+            os.close(fd)
         if new:
             _fsync_dir(path.parent)
     except OSError as exc:
         raise TransientActionError(f"cannot append to {path.name}: {exc.strerror}") from exc
+
+
+def _append_whole(fd: int, line: bytes) -> None:
+    end = _whole_lines(fd)
+    try:
+        _write_at(fd, line, end)
+        os.fsync(fd)
+    except OSError:
+        # If even this fails, the next append cuts the partial line before it writes.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, end)
+            os.fsync(fd)
+        raise
+
+
+def _whole_lines(fd: int) -> int:
+    """The length of the file's complete lines; anything after the last newline is cut."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size  # the usual case: one byte read
+    end = size
+    while end > 0:
+        start = max(0, end - _SCAN)
+        chunk = os.pread(fd, end - start, start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            end = start + newline + 1
+            break
+        end = start
+    if end != size:
+        os.ftruncate(fd, end)
+        os.fsync(fd)
+    return end
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        # A short write (the disk filling up) is followed by the write that fails.
+        written = os.pwrite(fd, view, offset)
+        if written == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view, offset = view[written:], offset + written

@@ -153,8 +153,10 @@ class Child:
         self.process.wait(DEADLINE)
 
 
-def start_child(tmp_path: Path, *args: str, port: int = 0) -> Child:
-    """`inbound serve` as a child process; waits for its `server.started` log line."""
+def start_child(tmp_path: Path, *args: str, port: int = 0, umask: int = -1) -> Child:
+    """`inbound serve` as a child process; waits for its `server.started` log line.
+
+    `umask`: the child's, if not -1 (this process's)."""
     rules = tmp_path / "rules.yaml"
     if not rules.exists():
         rules.write_text(RULES)
@@ -184,6 +186,7 @@ def start_child(tmp_path: Path, *args: str, port: int = 0) -> Child:
         stderr=handle,
         text=True,
         env=env,
+        umask=umask,
     )
     handle.close()  # the child has its own descriptor
     deadline = time.monotonic() + DEADLINE
