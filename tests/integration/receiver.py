@@ -153,8 +153,14 @@ class Child:
         self.process.wait(DEADLINE)
 
 
-def start_child(tmp_path: Path, *args: str, port: int = 0) -> Child:
-    """`inbound serve` as a child process; waits for its `server.started` log line."""
+def start_child(
+    tmp_path: Path,
+    *args: str,
+    port: int = 0,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Child:
+    """`inbound serve` as a child process; waits for its `server.started` log line.
+    `preexec_fn` runs in the child before `inbound` starts (e.g. to set its limits)."""
     rules = tmp_path / "rules.yaml"
     if not rules.exists():
         rules.write_text(RULES)
@@ -184,6 +190,7 @@ def start_child(tmp_path: Path, *args: str, port: int = 0) -> Child:
         stderr=handle,
         text=True,
         env=env,
+        preexec_fn=preexec_fn,  # noqa: PLW1509 - the tests' own limits, set before any thread
     )
     handle.close()  # the child has its own descriptor
     deadline = time.monotonic() + DEADLINE
