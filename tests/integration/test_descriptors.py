@@ -180,12 +180,14 @@ def test_start_is_refused_when_max_connections_does_not_fit(tmp_path: Path) -> N
     assert not (tmp_path / "data").exists(), "refused before anything is made on disk"
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_connections_beyond_the_limit_get_421_at_once_and_mail_still_flows(
-    serve: Callable[..., Child], clients: list[socket.socket]
+    serve: Callable[..., Child], clients: list[socket.socket], workers: int
 ) -> None:
     # 250 connections need 3 x 250 + 256 = 1006 descriptors: not with the soft limit of 256 the
-    # server is started with, but with its hard limit of 1024, which it raises the soft one to.
-    child = serve("--max-connections", "250", limit=(256, 1024))
+    # server is started with, but with its hard limit of 1024, which it raises the soft one to
+    # (in the supervisor, before it starts the workers: each may be handed every connection).
+    child = serve("--max-connections", "250", "--workers", str(workers), limit=(256, 1024))
     for i in range(250):
         assert first_line(connect(child.port, i, clients)).startswith(b"220 "), i
     extra = [connect(child.port, i, clients) for i in range(40)]  # at once
