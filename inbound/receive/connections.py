@@ -81,11 +81,13 @@ class SharedConnections:
         return True
 
     def release(self, ip: str) -> None:
+        # Without the lock: only this worker writes its row (the supervisor clears it once the
+        # worker is gone), and a release must not fail for want of a descriptor to lock with,
+        # or the count would stay taken for good.
         slot = 1 + zlib.crc32(ip.encode()) % _SLOTS
-        with self._locked() as counts:
-            mine = self.row * _ROW
-            counts[mine] = max(0, counts[mine] - 1)
-            counts[mine + slot] = max(0, counts[mine + slot] - 1)
+        counts, mine = self.table, self.row * _ROW
+        counts[mine] = max(0, counts[mine] - 1)
+        counts[mine + slot] = max(0, counts[mine + slot] - 1)
 
     def clear(self) -> None:
         """Forget this row's connections (its worker has exited)."""

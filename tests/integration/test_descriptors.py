@@ -272,3 +272,40 @@ def test_the_dispatcher_survives_a_rescan_that_fails(serve: Callable[..., Child]
     message_id = send_message(child.port, "after the rescan failed")
     wait_for(lambda: delivered(child, message_id), "the message to be dispatched")
     stop(child)
+
+
+def worker_pids(child: Child) -> list[int]:
+    pid = child.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(p) for p in children]
+
+
+def open_descriptors(pids: list[int]) -> int:
+    return sum(len(os.listdir(f"/proc/{p}/fd")) for p in pids)
+
+
+def test_connections_that_end_without_a_descriptor_to_spare_are_still_released(
+    serve: Callable[..., Child], clients: list[socket.socket]
+) -> None:
+    # With --workers, the connection counts live in shared memory; a worker that ends a
+    # session while out of descriptors must still give its slot back.
+    child = serve("--workers", "2", "--max-connections", "20", limit=(4096, 4096))
+    pids = worker_pids(child)
+    for i in range(20):
+        assert first_line(connect(child.port, i, clients)).startswith(b"220 ")
+    busy = open_descriptors(pids)
+    for pid in pids:
+        subprocess.run(["prlimit", f"--pid={pid}", "--nofile=3:4096"], check=True, timeout=DEADLINE)
+    for sock in clients:
+        sock.close()
+    clients.clear()
+    wait_for(lambda: open_descriptors(pids) <= busy - 20, "the workers to close the sessions")
+    for pid in pids:
+        subprocess.run(
+            ["prlimit", f"--pid={pid}", "--nofile=4096:4096"], check=True, timeout=DEADLINE
+        )
+    replies = [first_line(connect(child.port, i, clients)) for i in range(20)]
+    assert all(r.startswith(b"220 ") for r in replies), replies
+    for sock in clients:
+        sock.close()
+    stop(child)
