@@ -25,10 +25,12 @@ from inbound.actions import BounceAction
 from inbound.core.errors import ConfigError, InputError
 from inbound.core.targets import Targets
 from inbound.datadir import append_file, protect
+from inbound.descriptors import DescriptorGauge, ensure_limit
 from inbound.dispatch import Dispatcher, RetryPolicy
 from inbound.intake import Intake
-from inbound.observe.log import emit, emit_fields
+from inbound.observe.log import capture_asyncio, emit, emit_fields
 from inbound.observe.metrics import Metrics, ReceiveMetrics
+from inbound.observe.supervise import supervise
 from inbound.receive.connections import ConnectionCounter
 from inbound.receive.limits import ReceiverLimits
 from inbound.receive.server import SmtpServer
@@ -252,7 +254,7 @@ class Receiving:
             hostname=settings.hostname,
             limits=settings.limits,
             tls_context=tls,
-            counter=counter or ConnectionCounter(),
+            counter=counter or ConnectionCounter(crowding=DescriptorGauge()),
             sock=sock,
         )
 
@@ -327,11 +329,14 @@ class Receiver:
     async def run(self) -> None:
         """Serve until SIGTERM or SIGINT; then drain and return."""
         loop = asyncio.get_running_loop()
+        capture_asyncio(loop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         await self.start()
-        dispatching = asyncio.create_task(self.dispatcher.run(self.stopping))
+        dispatching = asyncio.create_task(
+            supervise("dispatcher", lambda: self.dispatcher.run(self.stopping), stop=self.stopping)
+        )
         await self.stopping.wait()
         await self.shutdown(dispatching)
 
@@ -359,6 +364,7 @@ def lock_data_dir(data_dir: Path) -> IO[bytes]:
 
 
 def serve(settings: ServeSettings) -> int:
+    ensure_limit(settings.limits.max_connections)
     receiver = Receiver(settings)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(receiver.run())

@@ -34,6 +34,7 @@ from inbound.message.notification import (
 from inbound.message.read import need_for, read_facts
 from inbound.observe.log import emit, emit_fields
 from inbound.observe.metrics import DispatchMetrics
+from inbound.observe.supervise import Backoff
 from inbound.rules.book import RuleBook
 from inbound.rules.evaluate import PAUSE, evaluate, message_keys
 from inbound.spool.retry import is_expired, next_delay, window_start
@@ -122,13 +123,22 @@ class Dispatcher:
         return found
 
     async def run(self, stop: asyncio.Event, *, rescan_every: float = 5.0) -> None:
-        """Dispatch until `stop` is set, then let the messages in flight finish."""
+        """Dispatch until `stop` is set, then let the messages in flight finish.
+
+        A rescan that fails (no descriptor left, queue/ unreadable) is logged and tried again
+        later, backed off; meanwhile the messages already known are dispatched."""
         loop = asyncio.get_running_loop()
-        last_scan = loop.time()
+        next_scan = loop.time() + rescan_every
+        rescans = Backoff("dispatcher.rescan", first=rescan_every, cap=max(rescan_every, 60.0))
         while not stop.is_set():
-            if loop.time() - last_scan >= rescan_every:
-                last_scan = loop.time()
-                await self.rescan()
+            if loop.time() >= next_scan:
+                try:
+                    await self.rescan()
+                except Exception as exc:  # the next rescan finds what this one missed
+                    next_scan = loop.time() + rescans.failed(exc)
+                else:
+                    rescans.succeeded()
+                    next_scan = loop.time() + rescan_every
             self._start_due()
             self._wake.clear()
             await self._sleep(stop)

@@ -48,9 +48,11 @@ from inbound.app import (
 from inbound.core.errors import InboundError
 from inbound.core.ids import is_message_id
 from inbound.datadir import make_dir, protect
+from inbound.descriptors import DescriptorGauge, ensure_limit
 from inbound.dispatch import Dispatcher
-from inbound.observe.log import configure, emit
+from inbound.observe.log import capture_asyncio, configure, emit
 from inbound.observe.metrics import supervisor_metrics, worker_metrics
+from inbound.observe.supervise import Backoff, supervise
 from inbound.receive.connections import ConnectionCounter, SharedConnections
 from inbound.receive.server import listening_socket
 from inbound.rules.load import load_rule_set
@@ -123,7 +125,9 @@ class _Worker:
             worker_metrics(args.metrics_dir),
             on_queued=self._queued,
             tls=tls_context(s, self.book, announce=False),
-            counter=ConnectionCounter(shared=args.connections.for_worker(args.index)),
+            counter=ConnectionCounter(
+                shared=args.connections.for_worker(args.index), crowding=DescriptorGauge()
+            ),
             sock=args.sock,
         )
         self._notices = args.notices.fileno()
@@ -142,6 +146,7 @@ class _Worker:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        capture_asyncio(loop)
         stopping = asyncio.Event()
         loop.add_signal_handler(signal.SIGHUP, reload_rules, self.book)
         loop.add_signal_handler(signal.SIGTERM, stopping.set)
@@ -194,6 +199,8 @@ class Supervisor:
         self._lifeline_in, self._lifeline_out = _SPAWN.Pipe(duplex=False)
         os.set_blocking(self._notices_in.fileno(), False)
         self._pending = b""
+        self._notices_backoff = Backoff("supervisor.notices", first=0.1, cap=5.0)
+        self._restarts: dict[int, Backoff] = {}
         self.workers: dict[int, BaseProcess] = {}
         self._ready: set[int] = set()
         self._ready_changed = asyncio.Event()
@@ -238,10 +245,29 @@ class Supervisor:
         loop.call_later(_RESTART_DELAY, self._restart, index)
 
     def _restart(self, index: int) -> None:
-        if not self.stopping.is_set():
+        if self.stopping.is_set():
+            return
+        try:
             self._start_worker(index)
+        except Exception as exc:  # e.g. no descriptor for its pipes: try again, backed off
+            backoff = self._restarts.setdefault(index, Backoff(f"worker.restart.{index}"))
+            asyncio.get_running_loop().call_later(backoff.failed(exc), self._restart, index)
 
     def _read_notices(self) -> None:
+        """The notice pipe's reader; it outlives its own failures: one is logged, and reading
+        resumes after a backoff (a lost notice waits for the dispatcher's rescan)."""
+        try:
+            self._take_notices()
+        except Exception as exc:
+            loop = asyncio.get_running_loop()
+            fd = self._notices_in.fileno()
+            loop.remove_reader(fd)
+            delay = self._notices_backoff.failed(exc)
+            loop.call_later(delay, loop.add_reader, fd, self._read_notices)
+        else:
+            self._notices_backoff.succeeded()
+
+    def _take_notices(self) -> None:
         try:
             data = os.read(self._notices_in.fileno(), 65536)
         except BlockingIOError:
@@ -254,6 +280,8 @@ class Supervisor:
                 self.dispatcher.notify(value)
             elif kind == "r" and value.isdigit():
                 self._ready.add(int(value))
+                if int(value) in self._restarts:
+                    self._restarts.pop(int(value)).succeeded()
                 self._ready_changed.set()
 
     async def _wait_ready(self) -> None:
@@ -268,6 +296,7 @@ class Supervisor:
     async def run(self) -> None:
         """Serve until SIGTERM or SIGINT; then drain the workers, then the dispatcher."""
         loop = asyncio.get_running_loop()
+        capture_asyncio(loop)
         recovered = self.spool.recover()
         queued = self.dispatcher.load_queue()
         loop.add_reader(self._notices_in.fileno(), self._read_notices)
@@ -297,7 +326,9 @@ class Supervisor:
             rules_digest=self.book.current.digest[:12],
         )
         dispatch_stop = asyncio.Event()
-        dispatching = asyncio.create_task(self.dispatcher.run(dispatch_stop))
+        dispatching = asyncio.create_task(
+            supervise("dispatcher", lambda: self.dispatcher.run(dispatch_stop), stop=dispatch_stop)
+        )
         await self.stopping.wait()
         emit(log, "server.stopping")
         drained = await self._stop_workers()
@@ -340,6 +371,7 @@ class Supervisor:
 
 
 def serve_with_workers(settings: ServeSettings) -> int:
+    ensure_limit(settings.limits.max_connections, settings.workers)
     supervisor = Supervisor(settings)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(supervisor.run())

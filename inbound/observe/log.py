@@ -2,16 +2,28 @@
 
 `emit(logger, "message.spooled", message_id=...)` is the only way stages log events, so the
 fields stay machine-readable. Callers pass identifiers and sizes, never bodies or secrets.
+Whatever else would write to stderr (asyncio and other libraries, uncaught exceptions in
+threads and at exit) goes through the same JSON lines, rate-limited (`inbound.observe.ratelimit`):
+no plain-text line, and no flood when the same error repeats thousands of times a second.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
+
+from inbound.observe.ratelimit import RateLimitedHandler
+
+# asyncio's exception handler, and exceptions no one caught (threads, `__del__`, the end).
+_asyncio_log = logging.getLogger("inbound.asyncio")
+_python_log = logging.getLogger("inbound.python")
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,6 +40,12 @@ class JsonFormatter(logging.Formatter):
             "event": getattr(record, "event", None) or record.getMessage(),
             **self.context,
         }
+        if getattr(record, "event", None) is None and not record.name.startswith("inbound"):
+            # A library's own record (asyncio's "socket.send() raised exception."): its first
+            # line, so that one record stays one line.
+            entry["event"] = "library.logged"
+            entry["logger"] = record.name
+            entry["message"] = record.getMessage().split("\n", 1)[0][:200]
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             entry.update(fields)
@@ -50,15 +68,73 @@ def emit_fields(
 
 
 def configure(level: int = logging.INFO, context: Mapping[str, object] | None = None) -> None:
-    """JSON lines on stderr for the `inbound` loggers; aiosmtpd's own chatter is muted."""
-    handler = logging.StreamHandler(sys.stderr)
+    """JSON lines on stderr for the `inbound` loggers and for everything else that would write
+    to stderr (other libraries' records, warnings, uncaught exceptions), the latter
+    rate-limited; aiosmtpd's own chatter is muted."""
+    handler = RateLimitedHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(context))
     root = logging.getLogger("inbound")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # Every other logger (asyncio, botocore, py.warnings) reaches the root logger: the same
+    # handler, so nothing falls through to logging's plain-text last resort.
+    top = logging.getLogger()
+    top.handlers[:] = [handler]
+    top.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
     # aiosmtpd logs command lines (addresses, and body lines a client sends as commands after
     # a refused DATA) as plain text: our own events say what matters, without the text.
     aiosmtpd = logging.getLogger("mail.log")
     aiosmtpd.handlers[:] = [logging.NullHandler()]
     aiosmtpd.propagate = False
+    threading.excepthook = _thread_failed
+    sys.unraisablehook = _unraisable
+    sys.excepthook = _uncaught
+
+
+def asyncio_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """An event loop's exception handler: one JSON line (`asyncio.error`), rate-limited by its
+    message ("socket.accept() out of system resource"), never the exception's text."""
+    message = str(context.get("message") or "unhandled exception in event loop")
+    message = message.split("\n", 1)[0][:200]
+    fields: dict[str, object] = {"message": message}
+    error = context.get("exception")
+    if isinstance(error, BaseException):
+        fields["error_type"] = type(error).__name__
+        fields["errno"] = getattr(error, "errno", None)
+    _asyncio_log.error(
+        "asyncio.error",
+        extra={"event": "asyncio.error", "fields": fields, "rate_key": message},
+    )
+
+
+def capture_asyncio(loop: asyncio.AbstractEventLoop) -> None:
+    """Send `loop`'s unhandled errors (failed accepts, callbacks that raised, tasks whose
+    exception no one read) to the JSON log instead of asyncio's plain-text tracebacks."""
+    loop.set_exception_handler(asyncio_exception)
+
+
+def _python_failure(event: str, error_type: type[BaseException], **fields: object) -> None:
+    fields["error_type"] = error_type.__name__
+    _python_log.error(
+        event,
+        extra={"event": event, "fields": fields, "rate_key": f"{event}:{error_type.__name__}"},
+    )
+
+
+def _thread_failed(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is not SystemExit:
+        _python_failure(
+            "thread.failed", args.exc_type, thread=args.thread.name if args.thread else None
+        )
+
+
+def _unraisable(args: Any) -> None:
+    _python_failure("python.unraisable", args.exc_type)
+
+
+def _uncaught(
+    exc_type: type[BaseException], _value: BaseException, _tb: TracebackType | None
+) -> None:
+    _python_failure("process.failed", exc_type)

@@ -1,7 +1,8 @@
 """Connections in total and per client IP, and the live sessions a shutdown must reach.
 
 With `--workers`, every receiving process admits connections against one table in shared
-memory (`SharedConnections`), so the limits hold for the server as a whole.
+memory (`SharedConnections`), so the limits hold for the server as a whole. A process short
+of file descriptors (`Crowding`) refuses new connections too, before its table is full.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ _ROW = _SLOTS + 1  # the worker's total, then its slots
 
 class Session(Protocol):
     def shut_down(self) -> None: ...
+
+
+class Crowding(Protocol):
+    """Whether this process should refuse new connections for want of resources (descriptors),
+    given how many connections it holds."""
+
+    def crowded(self, connections: int) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -73,11 +81,13 @@ class SharedConnections:
         return True
 
     def release(self, ip: str) -> None:
+        # Without the lock: only this worker writes its row (the supervisor clears it once the
+        # worker is gone), and a release must not fail for want of a descriptor to lock with,
+        # or the count would stay taken for good.
         slot = 1 + zlib.crc32(ip.encode()) % _SLOTS
-        with self._locked() as counts:
-            mine = self.row * _ROW
-            counts[mine] = max(0, counts[mine] - 1)
-            counts[mine + slot] = max(0, counts[mine + slot] - 1)
+        counts, mine = self.table, self.row * _ROW
+        counts[mine] = max(0, counts[mine] - 1)
+        counts[mine + slot] = max(0, counts[mine + slot] - 1)
 
     def clear(self) -> None:
         """Forget this row's connections (its worker has exited)."""
@@ -96,8 +106,11 @@ class ConnectionCounter:
     sessions: set[Session] = field(default_factory=set)
     # The other worker processes' connections count too (`--workers`).
     shared: SharedConnections | None = None
+    crowding: Crowding | None = None
 
     def admit(self, ip: str, limits: ReceiverLimits) -> bool:
+        if self.crowding is not None and self.crowding.crowded(self.total):
+            return False
         if self.shared is not None:
             if not self.shared.admit(ip, limits):
                 return False

@@ -34,6 +34,7 @@ from typing import Any, BinaryIO, NoReturn
 from inbound.core.errors import InboundError
 from inbound.core.ids import is_message_id
 from inbound.datadir import create_file, make_dir, make_dirs
+from inbound.observe.supervise import Backoff, supervise_thread
 from inbound.spool.retry import DispatchState as DispatchState  # noqa: PLC0414 - re-export
 from inbound.spool.retry import SpoolMeta as SpoolMeta  # noqa: PLC0414 - re-export
 from inbound.spool.retry import StepRecord as StepRecord  # noqa: PLC0414 - re-export
@@ -359,7 +360,13 @@ class GroupCommitter:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="spool-commit", daemon=True)
+            self._thread = threading.Thread(
+                target=supervise_thread,
+                args=("spool.commit", self._run),
+                kwargs={"backoff": Backoff("spool.commit", first=0.05, cap=5.0)},
+                name="spool-commit",
+                daemon=True,
+            )
             self._thread.start()
 
     async def commit(self, writer: SpoolWriter, meta: SpoolMeta) -> None:
@@ -394,12 +401,25 @@ class GroupCommitter:
         self._sealed.put((writer, done))
 
     def _run(self) -> None:
+        """Publish batches until closed; run by `supervise_thread`, which runs it again after
+        an exception (a commit thread that died would leave every later commit waiting)."""
         while True:
             taken = [self._sealed.get()]  # block for the first, then take whatever is waiting
             while not self._sealed.empty():
                 taken.append(self._sealed.get())
             jobs = [job for job in taken if job is not None]
-            errors = _publish(self._queue_dir, [writer for writer, _ in jobs]) if jobs else []
+            try:
+                errors = _publish(self._queue_dir, [writer for writer, _ in jobs]) if jobs else []
+            except BaseException as exc:
+                # Those callers answer 451: whatever was renamed already is complete and is
+                # dispatched, and the client sends again (at least once, SPEC §7).
+                for writer, done in jobs:
+                    failure = SpoolWriteError(f"message {writer.message_id}: cannot queue")
+                    failure.__cause__ = exc
+                    done.set_exception(failure)
+                if None in taken:
+                    self._sealed.put(None)  # the close still ends the thread when it runs again
+                raise
             for (_, done), error in zip(jobs, errors, strict=True):
                 if error is None:
                     done.set_result(None)

@@ -153,10 +153,17 @@ class Child:
         self.process.wait(DEADLINE)
 
 
-def start_child(tmp_path: Path, *args: str, port: int = 0, umask: int = -1) -> Child:
+def start_child(
+    tmp_path: Path,
+    *args: str,
+    port: int = 0,
+    umask: int = -1,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Child:
     """`inbound serve` as a child process; waits for its `server.started` log line.
 
-    `umask`: the child's, if not -1 (this process's)."""
+    `umask`: the child's, if not -1 (this process's). `preexec_fn` runs in the child before
+    `inbound` starts (e.g. to set its limits)."""
     rules = tmp_path / "rules.yaml"
     if not rules.exists():
         rules.write_text(RULES)
@@ -187,6 +194,7 @@ def start_child(tmp_path: Path, *args: str, port: int = 0, umask: int = -1) -> C
         text=True,
         env=env,
         umask=umask,
+        preexec_fn=preexec_fn,  # noqa: PLW1509 - the tests' own limits, set before any thread
     )
     handle.close()  # the child has its own descriptor
     deadline = time.monotonic() + DEADLINE
