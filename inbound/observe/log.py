@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 import threading
+import traceback
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import TracebackType
@@ -50,9 +51,18 @@ class JsonFormatter(logging.Formatter):
         if isinstance(fields, dict):
             entry.update(fields)
         if record.exc_info and record.exc_info[0] is not None:
-            # The type only: exception text can carry addresses or message content.
+            # The type and where it was raised, never the text: exception text can carry
+            # addresses or message content; file names, lines and functions cannot.
             entry["error_type"] = record.exc_info[0].__name__
+            entry["where"] = where(record.exc_info[2])
         return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def where(tb: TracebackType | None, depth: int = 8) -> list[str]:
+    """The innermost `depth` frames of a traceback as `file:line function`, to find a bug by
+    without the values that were in play."""
+    frames = traceback.extract_tb(tb)[-depth:]
+    return [f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno} {f.name}" for f in frames]
 
 
 def emit(
@@ -103,6 +113,7 @@ def asyncio_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) 
     if isinstance(error, BaseException):
         fields["error_type"] = type(error).__name__
         fields["errno"] = getattr(error, "errno", None)
+        fields["where"] = where(error.__traceback__)
     _asyncio_log.error(
         "asyncio.error",
         extra={"event": "asyncio.error", "fields": fields, "rate_key": message},
@@ -115,8 +126,14 @@ def capture_asyncio(loop: asyncio.AbstractEventLoop) -> None:
     loop.set_exception_handler(asyncio_exception)
 
 
-def _python_failure(event: str, error_type: type[BaseException], **fields: object) -> None:
+def _python_failure(
+    event: str,
+    error_type: type[BaseException],
+    tb: TracebackType | None = None,
+    **fields: object,
+) -> None:
     fields["error_type"] = error_type.__name__
+    fields["where"] = where(tb)
     _python_log.error(
         event,
         extra={"event": event, "fields": fields, "rate_key": f"{event}:{error_type.__name__}"},
@@ -126,15 +143,18 @@ def _python_failure(event: str, error_type: type[BaseException], **fields: objec
 def _thread_failed(args: threading.ExceptHookArgs) -> None:
     if args.exc_type is not SystemExit:
         _python_failure(
-            "thread.failed", args.exc_type, thread=args.thread.name if args.thread else None
+            "thread.failed",
+            args.exc_type,
+            args.exc_traceback,
+            thread=args.thread.name if args.thread else None,
         )
 
 
 def _unraisable(args: Any) -> None:
-    _python_failure("python.unraisable", args.exc_type)
+    _python_failure("python.unraisable", args.exc_type, args.exc_traceback)
 
 
 def _uncaught(
-    exc_type: type[BaseException], _value: BaseException, _tb: TracebackType | None
+    exc_type: type[BaseException], _value: BaseException, tb: TracebackType | None
 ) -> None:
-    _python_failure("process.failed", exc_type)
+    _python_failure("process.failed", exc_type, tb)

@@ -79,5 +79,8 @@ def test_only_json_lines_reach_stderr_and_floods_are_counted() -> None:
     assert never_retrieved[0]["error_type"] == "ValueError"
     thread = [e for e in events if e["event"] == "thread.failed"]
     assert thread == [{**thread[0], "thread": "doomed", "error_type": "ZeroDivisionError"}]
+    # Where it failed (file:line function), to find the bug by, without the exception's text.
+    assert thread[0]["where"][-1] == "<string>:26 <lambda>"
+    assert never_retrieved[0]["where"][-1] == "<string>:19 fails"
     assert any(e["event"] == "library.logged" and e["logger"] == "py.warnings" for e in events)
     assert [e["error_type"] for e in events if e["event"] == "process.failed"] == ["SystemError"]
