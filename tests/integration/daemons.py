@@ -189,7 +189,7 @@ def own_moto(*, lambda_simple: bool) -> Iterator[str]:
     then points receipt rules at them needs a server without `use_docker: false`.
     """
     if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
-        unavailable("moto server not installed (pip install -e '.[dev]')")
+        unavailable("moto server not installed (pip install -c constraints.txt -e '.[dev]')")
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as log:
