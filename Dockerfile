@@ -14,13 +14,14 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/inbound
 # The dependencies first, in a layer of their own: a change to the code does not fetch them
 # again. The placeholder package lets pip read pyproject.toml before the code is copied.
-COPY pyproject.toml README.md /src/
+# constraints.txt: the versions CI tests with (README: "Dependencies and the lock file").
+COPY pyproject.toml README.md constraints.txt /src/
 RUN mkdir /src/inbound && touch /src/inbound/__init__.py \
- && /opt/inbound/bin/pip install /src \
+ && /opt/inbound/bin/pip install -c /src/constraints.txt /src \
  && /opt/inbound/bin/pip uninstall -y inbound \
  && rm -rf /src/inbound /src/build /src/inbound.egg-info
 COPY inbound /src/inbound
-RUN /opt/inbound/bin/pip install --no-deps /src \
+RUN /opt/inbound/bin/pip install --no-deps -c /src/constraints.txt /src \
  && /opt/inbound/bin/inbound --version
 
 FROM ${BASE}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # real-components.sh - install and run a real clamd, spamd and moto server on loopback for the
 # tests, CI and benchmarks of inbound (Debian 12; root for the install step; offline except the
-# apt mirror; moto comes with the project's dev extras: pip install -e '.[dev]').
+# apt mirror; moto comes with the project's dev extras: pip install -c constraints.txt -e '.[dev]').
 #
 # Usage:
 #   .ci/real-components.sh start  [--state DIR]   install what is missing, start all, wait, write DIR/env
@@ -209,7 +209,7 @@ start_spamd() {
 start_moto() {
   already_running moto && return 0
   "$RC_PYTHON" -c 'import moto.server, flask' 2>/dev/null \
-    || die "moto server not installed for $RC_PYTHON (pip install -e '.[dev]')"
+    || die "moto server not installed for $RC_PYTHON (pip install -c constraints.txt -e '.[dev]')"
   [ "$MOTO_PORT" != 0 ] || MOTO_PORT="$(free_port)"
   port_free "$MOTO_PORT" || die "127.0.0.1:$MOTO_PORT is already in use"
   local d="$STATE/moto"

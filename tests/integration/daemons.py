@@ -166,7 +166,8 @@ def _free_port() -> int:
 
 
 def start_moto() -> Iterator[str]:
-    """Yield a moto server's endpoint (`http://127.0.0.1:PORT`) with the lambda-simple backend."""
+    """Yield a moto server's endpoint (`http://127.0.0.1:PORT`) with the lambda-simple backend:
+    `.ci/run`'s (INBOUND_TEST_AWS_ENDPOINT), or one of this run's own."""
     endpoint = os.environ.get(MOTO_ENV)
     if endpoint:
         if not _moto_ready(endpoint):
@@ -174,8 +175,21 @@ def start_moto() -> Iterator[str]:
         moto_request(endpoint, "/moto-api/config", {"lambda": {"use_docker": False}})
         yield endpoint
         return
+    yield from own_moto(lambda_simple=True)
+
+
+def own_moto(*, lambda_simple: bool) -> Iterator[str]:
+    """Start a moto server of the caller's own and yield its endpoint; stop it afterwards.
+
+    `lambda_simple`: Lambda without Docker (invocations answer with the payload or a queued
+    result). False keeps moto's default Lambda backend: functions can be created and looked up,
+    and only an invocation would need Docker. SES's CreateReceiptRule looks functions up in that
+    default backend only, and since moto 5.2.2 CloudFormation creates them in the lambda-simple
+    one when it is selected (5.2.1 still used the default), so a test that deploys functions and
+    then points receipt rules at them needs a server without `use_docker: false`.
+    """
     if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
-        unavailable("moto server not installed (pip install -e '.[dev]')")
+        unavailable("moto server not installed (pip install -c constraints.txt -e '.[dev]')")
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as log:
@@ -193,7 +207,8 @@ def start_moto() -> Iterator[str]:
                     tail = log.read()[-3000:].decode(errors="replace")
                     unavailable(f"moto server did not start on {endpoint}:\n{tail}")
                 time.sleep(0.05)
-            moto_request(endpoint, "/moto-api/config", {"lambda": {"use_docker": False}})
+            if lambda_simple:
+                moto_request(endpoint, "/moto-api/config", {"lambda": {"use_docker": False}})
             yield endpoint
         finally:
             server.terminate()

@@ -123,7 +123,7 @@ def own_moto(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Moto]:
     try:
         import moto.server  # noqa: F401, PLC0415 - only to know whether it is installed
     except ImportError:
-        unavailable("moto server not installed (pip install -e '.[dev]')")
+        unavailable("moto server not installed (pip install -c constraints.txt -e '.[dev]')")
     server = Moto()
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
         monkeypatch.delenv(name, raising=False)

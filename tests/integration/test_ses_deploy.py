@@ -6,7 +6,12 @@ moto's CloudFormation has no AWS::SES::* (nor AWS::S3::BucketPolicy) resources a
 them; tests/unit/ses/test_deploy_template.py shows the template's receipt rule is the one
 `inbound ses export` writes for the YAML below, which is applied here through SES's API (moto
 checks that the bucket and the functions exist). The functions' code never runs in moto, so
-the guard is called directly, as Lambda would call it."""
+the guard is called directly, as Lambda would call it.
+
+The moto server here is this module's own, with moto's default Lambda backend: SES looks the
+functions up there, while CloudFormation (moto >= 5.2.2) creates them in the lambda-simple
+backend that the shared server selects (tests.integration.daemons.own_moto). No function is
+invoked, so Docker is never needed."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import io
 import json
 import uuid
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +29,16 @@ import pytest
 from inbound.cli.main import main
 from inbound.ses import guard_handler
 from tests.conftest import FIXTURES
+from tests.integration.daemons import own_moto
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[str]:
+    """Overrides the session's moto server (conftest) for this module's `aws`."""
+    yield from own_moto(lambda_simple=False)
+
 
 TEMPLATE = Path(__file__).parents[2] / "rules" / "ses-deploy.template.yaml"
 
@@ -92,8 +106,8 @@ rules:
       - {{type: lambda, function_arn: "{outputs["HandlerFunctionArn"]}"}}
 """)
     guard_arn = outputs["GuardFunctionArn"]
-    # moto's server is shared by the tests: start with no active set (the first blue-green
-    # apply then creates its set instead of cloning another test's).
+    # Start with no active set (the first blue-green apply then creates its set instead of
+    # cloning one another test left active on this server).
     boto3.client("ses").set_active_receipt_rule_set()
     args = ["ses", "apply", str(rules), "--blue-green", "--lower-extensions", guard_arn]
     assert main([*args, "--test-rate", "1000"]) == 0
