@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from inbound.observe.log import emit
+from inbound.observe.log import emit, where
 
 log = logging.getLogger("inbound.supervise")
 
@@ -44,6 +44,7 @@ class Backoff:
             task=self.task,
             error_type=type(error).__name__,
             errno=getattr(error, "errno", None),
+            where=where(error.__traceback__),
             failures=self.failures,
             retry_in=round(delay, 3),
         )

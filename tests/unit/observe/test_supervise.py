@@ -34,6 +34,7 @@ def test_backoff_doubles_up_to_its_cap_and_a_success_starts_again(
         "task": "t",
         "error_type": "OSError",
         "errno": 24,
+        "where": [],  # never raised: no frames
         "failures": 1,
         "retry_in": 1.0,
     }
