@@ -1,21 +1,20 @@
-"""Facts of a message on disk, reading only as much as the rules need.
+"""Facts of a message on disk, reading only as much as the rules need, in one streaming pass.
 
-Header conditions need the header block only; attachment conditions need the whole message.
-Reading less keeps a 40 MB message from being parsed when no rule looks inside it.
+Header conditions need the header block only; attachment conditions need every part's header
+block, which the walk of `inbound.message.mime` reads in chunks without keeping any body, so a
+40 MB message costs a chunk and a header block of memory however it is built.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from inbound.core.message import MessageFacts
-from inbound.message.parse import parse_message
+from inbound.core.message import MessageFacts, MimeLimits
+from inbound.message.parse import facts_from
 
 Need = Literal["nothing", "headers", "everything"]
-# A header block larger than this is cut: no legitimate mail has one (RFC 5322 §2.1.1 lines).
-MAX_HEADER_BYTES = 1024 * 1024
 
 
 def need_for(keys: frozenset[str]) -> Need:
@@ -24,23 +23,19 @@ def need_for(keys: frozenset[str]) -> Need:
     return "headers" if keys else "nothing"
 
 
-def read_facts(path: Path, need: Need) -> MessageFacts:
+def read_facts(
+    path: Path,
+    need: Need,
+    limits: MimeLimits | None = None,
+    *,
+    stop: Callable[[], bool] | None = None,
+) -> MessageFacts:
+    """The facts of the message at `path`; `stop()` true between two chunks raises
+    `WalkCancelled` (a shutdown)."""
     size = path.stat().st_size
     if need == "nothing":
         return MessageFacts(size=size)
-    if need == "everything":
-        return parse_message(path.read_bytes())
-    with path.open("rb") as f:
-        head = f.read(MAX_HEADER_BYTES)
-    end = _header_end(head)
-    facts = parse_message(head[:end] if end is not None else head)
-    return dataclasses.replace(facts, size=size, attachments=())
-
-
-def _header_end(data: bytes) -> int | None:
-    """Offset just past the empty line ending the header block (CRLF or bare LF)."""
-    positions = [p for p in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if p >= 0]
-    if not positions:
-        return None
-    first = min(positions)
-    return first + (4 if data.startswith(b"\r\n\r\n", first) else 2)
+    with path.open("rb") as stream:
+        return facts_from(
+            stream, size, limits or MimeLimits(), headers_only=need == "headers", stop=stop
+        )
