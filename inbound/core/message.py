@@ -48,6 +48,10 @@ class MessageFacts:
 EMPTY_MESSAGE = MessageFacts(size=0)
 
 
+# The deepest walk allowed: it recurses once per level, far below Python's recursion limit.
+MAX_MIME_DEPTH = 200
+
+
 @dataclass(frozen=True, slots=True)
 class MimeLimits:
     """How far the attachment walk goes (`--max-mime-parts`, `--max-mime-depth`); a message
@@ -57,4 +61,3 @@ class MimeLimits:
     max_parts: int = 1_000
     # Nesting levels below the message: a multipart's parts or a message/rfc822's message.
     max_depth: int = 50
-

@@ -31,6 +31,11 @@ def parse_message(raw: bytes, limits: MimeLimits | None = None) -> MessageFacts:
     return facts_from(io.BytesIO(raw), len(raw), limits or MimeLimits())
 
 
+def parse_headers(raw: bytes) -> MessageFacts:
+    """The facts of `raw`'s header block only (no attachments): what a notification shows."""
+    return facts_from(io.BytesIO(raw), len(raw), MimeLimits(), headers_only=True)
+
+
 def facts_from(
     stream: BinaryIO,
     size: int,
