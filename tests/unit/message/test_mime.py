@@ -21,6 +21,7 @@ from inbound.message.headers import ReceivedFacts, prepend_headers
 from inbound.message.mime import WalkCancelled, attachment_of, walk_mime
 from inbound.message.parse import parse_message
 from inbound.message.read import read_facts, read_with_head
+from tests.mime_samples import many_parts, nested
 
 ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 CORPUS = sorted((ROOT / "fixtures").rglob("*.eml"))
@@ -43,36 +44,6 @@ def stdlib_attachments(raw: bytes) -> list[Attachment]:
 
 def walked(raw: bytes) -> list[Attachment]:
     return walk_mime(io.BytesIO(raw), MimeLimits(10_000, 100)).attachments
-
-
-def many_parts(count: int) -> bytes:
-    """A multipart of `count` parts in all (itself included), the last one named x.exe."""
-    leaves = [b"--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n"] * (count - 2)
-    leaves.append(b"--b\r\nContent-Disposition: attachment; filename=x.exe\r\n\r\nMZ\r\n")
-    head = b"Subject: parts\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
-    return head + b"".join(leaves) + b"--b--\r\n"
-
-
-def nested(depth: int) -> bytes:
-    """x.exe `depth` levels below the message, in multiparts and message/rfc822 by turns."""
-    inner = b"Content-Disposition: attachment; filename=x.exe\r\n\r\nMZ\r\n"
-    for level in reversed(range(depth)):
-        if level % 2:
-            inner = b"Content-Type: message/rfc822\r\n\r\n" + inner
-        else:
-            b = b"b%d" % level
-            inner = (
-                b"Content-Type: multipart/mixed; boundary="
-                + b
-                + b"\r\n\r\n--"
-                + b
-                + b"\r\n"
-                + inner
-                + b"\r\n--"
-                + b
-                + b"--\r\n"
-            )
-    return b"Subject: deep\r\n" + inner
 
 
 @pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.name)
