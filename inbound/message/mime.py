@@ -36,6 +36,13 @@ _MIME_TYPE = re.compile(rf"{_NAME}/{_NAME}")
 # The feed parser's tests, on bytes: a header field or continuation line, and an empty line.
 _HEADER_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
 _EMPTY_LINE = re.compile(rb"\r\n|\r|\n")
+# A run of such lines, each whole (a bare CR only when the next byte is here: CRLF cut in two).
+_HEADER_LINES = re.compile(
+    rb"(?:(?:From |[\x21-\x39\x3b-\x7e]*:|[\t ])[^\r\n]*(?:\r\n|\n|\r(?=[^\n])))*"
+)
+# All header blocks of the parts together: reading them is the walk's real work (the stdlib
+# reads a megabyte of fields in about 0.2 s), so a message cannot make it work for long.
+MAX_HEADER_TOTAL = 8 * 1024 * 1024
 
 
 class _Beyond(Exception):  # noqa: N818 - internal: unwinds the walk at a limit
@@ -77,6 +84,7 @@ class _Walker:
         self.limits = limits
         self.headers_only = headers_only
         self.parts = 0
+        self.header_total = 0
         self.found = MimeWalk(Message())
 
     def part(self, depth: int, default_type: str) -> None:
@@ -118,12 +126,17 @@ class _Walker:
                 else:
                     self.found.defects.add("MissingHeaderBodySeparatorDefect")
                 break
-            size += len(line)
+            self.r.advance()
+            run = self.r.take_lines(_HEADER_LINES)  # the rest of the block, many lines a search
+            size += len(line) + len(run)
+            self.header_total += len(line) + len(run)
             if size > MAX_HEADER_BYTES:
                 beyond = _Beyond(f"a MIME header block over {MAX_HEADER_BYTES} bytes")
                 break
-            lines.append(line)
-            self.r.advance()
+            if self.header_total > MAX_HEADER_TOTAL:
+                beyond = _Beyond(f"MIME header blocks over {MAX_HEADER_TOTAL} bytes in all")
+                break
+            lines += (line, run)
         part = BytesHeaderParser(policy=compat32).parsebytes(b"".join(lines))
         part.set_default_type(default_type)
         self.found.defects.update(type(defect).__name__ for defect in part.defects)

@@ -83,6 +83,20 @@ class LineReader:
                 self.pos = len(self.buf)
                 return
 
+    def take_lines(self, lines: re.Pattern[bytes]) -> bytes:
+        """The whole lines at hand that `lines` matches as a run, taken many per search; b""
+        when none, or when an ending in force might be among them (then `peek` judges each).
+        The line at hand must have been peeked (and found no ending)."""
+        found = lines.match(self.buf, self.pos)
+        if found is None or found.end() == self.pos:
+            return b""
+        run = self.buf[self.pos : found.end()]
+        search = self._candidates() if self.endings else None
+        if self.endings and (search is None or search.search(run)):
+            return b""
+        self.pos, self._peeked = found.end(), None
+        return run
+
     def skip_lines(self, separator: bytes) -> None:
         """Past the whole delimiter lines of `separator` at hand, many per search, unless an
         ending in force could match one of them (then `peek` must judge each)."""

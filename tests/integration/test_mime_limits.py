@@ -9,11 +9,14 @@ spooled before they were kept is read as before (and refused, never run, beyond 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -26,7 +29,14 @@ from inbound.core.ids import MessageIdGenerator
 from inbound.core.message import Attachment, MessageFacts
 from inbound.core.verdicts import Verdicts
 from inbound.spool.store import Spool, SpoolMeta
-from tests.integration.receiver import DEADLINE, ROOT, Running, in_process, settings_for
+from tests.integration.receiver import (
+    DEADLINE,
+    ROOT,
+    Running,
+    in_process,
+    settings_for,
+    start_child,
+)
 from tests.mime_samples import many_parts, nested
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -235,3 +245,53 @@ def test_old_entry_beyond_the_limits_is_dead_lettered_not_run(tmp_path: Path) ->
         assert running.stored("exe/") == {}
     state = json.loads((dead / "state.json").read_text())
     assert "more than 1000 MIME parts" in state["dead_reason"]
+
+
+# -- a read in progress never holds the process after SIGTERM ----------------------------------
+
+
+def heavy_headers() -> bytes:
+    """30 parts of a megabyte of header fields each: seconds of reading for the stdlib."""
+    part = b"--b\r\n" + b"X-Filler: y\r\n" * 76_000 + b"Content-Type: text/plain\r\n\r\nhi\r\n"
+    head = b"Subject: heavy\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+    return head + part * 30 + b"--b--\r\n"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_sigterm_during_a_read_exits_0_at_once(tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text(RULES)
+    child = start_child(tmp_path, "--drain-timeout", "0.2s")
+    message = heavy_headers()
+    try:
+        sending = threading.Thread(target=_send_quietly, args=(child.port, message), daemon=True)
+        sending.start()
+        # Received in full, then half a CPU-second of work: the server is reading the message.
+        tmp = child.data_dir / "spool" / "tmp"
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline and not any(
+            p.stat().st_size >= len(message) for p in tmp.glob("*/message.eml")
+        ):
+            time.sleep(0.01)
+        busy = cpu_seconds(child.process.pid) + 0.5
+        while time.monotonic() < deadline and cpu_seconds(child.process.pid) < busy:
+            time.sleep(0.01)
+        child.signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        assert child.process.wait(DEADLINE) == 0, child.log.read_text()[-2000:]
+        took = time.monotonic() - signalled
+    finally:
+        if child.process.poll() is None:
+            child.kill()
+    # At most a chunk and a header block after the session is cancelled; the stdlib's read of
+    # the whole message went on for seconds, and the process with it.
+    assert took < 3.0, f"exited {took:.1f} s after SIGTERM"
+
+
+def _send_quietly(port: int, message: bytes) -> None:
+    with contextlib.suppress(OSError, AssertionError):  # the server goes away mid-transaction
+        smtp_send(port, "guarded@example.com", message)
