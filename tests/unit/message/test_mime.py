@@ -33,8 +33,10 @@ def stdlib_attachments(raw: bytes) -> list[Attachment]:
 
     def parts(part: Message) -> Iterator[Message]:
         yield part
-        if part.is_multipart():
-            for child in part.get_payload():
+        payload = part.get_payload()
+        if isinstance(payload, list):  # compat32: the parts of a multipart or message/*
+            for child in payload:
+                assert isinstance(child, Message)
                 yield from parts(child)
 
     root = BytesParser(policy=compat32).parsebytes(raw)

@@ -445,7 +445,9 @@ def test_too_deep_for_the_walk_keeps_the_headers_and_says_so() -> None:
 )
 def test_walk_stops_at_max_depth(depth: int, found: bool) -> None:
     facts = parse_message(nested_messages(depth))
-    assert facts.attachments == ((Attachment("x.exe", "application/octet-stream"),) if found else ())
+    assert facts.attachments == (
+        (Attachment("x.exe", "application/octet-stream"),) if found else ()
+    )
     assert facts.mime_limit == (None if found else "MIME parts nested more than 50 levels deep")
 
 
