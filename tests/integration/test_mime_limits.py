@@ -124,6 +124,36 @@ def test_smtp_at_and_beyond_the_mime_limits(
         assert list((receiver.data_dir / "spool" / "tmp").iterdir()) == []
 
 
+def test_serve_flags_set_the_limits(tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text(RULES)
+    child = start_child(tmp_path, "--max-mime-parts", "20", "--max-mime-depth", "4")
+    try:
+        assert smtp_send(child.port, "guarded@example.com", many_parts(20)).startswith("550 5.7.1")
+        assert smtp_send(child.port, "guarded@example.com", many_parts(21)).startswith("554 5.6.0")
+        assert smtp_send(child.port, "guarded@example.com", nested(4)).startswith("550 5.7.1")
+        assert smtp_send(child.port, "guarded@example.com", nested(5)).startswith("554 5.6.0")
+    finally:
+        child.signal(signal.SIGTERM)
+        assert child.process.wait(DEADLINE) == 0
+
+
+@pytest.mark.parametrize(
+    ("flag", "error"),
+    [
+        (("--max-mime-parts", "0"), "--max-mime-parts 0: expected 1 or more"),
+        (("--max-mime-depth", "201"), "--max-mime-depth 201: expected 1 to 200"),
+    ],
+)
+def test_bad_limits_are_refused_without_a_traceback(
+    tmp_path: Path, flag: tuple[str, str], error: str
+) -> None:
+    (tmp_path / "rules.yaml").write_text(RULES)
+    done = inbound("serve", "--rules", "rules.yaml", *flag, cwd=tmp_path)
+    assert done.returncode == 2
+    assert error in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def inbound(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
