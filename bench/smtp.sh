@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Receiver throughput and memory: accepted messages per second of `inbound serve` (durable spool,
 # local targets, dispatching as it receives), in one process and with `--workers $(nproc)`,
-# against Postfix's smtp-sink (the protocol ceiling, no storage) in the same run, plus the peak
-# RSS of the receiver while it takes one 40 MB message.
+# against Postfix's smtp-sink (the protocol ceiling, no storage) in the same run, then the peak
+# RSS of the receiver taking 40 MB messages (bench/memory.py).
 #
 #   bash bench/smtp.sh [MESSAGES] [SESSIONS] [SIZE_BYTES]      (default 2000 10 10240)
 #
@@ -108,29 +108,6 @@ one_seconds=$serve_seconds one_stored=$stored one_drain=$drain_seconds one_cpu=$
 measure_serve "$CORES"
 many_seconds=$serve_seconds many_stored=$stored many_drain=$drain_seconds many_cpu=$cpu_ms
 
-# Peak RSS while receiving one 40 MB message (a fresh process, so the peak is this message's).
-mem_port=$(free_port)
-"$PYTHON" -m inbound serve --rules "$work/rules.yaml" --data-dir "$work/mem" \
-  --listen "127.0.0.1:$mem_port" --hostname bench.test 2>"$work/mem.log" &
-mem_pid=$!
-pids+=("$mem_pid")
-wait_port "$mem_port"
-idle_kb=$(awk '/VmHWM/ {print $2}' "/proc/$mem_pid/status")
-"$PYTHON" - "$mem_port" <<'PY'
-import smtplib, sys
-line = b"x" * 998 + b"\r\n"
-body = line * (40 * 1024 * 1024 // len(line) - 2)
-message = b"From: big@sender.example\r\nTo: rcpt@example.com\r\nSubject: 40 MB\r\n\r\n" + body
-with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=120) as client:
-    client.sendmail("big@sender.example", ["rcpt@example.com"], message)
-PY
-received_kb=$(awk '/VmHWM/ {print $2}' "/proc/$mem_pid/status")
-deadline=$((SECONDS + 60))
-while [ -n "$(ls -A "$work/mem/spool/queue" 2>/dev/null || true)" ] && [ $SECONDS -lt $deadline ]; do
-  sleep 0.2
-done
-dispatched_kb=$(awk '/VmHWM/ {print $2}' "/proc/$mem_pid/status")
-
 ratio() { echo "scale=2; $1 / $2" | bc -l; }
 rate() { echo "scale=0; $MESSAGES / $1" | bc -l; }
 printf '\n%-34s %9s %9s %10s\n' "target ($SESSIONS sessions, $SIZE bytes)" messages seconds "msg/s"
@@ -143,5 +120,6 @@ printf 'CPU per message, receiving and dispatching: %s ms (1 process), %s ms (--
   "$one_cpu" "$many_cpu" "$CORES"
 printf 'stored by the s3 action: %s and %s of %s (dispatch finished %.1f s and %.1f s after the last 250)\n' \
   "$one_stored" "$many_stored" "$MESSAGES" "$one_drain" "$many_drain"
-printf 'peak RSS: idle %d MB, receiving one 40 MB message %d MB (target: < 150 MB), after dispatching it %d MB\n' \
-  $((idle_kb / 1024)) $((received_kb / 1024)) $((dispatched_kb / 1024))
+
+# Peak RSS with 40 MB messages, with and without an attachment rule (each in a fresh process).
+"$PYTHON" bench/memory.py

@@ -23,6 +23,7 @@ from typing import IO, Literal
 
 from inbound.actions import BounceAction
 from inbound.core.errors import ConfigError, InputError
+from inbound.core.message import MimeLimits
 from inbound.core.targets import Targets
 from inbound.datadir import append_file, protect
 from inbound.descriptors import DescriptorGauge, ensure_limit
@@ -81,6 +82,8 @@ class ServeSettings:
     relay: tuple[str, int] | None = None
     # Receiving processes; more than one: a supervisor dispatches (inbound/workers.py).
     workers: int = 1
+    # How far the attachment walk goes (--max-mime-parts, --max-mime-depth).
+    mime_limits: MimeLimits = field(default_factory=MimeLimits)
 
 
 def load_functions(mapping: Mapping[str, str]) -> dict[str, LambdaFunction]:
@@ -246,6 +249,7 @@ class Receiving:
             hostname=settings.hostname,
             metrics=metrics,
             on_queued=on_queued,
+            mime_limits=settings.mime_limits,
         )
         self.server = SmtpServer(
             self.intake,
@@ -266,6 +270,7 @@ class Receiving:
         """Stop accepting, let the sessions in flight end (True if all did in time), close."""
         self.server.stop_accepting()
         drained = await self.server.wait_idle(self.settings.drain_timeout)
+        self.intake.stop_parsing()  # a walk still running must not hold the exit
         await self.committer.close()
         self.auth_pool.shutdown(wait=False, cancel_futures=True)
         return drained

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 from inbound.actions import ActionModel, AddHeaderAction
 from inbound.actions.base import ActionContext, JsonObject
-from inbound.core.errors import ActionError
+from inbound.core.errors import ActionError, PermanentActionError
 from inbound.core.plan import Plan
 from inbound.core.targets import BounceRequest, Targets
 from inbound.intake import utc_now
@@ -31,7 +31,7 @@ from inbound.message.notification import (
     receipt_object,
     received_notification,
 )
-from inbound.message.read import need_for, read_facts
+from inbound.message.read import need_for, read_facts, read_with_head
 from inbound.observe.log import emit, emit_fields
 from inbound.observe.metrics import DispatchMetrics
 from inbound.observe.supervise import Backoff
@@ -208,6 +208,11 @@ class Dispatcher:
         await run.load()
         while True:
             plan = run.evaluate()
+            if plan.refused is not None:
+                # Spooled before its facts were kept, and beyond the MIME limits for a rule
+                # with an attachment condition: never run as if every part had been seen.
+                await self._failed(meta, run.state, PermanentActionError(plan.refused))
+                return
             failed = await run.execute(plan)
             if failed is not None:
                 await self._failed(meta, run.state, failed)
@@ -280,10 +285,15 @@ class _MessageRun:
 
     async def load(self) -> None:
         path = self.d.spool.message_path(self.meta.message_id) / "message.eml"
-        need = need_for(message_keys(self.rules, self.meta.envelope.rcpt_tos))
-        self.facts = await asyncio.to_thread(read_facts, path, need)
-        raw = await asyncio.to_thread(path.read_bytes)
-        self.base = prepend_headers(raw, self._received())
+        if self.meta.facts is not None:
+            self.facts = self.meta.facts  # read once, at receipt
+        else:  # none needed, or spooled before facts were kept
+            need = need_for(message_keys(self.rules, self.meta.envelope.rcpt_tos))
+            self.facts = await asyncio.to_thread(read_facts, path, need)
+        received = self._received()
+        self.base = await asyncio.to_thread(
+            read_with_head, path, lambda block: prepend_headers(block, received)
+        )
         end = self.base.find(b"\r\n\r\n")
         self.headers = self.base[: end + 2] if end >= 0 else self.base
 

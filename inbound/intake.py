@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 from inbound.core import reply as replies
 from inbound.core.envelope import Connection, Envelope, IpAddress
 from inbound.core.ids import MessageIdGenerator
-from inbound.core.message import MessageFacts
+from inbound.core.message import MessageFacts, MimeLimits
 from inbound.core.reply import SmtpReply
-from inbound.message.read import need_for, read_facts
+from inbound.message.mime import WalkCancelled
+from inbound.message.read import Need, need_for, read_facts
 from inbound.observe.log import emit
 from inbound.observe.metrics import ReceiveMetrics
 from inbound.rules.book import RuleBook
@@ -33,6 +36,10 @@ from inbound.scan.run import Scanners
 from inbound.spool.store import GroupCommitter, Spool, SpoolError, SpoolMeta, SpoolWriter
 
 log = logging.getLogger("inbound.intake")
+
+# Messages read for their facts at once (each in a thread, a chunk and a header block of memory);
+# the rest wait their turn, so a burst of big messages cannot take every core.
+PARSES = 2
 
 
 def utc_now() -> datetime:
@@ -52,6 +59,8 @@ class Intake:
         on_queued: Callable[[str], None],
         ids: MessageIdGenerator | None = None,
         clock: Callable[[], datetime] = utc_now,
+        mime_limits: MimeLimits | None = None,
+        parses: int = PARSES,
     ) -> None:
         self.book = book
         self.spool = spool
@@ -62,6 +71,13 @@ class Intake:
         self.on_queued = on_queued
         self.ids = ids or MessageIdGenerator()
         self.clock = clock
+        self.mime_limits = mime_limits or MimeLimits()
+        self._parsing = asyncio.Semaphore(parses)
+        self._stopping = threading.Event()
+
+    def stop_parsing(self) -> None:
+        """Shutdown: every read of a message ends at its next chunk (the session gets 421)."""
+        self._stopping.set()
 
     def connect(self, client_ip: IpAddress) -> SmtpReply | None:
         decision = check_connection(self.book.current.compiled, Connection(client_ip))
@@ -129,11 +145,14 @@ class Intake:
             connection=connection,
             envelope=envelope,
         )
-        facts = (
-            MessageFacts(size=size)
-            if need == "nothing"
-            else await asyncio.to_thread(read_facts, path, need)
-        )
+        if need == "nothing":
+            facts = MessageFacts(size=size)
+        else:
+            try:
+                facts = await self._read_facts(path, need)
+            except WalkCancelled:
+                writer.abort()
+                return replies.SHUTTING_DOWN
         plan = evaluate(
             rules,
             message_id=message_id,
@@ -154,9 +173,11 @@ class Intake:
             virus=scanned.virus_detail,
             spam=scanned.spam_detail,
         )
-        if plan.session_bounce is not None and plan.data_reply is not None:
+        if plan.data_reply is not None and not plan.data_reply.is_success:
+            # A bounce before any storing action, or a MIME structure beyond the limits where a
+            # rule needs every attachment: nothing is stored.
             writer.abort()
-            rule, index = plan.session_bounce
+            rule, index = plan.session_bounce or (None, None)
             emit(
                 log,
                 "message.rejected",
@@ -164,6 +185,8 @@ class Intake:
                 rule=rule,
                 action=index,
                 code=plan.data_reply.code,
+                status=plan.data_reply.status,
+                mime_limit=facts.mime_limit,
             )
             return plan.data_reply
         meta = SpoolMeta(
@@ -176,8 +199,25 @@ class Intake:
             verdicts=plan.verdicts,
             size=size,
             auth=scanned.auth,
+            facts=None if need == "nothing" else facts,
         )
         await self.committer.commit(writer, meta)
         emit(log, "message.spooled", message_id=message_id, size=size)
         self.on_queued(message_id)
         return replies.queued(message_id)
+
+    async def _read_facts(self, path: Path, need: Need) -> MessageFacts:
+        """One streaming read of the message, `parses` at a time; a cancelled session (the
+        drain timeout, a dropped client) or a shutdown stops it at its next chunk, so no thread
+        outlives the process's SIGTERM."""
+        cancelled = threading.Event()
+
+        def stop() -> bool:
+            return cancelled.is_set() or self._stopping.is_set()
+
+        async with self._parsing:
+            try:
+                return await asyncio.to_thread(read_facts, path, need, self.mime_limits, stop=stop)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise

@@ -12,6 +12,7 @@ from typing import Any
 from inbound.app import ServeSettings, serve
 from inbound.cli.args import add_domain_flag, pairs
 from inbound.core.errors import InputError
+from inbound.core.message import MAX_MIME_DEPTH, MimeLimits
 from inbound.datadir import restrict_umask
 from inbound.dispatch import RetryPolicy
 from inbound.observe.log import configure
@@ -139,6 +140,20 @@ def add_parser(commands: Any) -> None:
         "--max-connections-per-ip", type=int, default=_DEFAULTS.max_connections_per_ip
     )
     limits.add_argument(
+        "--max-mime-parts",
+        type=int,
+        default=MimeLimits().max_parts,
+        metavar="N",
+        help="parts the attachment walk reads; beyond, a rule needing attachments gets 554 5.6.0",
+    )
+    limits.add_argument(
+        "--max-mime-depth",
+        type=int,
+        default=MimeLimits().max_depth,
+        metavar="N",
+        help=f"nesting levels the attachment walk reads (at most {MAX_MIME_DEPTH}); as above",
+    )
+    limits.add_argument(
         "--drain-timeout",
         default="30s",
         metavar="DURATION",
@@ -188,6 +203,10 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
         base_delay=_duration("--retry-delay", args.retry_delay),
         max_delay=_duration("--max-retry-delay", args.max_retry_delay),
     )
+    if args.max_mime_parts < 1:
+        raise InputError(f"--max-mime-parts {args.max_mime_parts}: expected 1 or more")
+    if not 1 <= args.max_mime_depth <= MAX_MIME_DEPTH:
+        raise InputError(f"--max-mime-depth {args.max_mime_depth}: expected 1 to {MAX_MIME_DEPTH}")
     if not 1 <= args.workers <= _MAX_WORKERS:
         raise InputError(f"--workers {args.workers}: expected 1 to {_MAX_WORKERS}")
     return ServeSettings(
@@ -215,6 +234,7 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
         sns_oversize=args.sns_oversize,
         relay=relay,
         workers=args.workers,
+        mime_limits=MimeLimits(args.max_mime_parts, args.max_mime_depth),
     )
 
 

@@ -35,6 +35,9 @@ class MessageFacts:
     attachments: tuple[Attachment, ...] = ()
     # Names of the parser's defect classes (e.g. "CloseBoundaryNotFoundDefect"), for the trace.
     defects: tuple[str, ...] = field(default=())
+    # Set when the MIME walk stopped at a limit (`MimeLimits`), so `attachments` may be missing
+    # some: which limit, in words. Rules with an attachment condition then refuse the message.
+    mime_limit: str | None = None
 
     def header_values(self, name: str) -> list[str]:
         """Decoded values of every header called `name` (case-insensitive), in order."""
@@ -43,3 +46,18 @@ class MessageFacts:
 
 
 EMPTY_MESSAGE = MessageFacts(size=0)
+
+
+# The deepest walk allowed: it recurses once per level, far below Python's recursion limit.
+MAX_MIME_DEPTH = 200
+
+
+@dataclass(frozen=True, slots=True)
+class MimeLimits:
+    """How far the attachment walk goes (`--max-mime-parts`, `--max-mime-depth`); a message
+    beyond them is refused where a rule needs its attachments (SPEC section 7)."""
+
+    # Parts in document order, the message itself and every multipart included.
+    max_parts: int = 1_000
+    # Nesting levels below the message: a multipart's parts or a message/rfc822's message.
+    max_depth: int = 50

@@ -90,6 +90,10 @@ class Plan:
     # Set when evaluation waits for a request_response Lambda's result: (rule index, action index).
     pending: tuple[int, int] | None = None
     notes: tuple[str, ...] = ()
+    # Set when the message is refused before any rule is tried, and why: its MIME structure is
+    # beyond the limits and a rule that may apply has an attachment condition. `data_reply`
+    # is then `554 5.6.0` and there are no rules.
+    refused: str | None = None
 
     @property
     def outcome(self) -> Outcome:

@@ -41,6 +41,11 @@ MESSAGE_TOO_BIG = SmtpReply(552, "5.3.4", "Message size exceeds fixed maximum me
 # RFC 5321 §4.5.3.1.6; the whole message is refused, never cut.
 LINE_TOO_LONG = SmtpReply(500, "5.5.2", "Line too long (RFC 5321 4.5.3.1.6)")
 BARE_LINE_ENDING = SmtpReply(550, "5.5.2", "Bare CR or LF in message is not allowed")
+# RFC 3463 §3.7 X.6.0 (other media error): more parts or nesting than --max-mime-parts and
+# --max-mime-depth, for a recipient whose rules need every attachment (SPEC section 7).
+MIME_TOO_COMPLEX = SmtpReply(
+    554, "5.6.0", "Message has too many MIME parts or levels to check its attachments"
+)
 INTERNAL_ERROR = SmtpReply(451, "4.3.0", "Temporary server error, please try again later")
 SHUTTING_DOWN = SmtpReply(421, "4.3.2", "Service shutting down, try again later")
 TOO_MANY_CONNECTIONS = SmtpReply(421, "4.7.0", "Too many connections, try again later")

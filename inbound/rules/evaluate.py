@@ -157,6 +157,17 @@ def evaluate(
     final_verdicts, notes = effective_verdicts(verdicts, scanning=scanning)
     if not accepted:
         return Plan(message_id, decision, recipients, None, final_verdicts, notes=notes)
+    if blind := _attachments_unseen(rules, candidates, message):
+        # Decided here, so the receiver, `inbound evaluate`/`test`, the dispatcher and the SES
+        # handler all refuse alike: an attachment condition is never decided on the parts seen.
+        why = (
+            f"refused: {message.mime_limit}; the attachment conditions of {blind} would not see all"
+        )
+        reply = replies.MIME_TOO_COMPLEX
+        notes = (*notes, why)
+        return Plan(
+            message_id, decision, recipients, reply, final_verdicts, notes=notes, refused=why
+        )
     facts = Facts(connection, envelope, message, final_verdicts)
     walk = _Walk(message_id)
     runs: list[RuleRun] = []
@@ -191,6 +202,17 @@ def evaluate(
         walk.pending,
         notes,
     )
+
+
+def _attachments_unseen(
+    rules: CompiledRuleSet, candidates: list[int], message: MessageFacts
+) -> str:
+    """The rules that may apply and ask about attachments, when the walk did not see every part
+    ("" otherwise)."""
+    if message.mime_limit is None:
+        return ""
+    names = [rules.rules[i].name for i in candidates if "attachment" in rules.rules[i].message_keys]
+    return f"rule{'s' if len(names) > 1 else ''} {', '.join(names)}" if names else ""
 
 
 def _decide_recipients(

@@ -34,6 +34,12 @@ request_response Lambda returning STOP_RULE_SET), else `{"disposition": "CONTINU
 action raises its `ActionError`: the invocation fails and SES (or Lambda's asynchronous retry)
 delivers the event again.
 
+**Beyond the MIME limits** (decision). A message with more than 1,000 parts or 50 levels of
+nesting, for recipients whose rules have an `attachment` condition, is refused as the receiver
+refuses it in the session (`554 5.6.0`): no action runs, `ses.message_refused` is logged (a
+warning), and the result is `STOP_RULE_SET`, so SES runs none of its later rules for it either.
+Under `inbound ses consume` the notification is then done with (deleted from the queue).
+
 **Idempotency.** SES may deliver the same event twice. After each action that succeeds, the
 handler writes `INBOUND_SES_STATE_PREFIX` (default `inbound-state/`) + messageId + `.json` in the
 bucket the message came from (or `INBOUND_SES_BUCKET`): the succeeded step keys
@@ -74,7 +80,7 @@ from inbound.message.notification import (
     receipt_object,
     received_notification,
 )
-from inbound.message.parse import parse_message
+from inbound.message.parse import parse_headers, parse_message
 from inbound.message.read import need_for
 from inbound.observe.log import emit, emit_fields
 from inbound.rules.compiled import CompiledRuleSet
@@ -279,7 +285,9 @@ def lambda_handler(event: object, context: object) -> dict[str, str]:
     prefix = env.get("INBOUND_SES_STATE_PREFIX", DEFAULT_STATE_PREFIX)
     state = StepState.load(bucket, f"{prefix}{found.message_id}.json")
     plan = asyncio.run(_SesRun(rules, found, raw, state, _targets()).run())
-    stopped = any(run.stop in ("Stop", "STOP_RULE_SET") for run in plan.rules)
+    stopped = plan.refused is not None or any(
+        run.stop in ("Stop", "STOP_RULE_SET") for run in plan.rules
+    )
     return dict(STOP_RULE_SET if stopped else CONTINUE)
 
 
@@ -312,7 +320,14 @@ class _SesRun:
         took = receipt.get("processingTimeMillis")
         self.processing_ms = took if isinstance(took, int) else 0
         need = need_for(message_keys(rules, self.envelope.rcpt_tos))
-        self.facts = MessageFacts(size=len(raw)) if need == "nothing" else parse_message(raw)
+        # One streaming read of the bytes in hand: their parts' header blocks, never a body.
+        self.facts = (
+            MessageFacts(size=len(raw))
+            if need == "nothing"
+            else parse_headers(raw)
+            if need == "headers"
+            else parse_message(raw)
+        )
         end = raw.find(b"\r\n\r\n")
         self.headers = raw[: end + 2] if end >= 0 else raw
         self.content = raw
@@ -336,6 +351,18 @@ class _SesRun:
     async def run(self) -> Plan:
         while True:
             plan = self.evaluate()
+            if plan.refused is not None:
+                # SES took the message already; our rules refuse it as the receiver would
+                # (554 5.6.0): no action runs, and the rest of SES's rule set is stopped.
+                emit(
+                    log,
+                    "ses.message_refused",
+                    level=logging.WARNING,
+                    message_id=self.message_id,
+                    code=plan.data_reply.code if plan.data_reply else None,
+                    mime_limit=self.facts.mime_limit,
+                )
+                return plan
             self.plan_verdicts = plan.verdicts
             self.content = self.raw
             for rule_run in plan.rules:

@@ -14,6 +14,7 @@ from ipaddress import ip_address
 from typing import Any, Literal
 
 from inbound.core.envelope import Connection, Envelope
+from inbound.core.message import Attachment, Header, MessageFacts
 from inbound.core.verdicts import VERDICT_KINDS, DmarcPolicy, Verdict, Verdicts
 from inbound.message.headers import AuthDetails, DkimResult
 
@@ -35,6 +36,9 @@ class SpoolMeta:
     size: int
     # The SPF/DKIM/DMARC words of our Received-SPF and Authentication-Results headers.
     auth: AuthDetails = field(default_factory=AuthDetails)
+    # The message facts the rules needed at receipt, so the dispatcher never reads the message
+    # for them again (parse once); None: none were needed, or spooled before they were kept.
+    facts: MessageFacts | None = None
 
     def to_json(self) -> dict[str, Any]:
         env, conn, ver = self.envelope, self.connection, self.verdicts
@@ -55,6 +59,7 @@ class SpoolMeta:
                 "dmarc": self.auth.dmarc,
                 "from_domain": self.auth.from_domain,
             },
+            "facts": None if self.facts is None else facts_to_json(self.facts),
         }
 
     @classmethod
@@ -72,7 +77,39 @@ class SpoolMeta:
             verdicts=Verdicts(spam, virus, spf, dkim, dmarc, policy),
             size=int(data["size"]),
             auth=_auth_from_json(data.get("auth")),
+            facts=None if data.get("facts") is None else facts_from_json(data["facts"]),
         )
+
+
+def facts_to_json(facts: MessageFacts) -> dict[str, Any]:
+    return {
+        "size": facts.size,
+        "headers": [[h.name, h.value, h.decoded] for h in facts.headers],
+        "from": list(facts.from_addresses),
+        "to": list(facts.to_addresses),
+        "cc": list(facts.cc_addresses),
+        "subject": facts.subject,
+        "attachments": [[a.filename, a.content_type] for a in facts.attachments],
+        "defects": list(facts.defects),
+        "mime_limit": facts.mime_limit,
+    }
+
+
+def facts_from_json(data: Mapping[str, Any]) -> MessageFacts:
+    subject = data["subject"]
+    return MessageFacts(
+        size=int(data["size"]),
+        headers=tuple(Header(str(n), str(v), str(d)) for n, v, d in data["headers"]),
+        from_addresses=tuple(str(a) for a in data["from"]),
+        to_addresses=tuple(str(a) for a in data["to"]),
+        cc_addresses=tuple(str(a) for a in data["cc"]),
+        subject=None if subject is None else str(subject),
+        attachments=tuple(
+            Attachment(None if f is None else str(f), str(t)) for f, t in data["attachments"]
+        ),
+        defects=tuple(str(d) for d in data["defects"]),
+        mime_limit=None if data["mime_limit"] is None else str(data["mime_limit"]),
+    )
 
 
 def _auth_from_json(data: Mapping[str, Any] | None) -> AuthDetails:

@@ -18,7 +18,7 @@ from inbound.core.ids import MessageIdGenerator
 from inbound.core.message import MessageFacts
 from inbound.core.plan import Plan
 from inbound.core.verdicts import Verdicts
-from inbound.message.parse import parse_message
+from inbound.message.read import read_facts
 from inbound.rules.compiled import CompiledRuleSet
 from inbound.rules.evaluate import evaluate, results_by_function
 from inbound.rules.load import load_rule_set, read_text, validate
@@ -72,8 +72,9 @@ def discover(paths: Sequence[Path]) -> list[Path]:
 
 
 def read_message(path: Path) -> MessageFacts:
+    """The facts of an .eml file, read as the receiver reads a spooled message (same limits)."""
     try:
-        return parse_message(path.read_bytes())
+        return read_facts(path, "everything")
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except OSError as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -20,6 +21,7 @@ from inbound.ses import (
 )
 from inbound.ses.handler import SesEventError, SesRuleSetError
 from tests.conftest import FIXTURES
+from tests.mime_samples import many_parts
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -380,3 +382,48 @@ def test_sending_notifications_are_refused_by_name(sample: Path) -> None:
     message = json.loads(data["Message"]) if "Message" in data else data
     with pytest.raises(SesEventError, match=f"notificationType '{message['notificationType']}'"):
         lambda_handler(sns_event(message), None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "disposition", "refused"),
+    [
+        pytest.param(many_parts(1000), "CONTINUE", False, id="part-1000-seen"),
+        pytest.param(many_parts(1001), "STOP_RULE_SET", True, id="part-1001-refused"),
+    ],
+)
+def test_beyond_the_mime_limits_no_action_runs(
+    aws: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    caplog: pytest.LogCaptureFixture,
+    raw: bytes,
+    disposition: str,
+    refused: bool,
+) -> None:
+    """SES took the message already: the receiver's 554 5.6.0 becomes "no action, stop"."""
+    message_id = unique("mime")
+    source = bucket()
+    s3().put_object(Bucket=source, Key=f"incoming/{message_id}", Body=raw)
+    monkeypatch.setenv("INBOUND_SES_BUCKET", source)
+    monkeypatch.setenv("INBOUND_SES_PREFIX", "incoming/")
+    out = bucket()
+    rules(
+        tmp_path,
+        monkeypatch,
+        f"""\
+version: 1
+name: ses
+domains: [example.com]
+rules:
+  - name: no-executables
+    unless: {{attachment: {{filename: "*.exe"}}}}
+    actions:
+      - {{type: s3, bucket: {out}, prefix: kept/}}
+""",
+    )
+    caplog.set_level(logging.INFO, logger="inbound")
+    assert lambda_handler(ses_event(message_id), None) == {"disposition": disposition}
+    assert keys(out) == []  # x.exe seen, or the message refused: never "no .exe here"
+    events = [getattr(r, "event", None) for r in caplog.records]
+    assert ("ses.message_refused" in events) is refused

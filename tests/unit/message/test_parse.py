@@ -9,8 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inbound.core.message import Attachment, Header, MessageFacts
-from inbound.message.parse import MAX_DEPTH, MAX_PARTS, parse_message
+from inbound.core.message import Attachment, Header, MessageFacts, MimeLimits
+from inbound.message.parse import parse_message
+
+MAX_PARTS = MimeLimits().max_parts
+MAX_DEPTH = MimeLimits().max_depth
 
 ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 EML = ROOT / "fixtures" / "corpus" / "eml"
@@ -431,18 +434,21 @@ def test_unclosed_encoded_words_still_decode_the_closed_one() -> None:
     assert subject == "hi =?a?q?x=?a?q?x"
 
 
-def test_too_deep_for_the_parser_keeps_the_headers() -> None:
+def test_too_deep_for_the_walk_keeps_the_headers_and_says_so() -> None:
     facts = parse_message(nested_multiparts(2_000))
     assert facts.subject == "deep"
-    assert "RecursionError" in facts.defects
+    assert facts.mime_limit == "MIME parts nested more than 50 levels deep"
 
 
 @pytest.mark.parametrize(
     ("depth", "found"), [(MAX_DEPTH, True), (MAX_DEPTH + 1, False)], ids=["at-limit", "beyond"]
 )
 def test_walk_stops_at_max_depth(depth: int, found: bool) -> None:
-    attachments = parse_message(nested_messages(depth)).attachments
-    assert attachments == ((Attachment("x.exe", "application/octet-stream"),) if found else ())
+    facts = parse_message(nested_messages(depth))
+    assert facts.attachments == (
+        (Attachment("x.exe", "application/octet-stream"),) if found else ()
+    )
+    assert facts.mime_limit == (None if found else "MIME parts nested more than 50 levels deep")
 
 
 def test_walk_stops_at_max_parts() -> None:
@@ -451,9 +457,10 @@ def test_walk_stops_at_max_parts() -> None:
         for i in range(MAX_PARTS + 500)
     )
     raw = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + parts + b"--b--\r\n"
-    attachments = parse_message(raw).attachments
-    assert len(attachments) == MAX_PARTS - 1  # the multipart itself is one of the parts
-    assert attachments[0].filename == "f0"
+    facts = parse_message(raw)
+    assert len(facts.attachments) == MAX_PARTS - 1  # the multipart itself is one of the parts
+    assert facts.attachments[0].filename == "f0"
+    assert facts.mime_limit == "more than 1000 MIME parts"
 
 
 MAIL_BITS = st.sampled_from(

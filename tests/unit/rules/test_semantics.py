@@ -580,3 +580,53 @@ def test_rejected_message_has_no_data_reply_and_runs_nothing() -> None:
     )
     assert plan.data_reply is None
     assert plan.rules == ()
+
+
+# A walk that stopped at --max-mime-parts / --max-mime-depth (SPEC section 7).
+BEYOND = MessageFacts(size=2048, attachments=(), mime_limit="more than 1000 MIME parts")
+ONLY_PDF = "{attachment: {filename: '*.pdf'}}"
+EXES = "{attachment: {filename: '*.exe'}}"
+PLAIN = "{sender: alice@sender.example}"
+A = ("a@example.com",)
+
+
+@pytest.mark.parametrize(
+    ("rules", "refused", "rcpt"),
+    [
+        pytest.param(f"[{{name: r, when: {ONLY_PDF}, actions: [{S3}]}}]", True, A, id="when"),
+        pytest.param(f"[{{name: r, unless: {EXES}, actions: [{S3}]}}]", True, A, id="unless"),
+        pytest.param(
+            f"[{{name: a, recipients: [a@example.com], unless: {EXES}, actions: [{S3}]}},"
+            f" {{name: b, recipients: [b@example.com], actions: [{S3}]}}]",
+            True,
+            ("a@example.com", "b@example.com"),
+            id="one-recipient-of-two-needs-attachments",
+        ),
+        pytest.param(
+            f"[{{name: a, recipients: [a@example.com], unless: {EXES}, actions: [{S3}]}},"
+            f" {{name: b, recipients: [b@example.com], actions: [{S3}]}}]",
+            False,
+            ("b@example.com",),
+            id="other-recipient-only",
+        ),
+        pytest.param(
+            f"[{{name: r, when: {PLAIN}, actions: [{S3}]}}]", False, A, id="no-attachments"
+        ),
+        pytest.param(ALL, False, A, id="no-conditions"),
+    ],
+)
+def test_beyond_mime_limits_refused_only_where_a_rule_needs_attachments(
+    rules: str, refused: bool, rcpt: tuple[str, ...]
+) -> None:
+    plan = run(Case(rules, rcpt=rcpt, message=BEYOND))
+    assert plan.data_reply is not None
+    if refused:
+        assert (plan.data_reply.code, plan.data_reply.status) == (554, "5.6.0")
+        assert plan.outcome == "rejected"
+        assert plan.rules == ()
+        assert plan.refused is not None
+        assert "more than 1000 MIME parts" in plan.refused
+    else:
+        assert plan.data_reply.is_success
+        assert plan.refused is None
+        assert ran(plan)

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from inbound.core.envelope import Connection, Envelope
+from inbound.core.message import Attachment, Header, MessageFacts
 from inbound.core.verdicts import DmarcPolicy, Verdict, Verdicts
 from inbound.message.headers import AuthDetails, DkimResult
 from inbound.spool.retry import (
@@ -72,6 +73,23 @@ def make_meta(**changes: object) -> SpoolMeta:
             make_meta(envelope=Envelope("", ("ü@exämple.com",))), id="null_sender_utf8_recipient"
         ),
         pytest.param(make_meta(verdicts=Verdicts()), id="default_verdicts_no_policy"),
+        pytest.param(
+            make_meta(
+                facts=MessageFacts(
+                    size=1234,
+                    headers=(Header("Subject", "=?utf-8?q?Gr=C3=BC=C3=9Fe?=", "Grüße"),),
+                    from_addresses=("a@example.org",),
+                    to_addresses=("b@example.com",),
+                    cc_addresses=("c@example.com",),
+                    subject="Grüße",
+                    attachments=(Attachment("x.exe", "application/octet-stream"),),
+                    defects=("CloseBoundaryNotFoundDefect",),
+                    mime_limit="more than 1000 MIME parts",
+                )
+            ),
+            id="message_facts_read_at_receipt",
+        ),
+        pytest.param(make_meta(facts=MessageFacts(size=9)), id="facts_of_nothing"),
     ],
 )
 def test_meta_round_trips_exactly(meta: SpoolMeta) -> None:
@@ -85,6 +103,12 @@ def test_meta_spooled_before_authentication_reads_as_not_checked() -> None:
     data = through_text(make_meta().to_json())
     del data["auth"]
     assert SpoolMeta.from_json(data).auth == AuthDetails()
+
+
+def test_meta_spooled_before_facts_were_kept_has_none() -> None:
+    data = through_text(make_meta().to_json())
+    del data["facts"]
+    assert SpoolMeta.from_json(data).facts is None
 
 
 def test_meta_json_uses_enum_values_and_ip_strings() -> None:
