@@ -24,7 +24,7 @@ from typing import IO, Literal
 from inbound.actions import BounceAction
 from inbound.core.errors import ConfigError, InputError
 from inbound.core.message import MimeLimits
-from inbound.core.targets import Targets
+from inbound.core.services import Services
 from inbound.datadir import append_file, protect
 from inbound.descriptors import DescriptorGauge, ensure_limit
 from inbound.dispatch import Dispatcher, RetryPolicy
@@ -43,7 +43,7 @@ from inbound.scan.run import Scanners
 from inbound.scan.spamd import SpamdScanner
 from inbound.spool.store import GroupCommitter, Spool
 from inbound.targets.aws import NO_REGION, AwsTargets, aws_session
-from inbound.targets.bounces import WithRelay
+from inbound.targets.bounces import RelayMailer
 from inbound.targets.local import LambdaFunction, LocalTargets
 from inbound.targets.relay import RelaySender
 from inbound.tls import load_tls_context, self_signed_context
@@ -145,10 +145,13 @@ def build_scanners(settings: ServeSettings, auth_pool: Executor | None = None) -
     )
 
 
-def build_targets(settings: ServeSettings, book: RuleBook, *, announce: bool = True) -> Targets:
-    """The target set `--targets` and `--relay` ask for; `announce` logs what is missing."""
+def build_services(settings: ServeSettings, book: RuleBook, *, announce: bool = True) -> Services:
+    """The services `--targets` and `--relay` ask for; `announce` logs what is missing.
+
+    `--targets` is the shortcut for the blob store, the topic and the function (local files,
+    or AWS); `--relay` chooses the mailer. Code may choose each apart (`Services(...)`)."""
     s = settings
-    base: Targets
+    base: LocalTargets | AwsTargets
     if s.targets == "aws":
         session = aws_session()
         if session.region_name is None:  # at start, not as dead letters later
@@ -158,7 +161,8 @@ def build_targets(settings: ServeSettings, book: RuleBook, *, announce: bool = T
         base = LocalTargets(s.data_dir, functions=load_functions(s.lambdas))
     if s.relay is not None:
         host, port = s.relay
-        return WithRelay(base, RelaySender(host, port, local_hostname=s.hostname))
+        relay = RelaySender(host, port, local_hostname=s.hostname)
+        return Services.of(base, mailer=RelayMailer(relay))
     bouncing = [
         r.name
         for r in book.current.compiled.rules
@@ -172,7 +176,7 @@ def build_targets(settings: ServeSettings, book: RuleBook, *, announce: bool = T
             rules=bouncing,
             hint="bounces after acceptance need --relay HOST:PORT to send their DSNs",
         )
-    return base
+    return Services.of(base)
 
 
 def tls_context(
@@ -294,7 +298,7 @@ class Receiver:
         self.dispatcher = Dispatcher(
             self.spool,
             self.book,
-            build_targets(settings, self.book),
+            build_services(settings, self.book),
             metrics=self.metrics,
             retry=settings.retry,
             sns_oversize=settings.sns_oversize,

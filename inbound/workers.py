@@ -39,7 +39,7 @@ from inbound.app import (
     Receiving,
     ServeSettings,
     announce_missing_scanners,
-    build_targets,
+    build_services,
     lock_data_dir,
     reload_rules,
     rule_book,
@@ -186,7 +186,7 @@ class Supervisor:
         self.dispatcher = Dispatcher(
             self.spool,
             self.book,
-            build_targets(settings, self.book),
+            build_services(settings, self.book),
             metrics=self.metrics,
             retry=settings.retry,
             sns_oversize=settings.sns_oversize,

@@ -24,7 +24,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from inbound.core.errors import PermanentActionError, TransientActionError
-from inbound.core.targets import BounceRequest
+from inbound.core.services import BounceRequest
 from inbound.message.notification import SNS_SUBJECT
 from inbound.targets.aws_errors import classify
 

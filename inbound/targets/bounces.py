@@ -1,8 +1,8 @@
-"""Bounce DSNs through the outbound relay, for either target set (`--relay HOST:PORT`).
+"""Bounce DSNs through the outbound relay: the mailer service of `--relay HOST:PORT`.
 
-`WithRelay` wraps a target set: S3, SNS and Lambda go where they went, and `send_bounce` builds
-the RFC 3464 report and hands it to the relay. Without a relay, the target set's own
-`send_bounce` applies (the local one records the request; the AWS one refuses).
+`RelayMailer` builds the RFC 3464 report and hands it to the relay. Without a relay, the target
+set's own mailer applies (the local one records the request in an outbox; the AWS one refuses).
+It owns only the report's envelope (ID, dates); it must not know rules or other services.
 """
 
 from __future__ import annotations
@@ -10,37 +10,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from inbound.core.ids import MessageIdGenerator
-from inbound.core.targets import BounceRequest, Targets
+from inbound.core.services import BounceRequest
 from inbound.message.dsn import build_dsn
 from inbound.targets.relay import RelaySender
 
 
-class WithRelay:
-    def __init__(self, targets: Targets, relay: RelaySender) -> None:
-        self.targets = targets
+class RelayMailer:
+    def __init__(self, relay: RelaySender) -> None:
         self.relay = relay
         self._ids = MessageIdGenerator()
-
-    async def store(
-        self,
-        bucket: str,
-        key: str,
-        content: bytes,
-        *,
-        kms_key_arn: str | None,
-        iam_role_arn: str | None,
-    ) -> None:
-        await self.targets.store(
-            bucket, key, content, kms_key_arn=kms_key_arn, iam_role_arn=iam_role_arn
-        )
-
-    async def publish(self, topic_arn: str, notification: dict[str, object]) -> None:
-        await self.targets.publish(topic_arn, notification)
-
-    async def invoke(
-        self, function_arn: str, event: dict[str, object], *, wait: bool
-    ) -> object | None:
-        return await self.targets.invoke(function_arn, event, wait=wait)
 
     async def send_bounce(self, bounce: BounceRequest) -> None:
         now = datetime.now(UTC)

@@ -21,7 +21,7 @@ from pathlib import Path
 from inbound.config.fields import function_name, topic_name
 from inbound.core.errors import PermanentActionError, TransientActionError
 from inbound.core.ids import MessageIdGenerator
-from inbound.core.targets import BounceRequest
+from inbound.core.services import BounceRequest
 from inbound.datadir import create_file, make_dirs, open_fd
 from inbound.message.notification import sns_envelope
 

@@ -17,7 +17,7 @@ from email.utils import parseaddr
 import aiosmtplib
 
 from inbound.core.errors import InputError, PermanentActionError, TransientActionError
-from inbound.core.targets import BounceRequest
+from inbound.core.services import BounceRequest
 
 DEFAULT_PORT = 25
 # The whole exchange (connect, STARTTLS, MAIL, RCPT, DATA) gets this long; every command too.

@@ -22,7 +22,7 @@ from inbound.actions.s3 import S3Action
 from inbound.actions.sns import SnsAction
 from inbound.core.errors import PermanentActionError, TransientActionError
 from inbound.core.ids import MessageIdGenerator
-from inbound.core.targets import BounceRequest
+from inbound.core.services import BounceRequest
 from inbound.core.verdicts import Verdict, Verdicts
 from inbound.message.notification import (
     SNS_SUBJECT,
