@@ -140,7 +140,7 @@ def use_actions(types: tuple[type[ActionModel], ...]) -> tuple[type[ActionModel]
     that contain it are built again."""
     previous = _action_types[0]
     Rule.model_fields["actions"] = FieldInfo.from_annotated_attribute(
-        list[action_union(types)],  # type: ignore[misc]
+        list[action_union(types)],  # type: ignore[misc, arg-type]
         [],
     )
     Rule.model_rebuild(force=True)

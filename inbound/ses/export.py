@@ -50,7 +50,7 @@ LOCAL_ONLY_KEYS: dict[str, str] = {
     "tls": "the SES Lambda event does not say whether the session used TLS",
 }
 
-ProblemKind = Literal["extension", "recipient-pattern", "limit", "name", "guard"]
+ProblemKind = Literal["extension", "recipient-pattern", "limit", "name", "guard", "action"]
 Capability = Literal["native", "needs the guard Lambda", "local only"]
 
 
@@ -197,6 +197,20 @@ def _extension_problems(rule: Rule, guard: Guard | None) -> list[Problem]:
     ]
 
 
+def _action_problems(rule: Rule) -> list[Problem]:
+    """Actions SES does not have (no `SesMapping`): they run only where inbound runs them."""
+    return [
+        Problem(
+            rule.name,
+            "action",
+            f"action {i + 1} ({action.yaml_type()}) has no SES equivalent: it runs only in "
+            "`inbound serve` or in the inbound Lambda handler (inbound.ses.handler), not in SES",
+        )
+        for i, action in enumerate(rule.actions)
+        if action.ses is None
+    ]
+
+
 def _limit_problems(rule: Rule, *, extra_actions: int = 0) -> list[Problem]:
     out: list[Problem] = []
     actions = len(rule.actions) + extra_actions
@@ -294,7 +308,7 @@ def ses_problems(rule_set: RuleSet, guard: Guard | None = None) -> list[Problem]
     out = _set_problems(rule_set)
     for rule in rule_set.rules:
         extra = 1 if guard is not None and guarded(rule) else 0
-        out += _extension_problems(rule, guard) + _pattern_problems(rule)
+        out += _extension_problems(rule, guard) + _pattern_problems(rule) + _action_problems(rule)
         out += _limit_problems(rule, extra_actions=extra)
     if guard is not None:
         out += _guard_problems(rule_set, guard)
@@ -305,7 +319,7 @@ def rule_capability(rule: Rule) -> RuleCapability:
     """ "native", "needs the guard Lambda" (only conditions a guard can decide), or "local only"."""
     needs_guard = guarded(rule)
     local = [p.message for p in _limit_problems(rule, extra_actions=int(needs_guard))]
-    local += [p.message for p in _pattern_problems(rule)]
+    local += [p.message for p in _pattern_problems(rule) + _action_problems(rule)]
     local += [f"{why}, so no guard can decide it" for why in _local_only(rule)]
     if local:
         return RuleCapability(rule.name, "local only", tuple(local))

@@ -31,6 +31,8 @@ LAMBDA_TIMEOUT = 30.0
 
 
 class LocalTargets:
+    """Every service as files under DATA_DIR: blobs, topics, functions, and a bounce outbox."""
+
     def __init__(
         self,
         data_dir: Path,
