@@ -43,9 +43,8 @@ from inbound.scan.run import Scanners
 from inbound.scan.spamd import SpamdScanner
 from inbound.spool.store import GroupCommitter, Spool
 from inbound.targets.aws import NO_REGION, AwsTargets, aws_session
-from inbound.targets.bounces import RelayMailer
 from inbound.targets.local import LambdaFunction, LocalTargets
-from inbound.targets.relay import RelaySender
+from inbound.targets.relay import RelayMailer, RelaySender
 from inbound.tls import load_tls_context, self_signed_context
 
 log = logging.getLogger("inbound.app")

@@ -7,9 +7,8 @@ what executing each step gave (`inbound.run.runner`); `evaluate` drives it with 
 in advance: those `inbound evaluate`/`test` assume, or none at the end of DATA, where the plan
 stops before the first request_response Lambda (the in-session bounce, SPEC section 2).
 
-This module owns the decision: receipt filters, recipients, verdicts, which rules apply and in
-which order their actions come. It must do no I/O and read no clock: the message ID and every
-outcome come in as arguments, so the same facts always give the same plan.
+It owns the decision (filters, recipients, verdicts, which rules apply, in which order their
+actions come) and must do no I/O and read no clock: the same facts give the same plan.
 """
 
 from __future__ import annotations
