@@ -1,5 +1,9 @@
 """The Lambda handler for mail that Amazon SES received (SPEC section 8).
 
+This module owns what is particular to SES: reading the event, the message and its state
+object, and the answer to SES. The run itself is the one runner's (`inbound.run.runner`), with
+the S3 step ledger (`inbound.run.ledgers.S3Ledger`); it must not run an action itself.
+
 Configure it as `inbound.ses.handler.lambda_handler` for a Lambda action of an SES receipt rule,
 or subscribe it to the SNS topic of an S3 (or SNS) action. It accepts:
 
