@@ -37,12 +37,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 # What the function answers as its disposition; each continues.
 ANSWERS: dict[str, object] = {"pause": "__pause__", "empty": "", "number": 42, "null": None}
 DEADLINE = 20.0
-CALLS: list[str] = []  # the in-process functions below append their name
+CALLS: list[str] = []  # the in-process functions below append their name ...
+RELEASE = threading.Event()  # ... and answer once the test sets this
+RETURNED = threading.Event()
 
 
 def _answering(name: str) -> Callable[[dict[str, Any], object], dict[str, object]]:
     def function(event: dict[str, Any], context: object) -> dict[str, object]:
         CALLS.append(name)
+        RELEASE.wait(DEADLINE)
+        RETURNED.set()
         return {"disposition": ANSWERS[name]}
 
     return function
@@ -64,6 +68,17 @@ def finished(run: Callable[[], object], what: str) -> object:
     return result[0] if result else None
 
 
+def assert_answers_smtp(port: int) -> None:
+    raw = Raw(port)
+    raw.sock.settimeout(5)
+    try:
+        assert raw.reply().startswith("220 ")
+        assert raw.command("EHLO client.test").startswith("250")
+        assert raw.command("NOOP").startswith("250")
+    finally:
+        raw.close()
+
+
 SERVE_RULES = """\
 version: 1
 name: test
@@ -81,20 +96,19 @@ rules:
 @pytest.mark.parametrize("answer", list(ANSWERS))
 def test_serve_continues_and_keeps_answering_smtp(tmp_path: Path, answer: str) -> None:
     CALLS.clear()
+    RELEASE.clear()
+    RETURNED.clear()
     settings = settings_for(tmp_path, SERVE_RULES, lambdas={"ask": f"{__name__}:answer_{answer}"})
     with in_process(settings) as running:
         with smtplib.SMTP("127.0.0.1", running.port, timeout=10) as client:
             client.sendmail("a@sender.test", ["user@example.com"], b"Subject: hi\r\n\r\nhi\r\n")
         wait_for(lambda: CALLS, "the function to be called")
-        # The dispatcher shares the event loop with the SMTP sessions.
-        raw = Raw(running.port)
-        raw.sock.settimeout(5)
-        try:
-            assert raw.reply().startswith("220 ")
-            assert raw.command("EHLO client.test").startswith("250")
-            assert raw.command("NOOP").startswith("250")
-        finally:
-            raw.close()
+        # The dispatcher shares the event loop with the SMTP sessions: they are answered while
+        # the function runs, and after it answered (once the point where the loop spun).
+        assert_answers_smtp(running.port)
+        RELEASE.set()
+        assert RETURNED.wait(DEADLINE)
+        assert_answers_smtp(running.port)
         stored = running.wait_stored(1)
         assert len(stored) == 1, "the s3 action after the function did not run"
         running.wait_idle()
