@@ -7,34 +7,55 @@ what executing each step gave (`inbound.run.runner`); `evaluate` drives it with 
 in advance: those `inbound evaluate`/`test` assume, or none at the end of DATA, where the plan
 stops before the first request_response Lambda (the in-session bounce, SPEC section 2).
 
-It owns the decision (filters, recipients, verdicts, which rules apply, in which order their
-actions come) and must do no I/O and read no clock: the same facts give the same plan.
+It owns the walk (which rules apply, in which order their actions come, where it stops; the
+parts are in `inbound.rules.decide`) and must do no I/O and read no clock: the same facts give
+the same plan.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from inbound.actions import ActionModel, LambdaAction
 from inbound.core import reply as replies
 from inbound.core.envelope import Connection, Envelope
 from inbound.core.message import MessageFacts
-from inbound.core.plan import (
-    ActionStep,
-    ConnectionDecision,
-    Plan,
-    RecipientDecision,
-    RuleRun,
-    RuleSkip,
-    Stop,
-)
+from inbound.core.plan import ActionStep, Plan, RuleRun, RuleSkip, Stop
 from inbound.core.reply import SmtpReply
 from inbound.core.steps import CONTINUE, Flow, Outcome, StepKey
-from inbound.core.verdicts import DmarcPolicy, Verdict, Verdicts
+from inbound.core.verdicts import Verdicts
 from inbound.rules.compiled import CompiledRule, CompiledRuleSet
-from inbound.rules.conditions import Check, Facts, failing, holding
-from inbound.rules.match import split_address, within_domains
+from inbound.rules.conditions import Facts
+from inbound.rules.decide import (
+    attachments_unseen,
+    check_connection,
+    check_recipient,
+    decide_recipients,
+    effective_verdicts,
+    message_keys,
+    scanning_enabled,
+    unmet_checks,
+    unmet_conditions,
+    why_not,
+)
+
+# The receiver, the guard and the dispatcher ask these on their own; they stay importable here.
+__all__ = [
+    "Evaluation",
+    "LambdaResults",
+    "Step",
+    "check_connection",
+    "check_recipient",
+    "effective_verdicts",
+    "evaluate",
+    "message_keys",
+    "results_by_function",
+    "results_unknown",
+    "scanning_enabled",
+    "unmet_checks",
+    "unmet_conditions",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,83 +94,6 @@ def results_unknown(_step: Step) -> None:
     return
 
 
-def check_connection(rules: CompiledRuleSet, connection: Connection) -> ConnectionDecision:
-    """Receipt filters: an `allow` match wins over any `block` match (SPEC section 2)."""
-    client_ip = str(connection.client_ip)
-    blocked_by: str | None = None
-    for flt in rules.filters:
-        if connection.client_ip.version != flt.network.version:
-            continue
-        if connection.client_ip in flt.network:
-            if flt.allow:
-                return ConnectionDecision(client_ip, accepted=True, filter=flt.name)
-            blocked_by = blocked_by or flt.name
-    if blocked_by is not None:
-        return ConnectionDecision(client_ip, False, blocked_by, replies.CLIENT_REFUSED)
-    return ConnectionDecision(client_ip, accepted=True)
-
-
-def check_recipient(
-    rules: CompiledRuleSet, address: str, *, tls: bool, matched: tuple[int, ...] | None = None
-) -> RecipientDecision:
-    """The RCPT TO answer for one recipient (SPEC section 2, Recipients); `matched` are the
-    positions of the rules matching it, when the caller has them already."""
-    parts = split_address(address)
-    if parts is None:
-        return RecipientDecision(address, replies.BAD_RECIPIENT_SYNTAX, "no domain in address")
-    if not within_domains(parts[1], rules.domains):
-        return RecipientDecision(address, replies.RELAY_DENIED, f"{parts[1]} is not ours")
-    if matched is None:
-        matched = rules.index.rules_for(address)
-    if not matched:
-        return RecipientDecision(address, replies.MAILBOX_UNAVAILABLE, "no enabled rule matches")
-    names = ", ".join(rules.rules[i].name for i in matched)
-    if not tls and all(rules.rules[i].require_tls for i in matched):
-        return RecipientDecision(address, replies.TLS_REQUIRED, f"rules {names} require TLS")
-    return RecipientDecision(address, replies.RECIPIENT_OK, f"matched by {names}")
-
-
-def scanning_enabled(rules: CompiledRuleSet, accepted: Sequence[str]) -> bool:
-    """Spam and virus scans run if an enabled rule matching an accepted recipient asks."""
-    return any(rules.rules[i].scan_enabled for i in _candidates(rules, accepted))
-
-
-def message_keys(rules: CompiledRuleSet, accepted: Sequence[str]) -> frozenset[str]:
-    """The condition keys of the rules that may apply that look inside the message."""
-    keys: set[str] = set()
-    for i in _candidates(rules, accepted):
-        keys.update(rules.rules[i].message_keys)
-    return frozenset(keys)
-
-
-def effective_verdicts(given: Verdicts, *, scanning: bool) -> tuple[Verdicts, tuple[str, ...]]:
-    """What SES would report: spam/virus DISABLED without scanning, policy only on FAIL."""
-    notes: list[str] = []
-    spam, virus = given.spam, given.virus
-    if not scanning:
-        for kind, value in (("spam", spam), ("virus", virus)):
-            if value not in (Verdict.DISABLED, Verdict.GRAY):
-                notes.append(
-                    f"{kind} verdict {value.value} ignored: no matching rule has "
-                    "scan_enabled, so SES reports DISABLED"
-                )
-        spam = virus = Verdict.DISABLED
-    policy = given.dmarc_policy
-    if given.dmarc is Verdict.FAIL:
-        policy = policy or DmarcPolicy.NONE
-    elif policy is not None:
-        notes.append(f"dmarc_policy {policy.value} ignored: SES sets it only when DMARC fails")
-        policy = None
-    return Verdicts(spam, virus, given.spf, given.dkim, given.dmarc, policy), tuple(notes)
-
-
-def _candidates(rules: CompiledRuleSet, accepted: Sequence[str]) -> list[int]:
-    found: set[int] = set()
-    for address in accepted:
-        found.update(rules.index.rules_for(address))
-    return sorted(found)
-
-
 def evaluate(
     rules: CompiledRuleSet,
     *,
@@ -183,6 +127,31 @@ def evaluate(
 class Evaluation:
     """The evaluation of one message, driven step by step: `next_step`, then `send` its
     outcome, until `next_step` gives None; `plan` is the decision so far at any point."""
+
+    __slots__ = (
+        "_accepted",
+        "_action",
+        "_candidates",
+        "_decision",
+        "_delivered",
+        "_ended",
+        "_facts",
+        "_final",
+        "_matched",
+        "_matches",
+        "_next",
+        "_notes",
+        "_recipients",
+        "_rule",
+        "_runs",
+        "_session_bounce",
+        "_skips",
+        "_steps",
+        "_waiting",
+        "message_id",
+        "rules",
+        "verdicts",
+    )
 
     def __init__(
         self,
@@ -226,14 +195,14 @@ class Evaluation:
             self.verdicts = effective_verdicts(verdicts, scanning=False)[0]
             return Plan(message_id, decision, verdicts=self.verdicts)
         matches = {address: rules.index.rules_for(address) for address in envelope.rcpt_tos}
-        self._recipients = _decide_recipients(rules, envelope.rcpt_tos, matches, tls=connection.tls)
+        self._recipients = decide_recipients(rules, envelope.rcpt_tos, matches, tls=connection.tls)
         accepted = tuple(r.address for r in self._recipients if r.accepted)
         candidates = sorted({i for address in accepted for i in matches[address]})
         scanning = any(rules.rules[i].scan_enabled for i in candidates)
         self.verdicts, notes = effective_verdicts(verdicts, scanning=scanning)
         if not accepted:
             return Plan(message_id, decision, self._recipients, None, self.verdicts, notes=notes)
-        if blind := _attachments_unseen(rules, candidates, message):
+        if blind := attachments_unseen(rules, candidates, message):
             # Decided here, so every entry point refuses alike: an attachment condition is
             # never decided on the parts seen.
             why = f"refused: {message.mime_limit}; the attachment conditions of {blind} "
@@ -274,7 +243,7 @@ class Evaluation:
                 position = self._candidates[self._next]
                 self._next += 1
                 rule = self.rules.rules[position]
-                reason = _why_not(rule, self._facts)
+                reason = why_not(rule, self._facts)
                 if reason:
                     self._skips.append(RuleSkip(rule.name, position, reason))
                     continue
@@ -295,19 +264,21 @@ class Evaluation:
         disposition = outcome.detail if action.awaits_result else None
         receipt = action.receipt_action(self.message_id)
         self._steps.append(ActionStep(action, step.index, receipt, disposition))
-        reply = action.session_reply()
-        if reply is not None and not self._delivered and self._session_bounce is None:
-            self._session_bounce = (step.rule.name, step.index, reply)
-        if action.delivers:
+        if action.delivers:  # a delivering action has no session reply
             self._delivered = True
-        if action.stops_rule_set:
-            self._close("Stop", end=True)
-        elif outcome.flow is Flow.STOP_RULE:
-            self._close("STOP_RULE")
-        elif outcome.flow is Flow.STOP_RULE_SET:
-            self._close("STOP_RULE_SET", end=True)
-        else:
+        elif not self._delivered and self._session_bounce is None:
+            reply = action.session_reply()
+            if reply is not None:
+                self._session_bounce = (step.rule.name, step.index, reply)
+        flow = outcome.flow
+        if flow is Flow.CONTINUE and not action.stops_rule_set:
             self._action += 1
+        elif action.stops_rule_set:
+            self._close("Stop", end=True)
+        elif flow is Flow.STOP_RULE:
+            self._close("STOP_RULE")
+        else:
+            self._close("STOP_RULE_SET", end=True)
 
     def _close(self, stop: Stop | None, *, end: bool = False) -> None:
         rule = self._rule
@@ -344,57 +315,3 @@ class Evaluation:
             (waiting.rule.index, waiting.index) if waiting is not None else None,
             notes,
         )
-
-
-def _attachments_unseen(
-    rules: CompiledRuleSet, candidates: list[int], message: MessageFacts
-) -> str:
-    """The rules that may apply and ask about attachments, when the walk did not see every part
-    ("" otherwise)."""
-    if message.mime_limit is None:
-        return ""
-    names = [rules.rules[i].name for i in candidates if "attachment" in rules.rules[i].message_keys]
-    return f"rule{'s' if len(names) > 1 else ''} {', '.join(names)}" if names else ""
-
-
-def _decide_recipients(
-    rules: CompiledRuleSet,
-    rcpt_tos: Sequence[str],
-    matches: Mapping[str, tuple[int, ...]],
-    *,
-    tls: bool,
-) -> tuple[RecipientDecision, ...]:
-    decisions: list[RecipientDecision] = []
-    seen: set[str] = set()
-    for address in rcpt_tos:
-        decision = check_recipient(rules, address, tls=tls, matched=matches[address])
-        key = address.lower()
-        if decision.accepted and key in seen:
-            continue  # a repeated RCPT TO is one recipient
-        seen.add(key)
-        decisions.append(decision)
-    return tuple(decisions)
-
-
-def _why_not(rule: CompiledRule, facts: Facts) -> str:
-    # SES bounces mail that a Require rule gets without TLS; we refuse such recipients at RCPT
-    # when every rule for them requires TLS, and otherwise the Require rule does not apply.
-    if rule.require_tls and not facts.connection.tls:
-        return "tls_policy is require and the session is not under TLS"
-    return unmet_conditions(rule, facts)
-
-
-def unmet_conditions(rule: CompiledRule, facts: Facts) -> str:
-    """Why the rule's `when`/`unless` keep it from applying ("" if they hold)."""
-    unmet = unmet_checks(rule, facts)
-    verb = {"when": "does not hold", "unless": "holds"}
-    return "; ".join(f"{key} {c.key} {verb[key]} (saw {c.seen(facts)})" for key, c in unmet)
-
-
-def unmet_checks(rule: CompiledRule, facts: Facts) -> list[tuple[str, Check]]:
-    """The `when` checks that fail, else the `unless` checks that hold (empty: the conditions
-    hold). The guard Lambda decides through this too."""
-    failed = failing(rule.when, facts)
-    if failed:
-        return [("when", c) for c in failed]
-    return [("unless", c) for c in holding(rule.unless, facts)]
