@@ -41,7 +41,8 @@ from inbound.scan.clamd import ClamdScanner
 from inbound.scan.dns import DnsPythonResolver, Resolver, ZoneResolver
 from inbound.scan.run import Scanners
 from inbound.scan.spamd import SpamdScanner
-from inbound.spool.store import GroupCommitter, Spool
+from inbound.spool.commit import GroupCommitter
+from inbound.spool.store import Spool
 from inbound.targets.aws import NO_REGION, AwsTargets, aws_session
 from inbound.targets.bounces import WithRelay
 from inbound.targets.local import LambdaFunction, LocalTargets
@@ -243,7 +244,6 @@ class Receiving:
         self.auth_pool = ThreadPoolExecutor(8, thread_name_prefix="inbound-auth")
         self.intake = Intake(
             book,
-            spool,
             self.committer,
             build_scanners(settings, self.auth_pool),
             hostname=settings.hostname,
