@@ -24,7 +24,7 @@ from typing import TypeVar
 import pytest
 
 from inbound.core.verdicts import Verdict
-from inbound.message.source import FileSource
+from inbound.message.source import BytesSource, FileSource
 from inbound.scan.clamd import ClamdScanner
 from inbound.scan.result import ScanResult
 from inbound.scan.spamd import SPAMC_MAX_SIZE, SpamdScanner
@@ -85,6 +85,19 @@ def test_every_eicar_message_is_a_virus(clamd: ClamdScanner, path: Path) -> None
     # unpacks archives: test_clamd_unpacks_a_deflated_zip does.
     result = run(clamd.scan(FileSource(path)))
     assert result == ScanResult(Verdict.FAIL, EICAR_SIGNATURE)
+
+
+def test_a_message_in_memory_is_streamed_as_its_file_would_be(
+    clamd: ClamdScanner, spamd: SpamdScanner
+) -> None:
+    # The scanners read through the MessageSource port: a source that is no file at all.
+    virus = (SPAM_VIRUS / "constructed__eicar_attachment_base64.eml").read_bytes()
+    gtube = (SPAM_VIRUS / "constructed__gtube_plain.eml").read_bytes()
+    assert run(clamd.scan(BytesSource(virus))) == ScanResult(Verdict.FAIL, EICAR_SIGNATURE)
+    assert run(clamd.scan(BytesSource(gtube))).verdict is Verdict.PASS
+    spam = run(spamd.scan(BytesSource(gtube)))
+    assert spam.verdict is Verdict.FAIL, spam
+    assert "GTUBE" in spam.detail
 
 
 def test_the_corpus_holds_the_expected_eicar_messages() -> None:
