@@ -327,6 +327,7 @@ class Receiver:
         self.server = self.receiving.server
         self.dispatcher = self.app.dispatcher
         self.stopping = asyncio.Event()
+        self._resumed = (0, 0)  # (discarded, queued) at start
 
     def reload(self) -> None:
         self.app.reload()

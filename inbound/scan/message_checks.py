@@ -90,12 +90,10 @@ async def _read_source(source: MessageSource, run: CheckRun) -> bytes:
 def _read_for_checks(source: MessageSource) -> bytes:
     """The message's header, and its body only when a DKIM signature needs it (the body hash):
     a large unsigned message is never held in memory."""
-    with source.open() as f:
-        head = f.read(_INLINE_BYTES)
-        end = header_end(head)
-        if end is not None and not _DKIM_HEADER.search(head, 0, end):
-            return head[:end]
-        return head + f.read()
+    head = source.head(_INLINE_BYTES)
+    if header_end(head) is not None and not _DKIM_HEADER.search(head):
+        return head
+    return source.read_all()
 
 
 def _read_message(data: bytes) -> _Message:
