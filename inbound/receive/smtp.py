@@ -29,7 +29,7 @@ from inbound.receive.data import receive_data
 from inbound.receive.limits import ReceiverLimits
 from inbound.receive.policy import SessionPolicy
 from inbound.receive.reply_line import sanitized, with_status
-from inbound.receive.tls import start_tls
+from inbound.receive.starttls import start_tls
 
 log = logging.getLogger("inbound.receive")
 
@@ -212,7 +212,7 @@ class InboundSMTP(SMTP):
 
     async def smtp_STARTTLS(self, arg: str) -> None:
         """RFC 3207, replacing aiosmtpd's: nothing sent after STARTTLS and before a completed
-        handshake is ever read as a command, however much it is (see tls.py)."""
+        handshake is ever read as a command, however much it is (see starttls.py)."""
         if self._tls_protocol is not None:
             # RFC 3207 §4.2: no second handshake inside TLS (aiosmtpd would start one).
             await self.push(str(replies.TLS_ACTIVE))
