@@ -7,9 +7,6 @@ root in CI; under CI=true a failed mount fails the test, elsewhere it is skipped
 
 from __future__ import annotations
 
-import errno
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +14,7 @@ import pytest
 
 from tests.integration.receiver import Running, in_process, settings_for
 from tests.integration.wire import Wire
-from tests.unavailable import unavailable
+from tests.tmpfs import fill, small_tmpfs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -37,37 +34,8 @@ MESSAGE = b"From: alice@sender.example\r\nSubject: hello\r\n\r\nHello.\r\n"
 
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "data"
-    mount.mkdir()
-    command = ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)]
-    try:
-        subprocess.run(command, check=True, capture_output=True, timeout=20)
-    except (OSError, subprocess.SubprocessError) as exc:
-        unavailable(f"cannot mount a tmpfs (needs root): {exc}")
-    try:
+    with small_tmpfs(tmp_path / "data", 4 * 1024 * 1024) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False, timeout=20)
-
-
-def fill(directory: Path, leave: int) -> Path:
-    """A file that takes all the free space of `directory`'s filesystem but `leave` bytes."""
-    filler = directory / "filler"
-    stat = os.statvfs(directory)
-    size = max(stat.f_bavail * stat.f_frsize - leave, 0)
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        chunk = b"\0" * (1024 * 1024)
-        while size > 0:
-            try:
-                size -= os.write(fd, chunk[: min(size, len(chunk))])
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                break
-    finally:
-        os.close(fd)
-    return filler
 
 
 def begin(client: Wire) -> None:
