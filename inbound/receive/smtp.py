@@ -110,9 +110,9 @@ class InboundSMTP(SMTP):
 
     def _close_for_shutdown(self) -> None:
         # RFC 5321 §3.8: 421 when the service is shutting down.
-        self._close_with(replies.SHUTTING_DOWN)
+        self._close_saying(replies.SHUTTING_DOWN)
 
-    def _close_with(self, reply: SmtpReply) -> None:
+    def _close_saying(self, reply: SmtpReply) -> None:
         """Say `reply` and close, unless the connection is closing already."""
         transport = self.transport
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
@@ -149,7 +149,7 @@ class InboundSMTP(SMTP):
         # RFC 5321 §4.5.3.2: say why before closing (aiosmtpd closes silently). A connection
         # that is gone already (a client that dropped mid-DATA) has nothing left to close:
         # aiosmtpd's version asserts a transport there.
-        self._close_with(replies.TIMEOUT)
+        self._close_saying(replies.TIMEOUT)
 
     # -- replies -------------------------------------------------------------------------
 
