@@ -94,6 +94,11 @@ class Intake(Generic[Writer]):
             emit(log, "recipient.rejected", code=decision.reply.code, status=decision.reply.status)
         return decision.reply
 
+    def postmaster(self) -> str:
+        # The first receiving domain of the rule set: a rule for postmaster@ it, or for the
+        # domain, gets mail to a bare <Postmaster> (README, "Decisions in the session").
+        return f"postmaster@{self.book.current.compiled.model.domains[0]}"
+
     async def open_message(self) -> tuple[str, Writer]:
         message_id = self.ids.next()
         # A mkdir and an open: cheaper in place than the latency of a hop to a worker thread.

@@ -142,6 +142,12 @@ def add_parser(commands: Any) -> None:
     )
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-message-size", default="40MB", metavar="SIZE")
+    limits.add_argument(
+        "--max-header-size",
+        default="1MB",
+        metavar="SIZE",
+        help="largest header block (up to the first empty line); larger gets 552 5.3.4",
+    )
     limits.add_argument("--max-recipients", type=int, default=_DEFAULTS.max_recipients)
     limits.add_argument("--max-line-length", type=int, default=_DEFAULTS.max_line_length)
     limits.add_argument("--command-timeout", default="5m", metavar="DURATION")
@@ -202,6 +208,7 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
     metrics = _host_port("--metrics", args.metrics) if args.metrics else None
     limits = ReceiverLimits(
         max_message_size=_size("--max-message-size", args.max_message_size),
+        max_header_size=_size("--max-header-size", args.max_header_size),
         max_recipients=args.max_recipients,
         max_line_length=args.max_line_length,
         command_timeout=_duration("--command-timeout", args.command_timeout),
