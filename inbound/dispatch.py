@@ -20,10 +20,11 @@ from datetime import datetime, timedelta
 
 from inbound.actions import ActionModel, AddHeaderAction
 from inbound.actions.base import ActionContext, JsonObject
+from inbound.core.clock import utc_now
 from inbound.core.errors import ActionError, PermanentActionError
 from inbound.core.plan import Plan
+from inbound.core.ports import SpoolError, SpoolPort
 from inbound.core.targets import BounceRequest, Targets
-from inbound.intake import utc_now
 from inbound.message.headers import ReceivedFacts, add_header, prepend_headers
 from inbound.message.notification import (
     lambda_event,
@@ -37,8 +38,14 @@ from inbound.observe.metrics import DispatchMetrics
 from inbound.observe.supervise import Backoff
 from inbound.rules.book import RuleBook
 from inbound.rules.evaluate import PAUSE, evaluate, message_keys
-from inbound.spool.retry import is_expired, next_delay, window_start
-from inbound.spool.store import DispatchState, Spool, SpoolError, SpoolMeta, StepRecord
+from inbound.spool.retry import (
+    DispatchState,
+    SpoolMeta,
+    StepRecord,
+    is_expired,
+    next_delay,
+    window_start,
+)
 
 log = logging.getLogger("inbound.dispatch")
 
@@ -54,7 +61,7 @@ class RetryPolicy:
 class Dispatcher:
     def __init__(
         self,
-        spool: Spool,
+        spool: SpoolPort[SpoolMeta, DispatchState],
         book: RuleBook,
         targets: Targets,
         *,
@@ -284,15 +291,15 @@ class _MessageRun:
         self.unsaved = False
 
     async def load(self) -> None:
-        path = self.d.spool.message_path(self.meta.message_id) / "message.eml"
+        source = self.d.spool.source(self.meta.message_id)
         if self.meta.facts is not None:
             self.facts = self.meta.facts  # read once, at receipt
         else:  # none needed, or spooled before facts were kept
             need = need_for(message_keys(self.rules, self.meta.envelope.rcpt_tos))
-            self.facts = await asyncio.to_thread(read_facts, path, need)
+            self.facts = await asyncio.to_thread(read_facts, source, need)
         received = self._received()
         self.base = await asyncio.to_thread(
-            read_with_head, path, lambda block: prepend_headers(block, received)
+            read_with_head, source, lambda block: prepend_headers(block, received)
         )
         end = self.base.find(b"\r\n\r\n")
         self.headers = self.base[: end + 2] if end >= 0 else self.base
