@@ -27,7 +27,7 @@ from inbound.core.message import MimeLimits
 from inbound.core.targets import Targets
 from inbound.datadir import append_file, protect
 from inbound.descriptors import DescriptorGauge, ensure_limit
-from inbound.dispatch import Dispatcher, RetryPolicy
+from inbound.dispatch import Dispatcher
 from inbound.intake import Intake
 from inbound.observe.log import capture_asyncio, emit, emit_fields
 from inbound.observe.metrics import Metrics, ReceiveMetrics
@@ -41,6 +41,8 @@ from inbound.scan.clamd import ClamdScanner
 from inbound.scan.dns import DnsPythonResolver, Resolver, ZoneResolver
 from inbound.scan.run import Scanners
 from inbound.scan.spamd import SpamdScanner
+from inbound.schedule import Scheduler
+from inbound.spool.retry import RetryPolicy
 from inbound.spool.store import GroupCommitter, Spool
 from inbound.targets.aws import NO_REGION, AwsTargets, aws_session
 from inbound.targets.bounces import WithRelay
@@ -296,15 +298,17 @@ class Receiver:
             self.book,
             build_targets(settings, self.book),
             metrics=self.metrics,
-            retry=settings.retry,
             sns_oversize=settings.sns_oversize,
+        )
+        self.scheduler = Scheduler(
+            self.spool, self.dispatcher.process, metrics=self.metrics, policy=settings.retry
         )
         self.receiving = Receiving(
             settings,
             self.book,
             self.spool,
             self.metrics,
-            on_queued=self.dispatcher.notify,
+            on_queued=self.scheduler.notify,
             tls=self.tls_context,
         )
         self.server = self.receiving.server
@@ -312,7 +316,7 @@ class Receiver:
 
     async def start(self) -> None:
         recovered = self.spool.recover()
-        queued = self.dispatcher.load_queue()
+        queued = self.scheduler.load_queue()
         await self.receiving.start()
         if self.settings.metrics is not None:
             host, port = self.settings.metrics
@@ -340,7 +344,7 @@ class Receiver:
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         await self.start()
         dispatching = asyncio.create_task(
-            supervise("dispatcher", lambda: self.dispatcher.run(self.stopping), stop=self.stopping)
+            supervise("dispatcher", lambda: self.scheduler.run(self.stopping), stop=self.stopping)
         )
         await self.stopping.wait()
         await self.shutdown(dispatching)

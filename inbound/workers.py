@@ -56,6 +56,7 @@ from inbound.observe.supervise import Backoff, supervise
 from inbound.receive.connections import ConnectionCounter, SharedConnections
 from inbound.receive.server import listening_socket
 from inbound.rules.load import load_rule_set
+from inbound.schedule import Scheduler
 from inbound.spool.store import Spool
 
 log = logging.getLogger("inbound.workers")
@@ -188,8 +189,10 @@ class Supervisor:
             self.book,
             build_targets(settings, self.book),
             metrics=self.metrics,
-            retry=settings.retry,
             sns_oversize=settings.sns_oversize,
+        )
+        self.scheduler = Scheduler(
+            self.spool, self.dispatcher.process, metrics=self.metrics, policy=settings.retry
         )
         self.connections = SharedConnections.create(
             settings.workers, _SPAWN, self.run_dir / "connections.lock"
@@ -277,7 +280,7 @@ class Supervisor:
         for line in lines:
             kind, _, value = line.decode("ascii", "replace").partition(" ")
             if kind == "q" and is_message_id(value):
-                self.dispatcher.notify(value)
+                self.scheduler.notify(value)
             elif kind == "r" and value.isdigit():
                 self._ready.add(int(value))
                 if int(value) in self._restarts:
@@ -298,7 +301,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         capture_asyncio(loop)
         recovered = self.spool.recover()
-        queued = self.dispatcher.load_queue()
+        queued = self.scheduler.load_queue()
         loop.add_reader(self._notices_in.fileno(), self._read_notices)
         for index in range(self.settings.workers):
             self._start_worker(index)
@@ -327,7 +330,7 @@ class Supervisor:
         )
         dispatch_stop = asyncio.Event()
         dispatching = asyncio.create_task(
-            supervise("dispatcher", lambda: self.dispatcher.run(dispatch_stop), stop=dispatch_stop)
+            supervise("dispatcher", lambda: self.scheduler.run(dispatch_stop), stop=dispatch_stop)
         )
         await self.stopping.wait()
         emit(log, "server.stopping")

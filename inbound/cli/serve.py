@@ -14,9 +14,9 @@ from inbound.cli.args import add_domain_flag, pairs
 from inbound.core.errors import InputError
 from inbound.core.message import MAX_MIME_DEPTH, MimeLimits
 from inbound.datadir import restrict_umask
-from inbound.dispatch import RetryPolicy
 from inbound.observe.log import configure
 from inbound.receive.limits import ReceiverLimits
+from inbound.spool.retry import RetryPolicy
 from inbound.targets.relay import parse_relay
 from inbound.workers import serve_with_workers
 

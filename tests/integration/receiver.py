@@ -111,7 +111,7 @@ def in_process(settings: ServeSettings) -> Iterator[Running]:
             holder["receiver"] = receiver
             holder["loop"] = asyncio.get_running_loop()
             await receiver.start()
-            dispatching = asyncio.create_task(receiver.dispatcher.run(receiver.stopping))
+            dispatching = asyncio.create_task(receiver.scheduler.run(receiver.stopping))
             ready.set()
             await receiver.stopping.wait()
             await receiver.shutdown(dispatching)
