@@ -3,12 +3,13 @@
 ROOT/due/ holds one empty file per deferred message, named `TIME.ID` (TIME in UTC, ISO 8601
 basic format, so `ls due/` lists them in the order they fall due). One listing of the folder
 tells a scheduler every due time without opening a file; a queued message without an entry is
-due now (never attempted, or retried by an operator). This module decides nothing about when
-a message should run (inbound.spool.retry does) and knows nothing of the other spool folders.
+due now (never deferred). This module decides nothing about when a message should run
+(inbound.spool.retry does) and knows nothing of the other spool folders.
 
-An entry moves by `rename(2)`, so a message has one entry at any instant. state.json stays the
-record; the entry is written after it and is not fsynced: a crash can only leave an entry
-earlier than the state (the previous one, or none), and the message is tried early, never late.
+An entry moves by `rename(2)`. state.json stays the record; a deferral's entry is written after
+it and is not fsynced: a crash can only leave an entry earlier than the state (the previous
+one, or none), and the message is tried early, never late. Two entries for one message (an
+operator's retry crossed a deferral) are resolved by the next listing: the earlier stands.
 """
 
 from __future__ import annotations
