@@ -261,7 +261,8 @@ def test_a_retry_due_while_the_previous_attempt_runs_runs_after_it(
             # It has looked at what is due, and gone back to waiting.
             await running.until("the scheduler to wait again", lambda: clock.sleeps > sleeps)
         else:
-            await asyncio.to_thread(spool.retry, message_id, now=clock.now())
+            shell = Spool(spool.root)  # as `inbound spool retry` has its own
+            await asyncio.to_thread(shell.retry, message_id, now=clock.now())
             await running.scheduler.rescan()  # as it does every 5 s
         assert running.scheduler.in_flight == 1  # the first attempt still runs
         gate.set()
