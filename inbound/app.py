@@ -28,7 +28,7 @@ from inbound.core.message import MimeLimits
 from inbound.core.targets import Targets
 from inbound.datadir import append_file, make_dir, protect
 from inbound.descriptors import DescriptorGauge
-from inbound.dispatch import Dispatcher, RetryPolicy
+from inbound.dispatch import Dispatcher
 from inbound.intake import Intake
 from inbound.observe.log import capture_asyncio, emit
 from inbound.observe.metrics import (
@@ -48,7 +48,9 @@ from inbound.scan.clamd import ClamdScanner
 from inbound.scan.dns import DnsPythonResolver, Resolver, ZoneResolver
 from inbound.scan.run import Scanners
 from inbound.scan.spamd import SpamdScanner
+from inbound.schedule import Scheduler
 from inbound.spool.commit import GroupCommitter
+from inbound.spool.retry import RetryPolicy
 from inbound.spool.store import Spool
 from inbound.targets.aws import NO_REGION, AwsTargets, aws_session
 from inbound.targets.bounces import WithRelay
@@ -270,18 +272,14 @@ def build(settings: ServeSettings, role: Role, worker: WorkerWiring | None = Non
     else:
         assert worker is not None, "a worker is built with its wiring"
         metrics = worker_metrics(worker.metrics_dir)
-    dispatcher = None
+    dispatcher = scheduler = None
     on_queued: Callable[[str], None] | None = None
     if isinstance(metrics, DispatchMetrics):
         dispatcher = Dispatcher(
-            spool,
-            book,
-            build_targets(s, book),
-            metrics=metrics,
-            retry=s.retry,
-            sns_oversize=s.sns_oversize,
+            spool, book, build_targets(s, book), metrics=metrics, sns_oversize=s.sns_oversize
         )
-        on_queued = dispatcher.notify
+        scheduler = Scheduler(spool, dispatcher.process, metrics=metrics, policy=s.retry)
+        on_queued = scheduler.notify
     if worker is not None:
         on_queued = worker.on_queued
     receiving = None
@@ -312,7 +310,7 @@ def build(settings: ServeSettings, role: Role, worker: WorkerWiring | None = Non
         )
         receiving = Receiving(server, intake, committer, auth_pool, drain_timeout=s.drain_timeout)
     served = metrics if isinstance(metrics, DispatchMetrics) else None
-    return App(s, role, spool, book, tls, served, dispatcher, receiving, lock, run_dir)
+    return App(s, role, spool, book, tls, served, dispatcher, scheduler, receiving, lock, run_dir)
 
 
 class Receiver:
@@ -323,9 +321,11 @@ class Receiver:
         self.app = build(settings, "single")
         assert self.app.receiving is not None
         assert self.app.dispatcher is not None
+        assert self.app.scheduler is not None
         self.receiving = self.app.receiving
         self.server = self.receiving.server
         self.dispatcher = self.app.dispatcher
+        self.scheduler = self.app.scheduler
         self.stopping = asyncio.Event()
         self._resumed = (0, 0)  # (discarded, queued) at start
 

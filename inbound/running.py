@@ -26,6 +26,7 @@ from inbound.observe.metrics import DispatchMetrics
 from inbound.observe.supervise import supervise
 from inbound.receive.server import SmtpServer
 from inbound.rules.book import RuleBook
+from inbound.schedule import Scheduler
 from inbound.spool.commit import GroupCommitter
 from inbound.spool.store import Spool, SpoolWriter
 
@@ -96,6 +97,8 @@ class App:
     tls: ssl.SSLContext | None
     metrics: DispatchMetrics | None  # the registry the metrics endpoint serves
     dispatcher: Dispatcher | None
+    # When each queued message runs (with the dispatcher: single and supervisor).
+    scheduler: Scheduler | None
     receiving: Receiving | None
     lock: IO[bytes] | None  # the data directory's, held while this process runs
     # Files the processes of `--workers` share while they run (supervisor only).
@@ -103,9 +106,9 @@ class App:
 
     def resume(self) -> tuple[int, int]:
         """Forget what was never acknowledged, schedule what is queued: (discarded, queued)."""
-        assert self.dispatcher is not None, "only a dispatching process resumes"
+        assert self.scheduler is not None, "only a dispatching process resumes"
         recovered = self.spool.recover()
-        return recovered, self.dispatcher.load_queue()
+        return recovered, self.scheduler.load_queue()
 
     def announce(self, port: int, recovered: int, queued: int, **extra: object) -> None:
         """Serve the metrics endpoint (if asked for) and log `server.started`."""
@@ -123,10 +126,11 @@ class App:
         emit_fields(log, "server.started", fields)
 
     def dispatch(self, stop: asyncio.Event) -> asyncio.Task[None]:
-        """The dispatcher, until `stop` is set (restarted, backed off, if it fails)."""
-        dispatcher = self.dispatcher
-        assert dispatcher is not None, "only a dispatching process dispatches"
-        return asyncio.create_task(supervise("dispatcher", lambda: dispatcher.run(stop), stop=stop))
+        """The scheduler running the dispatcher, until `stop` is set (restarted, backed off,
+        if it fails)."""
+        scheduler = self.scheduler
+        assert scheduler is not None, "only a dispatching process dispatches"
+        return asyncio.create_task(supervise("dispatcher", lambda: scheduler.run(stop), stop=stop))
 
     def reload(self) -> None:
         reload_rules(self.book)

@@ -158,9 +158,9 @@ class Supervisor:
         self.worker_main = worker_main
         # Bad rules, certificates and flags are reported before anything starts.
         self.app = build(settings, "supervisor")
-        assert self.app.dispatcher is not None
+        assert self.app.scheduler is not None
         assert self.app.run_dir is not None
-        self.dispatcher = self.app.dispatcher
+        self.scheduler = self.app.scheduler
         self.run_dir = self.app.run_dir
         self.metrics_dir = self.run_dir / "metrics"
         self.connections = SharedConnections.create(
@@ -250,7 +250,7 @@ class Supervisor:
         for line in lines:
             kind, _, value = line.decode("ascii", "replace").partition(" ")
             if kind == "q" and is_message_id(value):
-                self.dispatcher.notify(value)
+                self.scheduler.notify(value)
             elif kind == "r" and value.isdigit():
                 self._ready.add(int(value))
                 if int(value) in self._restarts:

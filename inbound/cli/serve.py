@@ -24,10 +24,10 @@ from inbound.core.errors import InputError
 from inbound.core.message import MAX_MIME_DEPTH, MimeLimits
 from inbound.datadir import restrict_umask
 from inbound.descriptors import ensure_limit
-from inbound.dispatch import RetryPolicy
 from inbound.observe.log import configure
 from inbound.receive.limits import ReceiverLimits
 from inbound.running import Controls
+from inbound.spool.retry import RetryPolicy
 from inbound.targets.relay import parse_relay
 from inbound.workers import Supervisor, WorkerArgs, run_worker
 

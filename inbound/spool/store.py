@@ -9,6 +9,7 @@ Layout under ROOT (IDs are `inbound.core.ids` message IDs, so names sort by rece
     ROOT/queue/ID/state.json     dispatch progress (absent until the first attempt)
     ROOT/dead/ID/...             dead-lettered messages, same files plus the reason in state.json
     ROOT/rules/DIGEST.txt        the rule-set text a message was received with, by its SHA-256
+    ROOT/due/TIME.ID             empty: a deferred message is due at TIME (inbound.spool.due)
 
 A directory only ever appears in queue/ by `rename(2)` of one whose files were fsynced, so every
 message there is complete. This module speaks no SMTP and runs no actions; it is the one place
@@ -37,6 +38,7 @@ from inbound.core.ports import SpoolError as SpoolError  # noqa: PLC0414 - re-ex
 from inbound.core.ports import SpoolWriteError as SpoolWriteError  # noqa: PLC0414 - re-export
 from inbound.datadir import create_file, make_dir, make_dirs
 from inbound.message.source import FileSource
+from inbound.spool.due import DueIndex
 from inbound.spool.retry import DispatchState as DispatchState  # noqa: PLC0414 - re-export
 from inbound.spool.retry import SpoolMeta as SpoolMeta  # noqa: PLC0414 - re-export
 from inbound.spool.retry import StepRecord as StepRecord  # noqa: PLC0414 - re-export
@@ -86,6 +88,7 @@ class Spool:
             _fsync_dir(root)  # new directories must outlive a crash before any message does
         except OSError as exc:
             raise SpoolError(f"cannot create the spool in {root}: {exc}") from exc
+        self._due = DueIndex(root / "due")  # made by the first deferral
 
     def recover(self) -> int:
         """Remove unacknowledged messages (tmp/) and half-saved state; call once at start-up."""
@@ -184,6 +187,32 @@ class Spool:
         except OSError as exc:
             raise SpoolWriteError(f"message {message_id}: cannot save state: {exc}") from exc
 
+    def due(self) -> dict[str, datetime]:
+        """When each deferred message is due, from the due index: one listing, no state file
+        read. A queued message not in it is due now; an ID not queued is left by a crash."""
+        try:
+            return self._due.read()
+        except OSError as exc:
+            raise SpoolError(f"cannot list {self.root / 'due'}: {exc.strerror}") from exc
+
+    def defer(self, message_id: str, state: DispatchState) -> None:
+        """Save `state` and make the message due at its `next_attempt_at` in the due index.
+
+        In that order: a crash in between leaves the index earlier than the state (the
+        message is tried early, never late)."""
+        if state.next_attempt_at is None:
+            raise ValueError(f"message {message_id}: deferred without a next attempt time")
+        self.save_state(message_id, state)
+        try:
+            self._due.set(message_id, state.next_attempt_at)
+        except OSError as exc:
+            raise SpoolWriteError(f"message {message_id}: cannot index: {exc.strerror}") from exc
+
+    def forget_due(self, message_id: str) -> None:
+        """Drop the index entry of a message that is no longer queued (best effort)."""
+        with contextlib.suppress(OSError):  # a leftover entry is ignored and pruned later
+            self._due.clear(message_id)
+
     def _move(self, source: Path, target: Path) -> None:
         try:
             source.rename(target)
@@ -204,6 +233,7 @@ class Spool:
         except OSError as exc:
             raise SpoolWriteError(f"message {message_id}: cannot finish: {exc.strerror}") from exc
         shutil.rmtree(gone, ignore_errors=True)
+        self.forget_due(message_id)
 
     def dead_letter(self, message_id: str, reason: str) -> None:
         home = self._home(message_id, self._queue)
@@ -211,16 +241,23 @@ class Spool:
         state.dead_reason = reason
         self.save_state(message_id, state)
         self._move(home, self._dead / message_id)
+        self.forget_due(message_id)
 
     def retry(self, message_id: str, *, now: datetime | None = None) -> None:
         """Retry now: a dead letter moves back to queue/, a deferred message is due at once.
 
-        Failed steps run again, succeeded ones do not; the retry window starts again."""
+        Failed steps run again, succeeded ones do not; the retry window starts again. The due
+        index says "now" first, so a running dispatcher's rescan notices it even while the
+        message's previous attempt is still running, and a crash never leaves it later."""
         home = self._home(message_id)
         state = self.state(message_id)
         state.steps = {k: s for k, s in state.steps.items() if s.outcome == "succeeded"}
         state.attempts, state.next_attempt_at, state.last_error = 0, None, None
         state.dead_reason, state.retried_at = None, now or datetime.now(UTC)
+        try:
+            self._due.set(message_id, state.retried_at, durable=True)
+        except OSError as exc:
+            raise SpoolWriteError(f"message {message_id}: cannot index: {exc.strerror}") from exc
         self.save_state(message_id, state)
         if home.parent == self._dead:
             self._move(home, self._queue / message_id)
