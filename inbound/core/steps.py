@@ -66,8 +66,9 @@ class StepKey:
     recipient: str | None = None
 
     def __str__(self) -> str:
-        # "RULE:ACTION" is the format of every state written so far (spool state.json, the
-        # SES handler's S3 state): a step without a recipient keeps it, so old state reads.
+        # "RULE:ACTION" is the format of every state written so far (the spool's dispatch
+        # state, the SES handler's S3 state): a step without a recipient keeps it, so old
+        # state reads.
         base = f"{self.rule}:{self.action}"
         return base if self.recipient is None else f"{base}:{self.recipient}"
 

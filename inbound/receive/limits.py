@@ -18,3 +18,5 @@ class ReceiverLimits:
     data_timeout: float = 600.0
     max_connections: int = 1000
     max_connections_per_ip: int = 50
+    # SPEC section 7: the header block (up to the first empty line) is bounded on its own.
+    max_header_size: int = 1024 * 1024

@@ -1,10 +1,10 @@
-"""Where the runner records each step: the spool's state.json, an S3 object, or memory.
+"""Where the runner records each step: the spool's dispatch state, an S3 object, or memory.
 
 All three implement `inbound.core.steps.Ledger` (get, put, flush of `StepRecord`s by
 `StepKey`) and keep the formats written before the runner existed, so state left by an older
 version is read as it was meant: a restart after an upgrade repeats no succeeded action.
 
-- `SpoolLedger` (`inbound serve`): the message's `DispatchState` in state.json, every record
+- `SpoolLedger` (`inbound serve`): the message's `DispatchState` in the spool, every record
   (failed ones too, with their attempts); `flush` saves it when a success is not on disk yet.
 - `S3Ledger` (the SES Lambda handler, `ses consume`): `{"messageId", "steps": {KEY: result}}`
   in the bucket the message came from; only successes are kept.
@@ -20,8 +20,9 @@ import asyncio
 import json
 from typing import Any
 
+from inbound.core.ports import SpoolPort
 from inbound.core.steps import StepKey, StepRecord
-from inbound.spool.store import DispatchState, Spool
+from inbound.spool.retry import DispatchState, SpoolMeta
 
 
 class MemoryLedger:
@@ -44,7 +45,9 @@ class MemoryLedger:
 class SpoolLedger:
     """The steps of one spooled message, in its `DispatchState` (keys "RULE:ACTION")."""
 
-    def __init__(self, spool: Spool, message_id: str, state: DispatchState) -> None:
+    def __init__(
+        self, spool: SpoolPort[SpoolMeta, DispatchState], message_id: str, state: DispatchState
+    ) -> None:
         self.spool = spool
         self.message_id = message_id
         self.state = state
