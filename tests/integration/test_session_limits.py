@@ -46,7 +46,10 @@ class Raw:
         lines: list[str] = []
         while True:
             while b"\r\n" not in self.buffer:
-                chunk = self.sock.recv(65536)
+                try:
+                    chunk = self.sock.recv(65536)
+                except ConnectionResetError:  # a command sent as the server closed: its RST
+                    chunk = b""
                 if not chunk:
                     return "\n".join(lines) if lines else "<closed>"
                 self.buffer += chunk
