@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -273,7 +274,7 @@ def test_the_command_timeout_does_not_run_while_the_server_works_on_a_message(
     421 and closed mid-commit, and the message was queued although the client got no 250."""
     end_of_data = Intake.end_of_data
 
-    async def slow(self: Intake, *args: object, **kwargs: object) -> object:
+    async def slow(self: Intake[Any], *args: object, **kwargs: object) -> object:
         await asyncio.sleep(1.5)  # a slow scanner, a slow disk
         return await end_of_data(self, *args, **kwargs)  # type: ignore[arg-type]
 
