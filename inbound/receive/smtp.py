@@ -17,7 +17,7 @@ from collections.abc import Awaitable
 from ipaddress import ip_address
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import Envelope, Session
 
 from inbound.core import reply as replies
 from inbound.core.envelope import Connection
@@ -29,6 +29,7 @@ from inbound.receive.data import receive_data
 from inbound.receive.limits import ReceiverLimits
 from inbound.receive.policy import SessionPolicy
 from inbound.receive.reply_line import sanitized, with_status
+from inbound.receive.session import LimitedSMTP
 from inbound.receive.starttls import start_tls
 
 log = logging.getLogger("inbound.receive")
@@ -38,8 +39,9 @@ class _MalformedAddressError(Exception):
     """An address in MAIL or RCPT that does not parse; answered with 501 (RFC 5321 §4.1.2)."""
 
 
-class InboundSMTP(SMTP):
-    """One SMTP session. Built by `SmtpServer` for each connection."""
+class InboundSMTP(LimitedSMTP):
+    """One SMTP session. Built by `SmtpServer` for each connection; what it may spend and
+    how it ends are session.py's."""
 
     def __init__(
         self,
@@ -56,18 +58,17 @@ class InboundSMTP(SMTP):
         self.line_length_limit = max(limits.max_line_length + 1, 1001)
         super().__init__(
             _Hooks(),
+            limits=limits,
             data_size_limit=limits.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
             hostname=hostname,
             ident="inbound",
             tls_context=tls_context,
-            timeout=limits.command_timeout,
             auth_require_tls=True,
             loop=loop,
         )
         self.policy = policy
-        self.limits = limits
         self.counter = counter
         self._client_ip = ""
         self._counted = False
