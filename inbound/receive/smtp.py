@@ -74,6 +74,7 @@ class InboundSMTP(LimitedSMTP):
         self._counted = False
         self._bare_replies = False
         self._stopping = False
+        self._answering_data = False
         # Set only by a completed TLS handshake: the one source of the session's TLS facts.
         self._tls_established = False
         # While MAIL or RCPT parses its address: the reply to a malformed one.
@@ -101,7 +102,12 @@ class InboundSMTP(LimitedSMTP):
 
     @property
     def in_transaction(self) -> bool:
-        return self.envelope is not None and bool(self.envelope.mail_from)
+        # After the final dot the envelope is already reset, but the reply to DATA is still
+        # to come (scans, the commit): a SIGTERM then must wait for it, or the client sees
+        # 421 for a message that is queued a moment later and sends it twice.
+        return self._answering_data or (
+            self.envelope is not None and bool(self.envelope.mail_from)
+        )
 
     def shut_down(self) -> None:
         """SIGTERM: an idle session is closed now; one in a transaction after its last reply."""
@@ -294,6 +300,13 @@ class InboundSMTP(LimitedSMTP):
     # -- DATA ----------------------------------------------------------------------------
 
     async def smtp_DATA(self, arg: str | None) -> None:
+        self._answering_data = True
+        try:
+            await self._data(arg)
+        finally:
+            self._answering_data = False
+
+    async def _data(self, arg: str | None) -> None:
         if await self.check_helo_needed():
             return
         assert self.envelope is not None
