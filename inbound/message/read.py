@@ -9,11 +9,11 @@ action sends are read into one buffer, never copied whole a second time.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Literal
 
-from inbound.core.message import MessageFacts, MimeLimits
+from inbound.core.message import MessageFacts, MimeLimits, Reads
 from inbound.message.parse import facts_from
 
 Need = Literal["nothing", "headers", "everything"]
@@ -22,10 +22,12 @@ CHUNK = 1024 * 1024
 MAX_HEADER_BYTES = 1024 * 1024
 
 
-def need_for(keys: frozenset[str]) -> Need:
-    if "attachment" in keys:
+def need_for(reads: Collection[Reads]) -> Need:
+    """How much of the message to read for conditions that read `reads` (the condition table's
+    facet, via `inbound.rules.evaluate.message_keys`)."""
+    if Reads.PARTS in reads:
         return "everything"
-    return "headers" if keys else "nothing"
+    return "headers" if Reads.HEADERS in reads else "nothing"
 
 
 def read_facts(
