@@ -2,7 +2,9 @@
 
 A `Check` tests the message's facts and can describe what it saw, for the trace. The condition
 table (`inbound.rules.condition_table`) names these compilers row by row; nothing here knows the
-list of keys. Pattern matching is case-insensitive, like recipient matching.
+list of keys. Pattern matching is case-insensitive, like recipient matching. `re:` is searched
+in `subject` and `header` values (SPEC section 4) and matched whole against addresses and
+attachment names; globs and plain values are always whole-value.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def from_(key: str, patterns: list[str]) -> tuple[Check, ...]:
 
 
 def subject(key: str, patterns: list[str]) -> tuple[Check, ...]:
-    test = any_text(patterns, search=False)
+    test = any_text(patterns, search=True)
     return (
         Check(
             key,
@@ -101,7 +103,7 @@ def header(key: str, by_name: dict[str, list[str]]) -> tuple[Check, ...]:
 
 
 def _header_check(label: str, name: str, patterns: list[str]) -> Check:
-    test = any_text(patterns, search=False)
+    test = any_text(patterns, search=True)
     return Check(
         label,
         lambda f: any(test(v) for v in f.message.header_values(name)),
