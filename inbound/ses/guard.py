@@ -203,9 +203,9 @@ def _recipients(found: Receipt) -> list[str]:
 def guard_facts(
     found: Receipt, rules: list[CompiledRule], conditions: ConditionTable = CONDITIONS
 ) -> Facts:
-    """What the conditions of `rules` may ask, from the event alone. The parts every event has
-    are always read; the header list and the `Received` header only when a condition needs
-    them, because they may be unusable (truncated, missing)."""
+    """What the conditions of `rules` may ask, from the event alone (`conditions`: the table
+    naming the `EventPart` of each). Everything is read; a truncated header list or a missing
+    SES `Received` header is an error only when a condition reads that part."""
     parts = conditions.guard_parts(key for rule in rules for key in _keys(rule))
     mail = found.mail
     headers = mail.get("headers")
@@ -215,7 +215,7 @@ def guard_facts(
             f"message {found.message_id}: SES truncated the headers (over 10 KB), so a "
             "header condition cannot be decided"
         )
-    client_ip: IpAddress = ip_address("0.0.0.0")  # noqa: S104 - read only by RECEIVED rules
+    client_ip: IpAddress = ip_address("0.0.0.0")  # noqa: S104 - only RECEIVED conditions read it
     if EventPart.RECEIVED in parts:
         found_ip = ses_client_ip(headers)
         if found_ip is None:
