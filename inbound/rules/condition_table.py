@@ -7,6 +7,7 @@ Every key set used elsewhere (message, connection, guard, local only) is a view 
 `CONDITIONS` is the table of the `Conditions` model. A table is an immutable value: an
 extension or a test builds its own with `extended(...)` and passes it where a table is taken
 (`CompiledRuleSet.build`, `ses_problems`, `guard_facts`); nothing registers itself on import.
+Adding a condition: its field on `Conditions`, its compiler, its row here (tests check they agree).
 """
 
 from __future__ import annotations
