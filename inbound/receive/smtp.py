@@ -28,7 +28,7 @@ from inbound.receive.connections import ConnectionCounter
 from inbound.receive.data import receive_data
 from inbound.receive.limits import ReceiverLimits
 from inbound.receive.policy import SessionPolicy
-from inbound.receive.reply_line import sanitized, with_status
+from inbound.receive.reply_line import bounded, sanitized, with_status
 from inbound.receive.session import LimitedSMTP
 from inbound.receive.starttls import start_tls
 
@@ -175,7 +175,7 @@ class InboundSMTP(LimitedSMTP):
             self._bare_replies = False  # only the greeting itself
         elif not self._bare_replies:
             status = with_status(status)
-        await super().push(status)
+        await super().push(bounded(status))
 
     async def handle_exception(self, error: Exception) -> str:
         if self.closing:
