@@ -31,6 +31,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from inbound.core.ports import MessageSource
+from inbound.message.source import FileSource
 from inbound.scan.auth import authenticate
 from inbound.scan.clamd import ClamdScanner
 from inbound.scan.dns import ZoneResolver
@@ -62,7 +64,7 @@ def corpus(count: int) -> list[Path]:
 
 
 async def measure(name: str, scanner: Scanner, paths: Sequence[Path], concurrency: int) -> Row:
-    await scanner.scan(paths[0])
+    await scanner.scan(FileSource(paths[0]))
     latencies: list[float] = []
     verdicts: Counter[str] = Counter()
     gate = asyncio.Semaphore(concurrency)
@@ -70,7 +72,7 @@ async def measure(name: str, scanner: Scanner, paths: Sequence[Path], concurrenc
     async def one(path: Path) -> None:
         async with gate:
             started = time.perf_counter()
-            result = await scanner.scan(path)
+            result = await scanner.scan(FileSource(path))
             latencies.append(time.perf_counter() - started)
             verdicts[result.verdict.value] += 1
 
@@ -146,9 +148,9 @@ class _Auth:
     def __init__(self, resolver: ZoneResolver) -> None:
         self.resolver = resolver
 
-    async def scan(self, path: Path) -> ScanResult:
+    async def scan(self, source: MessageSource) -> ScanResult:
         outcome = await authenticate(
-            path,
+            source,
             client_ip="192.0.2.10",
             helo="mail.example",
             mail_from="a@spf-pass.example",

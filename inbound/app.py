@@ -1,18 +1,19 @@
-"""The composition root of `inbound serve`: builds every stage from settings and wires them.
+"""The composition root of `inbound serve`: `build(settings, role)` makes and wires every stage.
 
 This is the only place that knows all stages: rule book, spool, intake (the SMTP session's
-policy), SMTP server, dispatcher, targets, metrics. It owns the process lifecycle: SIGHUP
-reloads the rules, SIGTERM drains the sessions in flight and exits.
+policy), scanners, SMTP server, dispatcher, targets, metrics, in one start-up sequence for a
+receiver in one process ("single"), the supervisor of `--workers N` and each of its workers
+(`inbound.workers` keeps the processes, pipes and shared counters). It installs no signal
+handler and starts no process: `inbound.cli.serve` does both, and calls `reload` and `stop`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import importlib
 import logging
-import signal
+import shutil
 import socket
 import ssl
 from collections.abc import Callable, Mapping
@@ -22,26 +23,35 @@ from pathlib import Path
 from typing import IO, Literal
 
 from inbound.actions import BounceAction
-from inbound.core.errors import ConfigError, InputError
+from inbound.core.errors import InputError
 from inbound.core.message import MimeLimits
 from inbound.core.targets import Targets
-from inbound.datadir import append_file, protect
-from inbound.descriptors import DescriptorGauge, ensure_limit
-from inbound.dispatch import Dispatcher, RetryPolicy
+from inbound.datadir import append_file, make_dir, protect
+from inbound.descriptors import DescriptorGauge
+from inbound.dispatch import Dispatcher
 from inbound.intake import Intake
-from inbound.observe.log import capture_asyncio, emit, emit_fields
-from inbound.observe.metrics import Metrics, ReceiveMetrics
-from inbound.observe.supervise import supervise
-from inbound.receive.connections import ConnectionCounter
+from inbound.observe.log import capture_asyncio, emit
+from inbound.observe.metrics import (
+    DispatchMetrics,
+    Metrics,
+    ReceiveMetrics,
+    supervisor_metrics,
+    worker_metrics,
+)
+from inbound.receive.connections import ConnectionCounter, SharedConnections
 from inbound.receive.limits import ReceiverLimits
 from inbound.receive.server import SmtpServer
 from inbound.rules.book import RuleBook
 from inbound.rules.load import load_rule_set
+from inbound.running import AcceptSignals, App, Receiving, Role
 from inbound.scan.clamd import ClamdScanner
 from inbound.scan.dns import DnsPythonResolver, Resolver, ZoneResolver
 from inbound.scan.run import Scanners
 from inbound.scan.spamd import SpamdScanner
-from inbound.spool.store import GroupCommitter, Spool
+from inbound.schedule import Scheduler
+from inbound.spool.commit import GroupCommitter
+from inbound.spool.retry import RetryPolicy
+from inbound.spool.store import Spool
 from inbound.targets.aws import NO_REGION, AwsTargets, aws_session
 from inbound.targets.bounces import WithRelay
 from inbound.targets.local import LambdaFunction, LocalTargets
@@ -197,21 +207,6 @@ def tls_context(
     return None
 
 
-def reload_rules(book: RuleBook, context: Mapping[str, object] | None = None) -> None:
-    """SIGHUP: the new rules, or the old ones kept and the errors logged (with `context`)."""
-    fields = dict(context or {})
-    try:
-        snapshot = book.reload()
-    except ConfigError as exc:
-        fields["errors"] = [str(i) for i in exc.issues]
-    except InputError as exc:
-        fields["errors"] = [str(exc)]
-    else:
-        emit_fields(log, "rules.reloaded", {"rules_digest": snapshot.digest[:12], **fields})
-        return
-    emit_fields(log, "rules.reload_failed", fields, level=logging.ERROR)
-
-
 def rule_book(settings: ServeSettings, spool: Spool) -> RuleBook:
     """The rules at `--rules`, each version kept in the spool for the messages received under it."""
     return RuleBook(
@@ -220,139 +215,6 @@ def rule_book(settings: ServeSettings, spool: Spool) -> RuleBook:
         load_text=spool.load_rules,
         extra_domains=settings.domains,
     )
-
-
-class Receiving:
-    """The receiving side of one process: the SMTP server, its policy (intake), the scanners'
-    threads and the group commit. A receiver has one; with `--workers`, each worker has one."""
-
-    def __init__(
-        self,
-        settings: ServeSettings,
-        book: RuleBook,
-        spool: Spool,
-        metrics: ReceiveMetrics,
-        *,
-        on_queued: Callable[[str], None],
-        tls: ssl.SSLContext | None,
-        counter: ConnectionCounter | None = None,
-        sock: socket.socket | None = None,
-    ) -> None:
-        self.settings = settings
-        self.committer = GroupCommitter(spool)
-        self.auth_pool = ThreadPoolExecutor(8, thread_name_prefix="inbound-auth")
-        self.intake = Intake(
-            book,
-            spool,
-            self.committer,
-            build_scanners(settings, self.auth_pool),
-            hostname=settings.hostname,
-            metrics=metrics,
-            on_queued=on_queued,
-            mime_limits=settings.mime_limits,
-        )
-        self.server = SmtpServer(
-            self.intake,
-            host=settings.host,
-            port=settings.port,
-            hostname=settings.hostname,
-            limits=settings.limits,
-            tls_context=tls,
-            counter=counter or ConnectionCounter(crowding=DescriptorGauge()),
-            sock=sock,
-        )
-
-    async def start(self) -> None:
-        self.committer.start()
-        await self.server.start()
-
-    async def drain(self) -> bool:
-        """Stop accepting, let the sessions in flight end (True if all did in time), close."""
-        self.server.stop_accepting()
-        drained = await self.server.wait_idle(self.settings.drain_timeout)
-        self.intake.stop_parsing()  # a walk still running must not hold the exit
-        await self.committer.close()
-        self.auth_pool.shutdown(wait=False, cancel_futures=True)
-        return drained
-
-
-class Receiver:
-    """A running `inbound serve`."""
-
-    def __init__(self, settings: ServeSettings) -> None:
-        self.settings = settings
-        # Bad rules are reported before anything is created on disk.
-        load_rule_set(settings.rules, extra_domains=settings.domains)
-        data_dir = settings.data_dir
-        protect(data_dir)
-        self._lock = lock_data_dir(data_dir)
-        self.metrics = Metrics()
-        self.spool = Spool(data_dir / "spool")
-        self.book = rule_book(settings, self.spool)
-        self.tls_context = tls_context(settings, self.book)
-        announce_missing_scanners(settings, self.book)
-        self.dispatcher = Dispatcher(
-            self.spool,
-            self.book,
-            build_targets(settings, self.book),
-            metrics=self.metrics,
-            retry=settings.retry,
-            sns_oversize=settings.sns_oversize,
-        )
-        self.receiving = Receiving(
-            settings,
-            self.book,
-            self.spool,
-            self.metrics,
-            on_queued=self.dispatcher.notify,
-            tls=self.tls_context,
-        )
-        self.server = self.receiving.server
-        self.stopping = asyncio.Event()
-
-    async def start(self) -> None:
-        recovered = self.spool.recover()
-        queued = self.dispatcher.load_queue()
-        await self.receiving.start()
-        if self.settings.metrics is not None:
-            host, port = self.settings.metrics
-            self.metrics.serve(host, port)
-        emit(
-            log,
-            "server.started",
-            listen=f"{self.settings.host}:{self.server.port}",
-            data_dir=str(self.settings.data_dir),
-            queued=queued,
-            discarded_partial=recovered,
-            tls=self.tls_context is not None,
-            rules_digest=self.book.current.digest[:12],
-        )
-
-    def reload(self) -> None:
-        reload_rules(self.book)
-
-    async def run(self) -> None:
-        """Serve until SIGTERM or SIGINT; then drain and return."""
-        loop = asyncio.get_running_loop()
-        capture_asyncio(loop)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
-        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
-        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
-        await self.start()
-        dispatching = asyncio.create_task(
-            supervise("dispatcher", lambda: self.dispatcher.run(self.stopping), stop=self.stopping)
-        )
-        await self.stopping.wait()
-        await self.shutdown(dispatching)
-
-    async def shutdown(self, dispatching: asyncio.Task[None] | None = None) -> None:
-        emit(log, "server.stopping")
-        drained = await self.receiving.drain()
-        self.stopping.set()
-        if dispatching is not None:
-            await dispatching
-        emit(log, "server.stopped", drained=drained)
-        self._lock.close()
 
 
 def lock_data_dir(data_dir: Path) -> IO[bytes]:
@@ -368,9 +230,131 @@ def lock_data_dir(data_dir: Path) -> IO[bytes]:
     return handle
 
 
-def serve(settings: ServeSettings) -> int:
-    ensure_limit(settings.limits.max_connections)
-    receiver = Receiver(settings)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(receiver.run())
-    return 0
+@dataclass(frozen=True)
+class WorkerWiring:
+    """What a worker process is given by its supervisor (`inbound.workers`)."""
+
+    metrics_dir: Path  # the workers' metric files, summed by the supervisor's endpoint
+    on_queued: Callable[[str], None]  # tells the supervisor's dispatcher
+    connections: SharedConnections  # this worker's row of the shared connection counts
+    sock: socket.socket  # the listening socket every worker accepts on
+
+
+def build(settings: ServeSettings, role: Role, worker: WorkerWiring | None = None) -> App:
+    """Every stage of one process of `inbound serve`, in one sequence; bad rules, certificates
+    and flags raise before anything starts. A worker needs its `worker` wiring."""
+    s = settings
+    owner = role != "worker"  # the process that owns the data directory and dispatches
+    lock = run_dir = None
+    if owner:
+        # Bad rules are reported before anything is created on disk.
+        load_rule_set(s.rules, extra_domains=s.domains)
+        protect(s.data_dir)
+        lock = lock_data_dir(s.data_dir)
+    spool = Spool(s.data_dir / "spool")
+    book = rule_book(s, spool)
+    # Checks the certificate (and makes a self-signed one) before any worker starts.
+    tls = tls_context(s, book, announce=owner)
+    if owner:
+        announce_missing_scanners(s, book)
+    metrics: Metrics | DispatchMetrics | ReceiveMetrics
+    if role == "single":
+        metrics = Metrics()
+    elif role == "supervisor":
+        # Files the processes share while they run: the workers' metrics, the connections
+        # lock. In the data directory (known to be writable, and ours while we hold its lock),
+        # made anew: counts of an earlier run must not be summed into this one's.
+        run_dir = s.data_dir / "run"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        make_dir(run_dir)
+        make_dir(run_dir / "metrics")
+        metrics = supervisor_metrics(run_dir / "metrics")
+    else:
+        assert worker is not None, "a worker is built with its wiring"
+        metrics = worker_metrics(worker.metrics_dir)
+    dispatcher = scheduler = None
+    on_queued: Callable[[str], None] | None = None
+    if isinstance(metrics, DispatchMetrics):
+        dispatcher = Dispatcher(
+            spool, book, build_targets(s, book), metrics=metrics, sns_oversize=s.sns_oversize
+        )
+        scheduler = Scheduler(spool, dispatcher.process, metrics=metrics, policy=s.retry)
+        on_queued = scheduler.notify
+    if worker is not None:
+        on_queued = worker.on_queued
+    receiving = None
+    if isinstance(metrics, ReceiveMetrics):
+        assert on_queued is not None, "received messages are told to a dispatcher"
+        committer = GroupCommitter(spool)
+        auth_pool = ThreadPoolExecutor(8, thread_name_prefix="inbound-auth")
+        intake = Intake(
+            book,
+            committer,
+            build_scanners(s, auth_pool),
+            hostname=s.hostname,
+            metrics=metrics,
+            on_queued=on_queued,
+            mime_limits=s.mime_limits,
+        )
+        server = SmtpServer(
+            intake,
+            host=s.host,
+            port=s.port,
+            hostname=s.hostname,
+            limits=s.limits,
+            tls_context=tls,
+            counter=ConnectionCounter(
+                shared=None if worker is None else worker.connections, crowding=DescriptorGauge()
+            ),
+            sock=None if worker is None else worker.sock,
+        )
+        receiving = Receiving(server, intake, committer, auth_pool, drain_timeout=s.drain_timeout)
+    served = metrics if isinstance(metrics, DispatchMetrics) else None
+    return App(s, role, spool, book, tls, served, dispatcher, scheduler, receiving, lock, run_dir)
+
+
+class Receiver:
+    """A running `inbound serve` in one process: it receives and dispatches."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.app = build(settings, "single")
+        assert self.app.receiving is not None
+        assert self.app.dispatcher is not None
+        assert self.app.scheduler is not None
+        self.receiving = self.app.receiving
+        self.server = self.receiving.server
+        self.dispatcher = self.app.dispatcher
+        self.scheduler = self.app.scheduler
+        self.stopping = asyncio.Event()
+        self._resumed = (0, 0)  # (discarded, queued) at start
+
+    def reload(self) -> None:
+        self.app.reload()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def run(self, accept_signals: AcceptSignals | None = None) -> None:
+        """Serve until `stop`; then drain and return."""
+        capture_asyncio(asyncio.get_running_loop())
+        if accept_signals is not None:
+            accept_signals(self)
+        await self.start()
+        await self.serve()
+
+    async def start(self) -> None:
+        """Resume the spool and listen."""
+        self._resumed = self.app.resume()
+        await self.receiving.start()
+
+    async def serve(self) -> None:
+        """Announce, dispatch until `stop`, then drain the sessions and the dispatcher."""
+        self.app.announce(self.server.port, *self._resumed)
+        dispatching = self.app.dispatch(self.stopping)
+        await self.stopping.wait()
+        emit(log, "server.stopping")
+        drained = await self.receiving.drain()
+        await dispatching
+        emit(log, "server.stopped", drained=drained)
+        self.app.close()

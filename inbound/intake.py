@@ -2,7 +2,8 @@
 
 This is the `SessionPolicy` of the receiver: receipt filters at connect, recipient acceptance
 at RCPT, and at the end of DATA the in-session bounce or the durable commit that earns the
-250. It wires rules, spool and observability; the receiver never sees any of them.
+250. It wires rules, spool and observability; the receiver never sees any of them. It sees the
+spool through its port (`inbound.core.ports`) and reads a message only through its source.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
+from typing import Generic, TypeVar
 
 from inbound.core import reply as replies
+from inbound.core.clock import utc_now
 from inbound.core.envelope import Connection, Envelope, IpAddress
 from inbound.core.ids import MessageIdGenerator
 from inbound.core.message import MessageFacts, MimeLimits
+from inbound.core.ports import Committer, MessageSource, MessageWriter, SpoolError
 from inbound.core.reply import SmtpReply
 from inbound.message.mime import WalkCancelled
 from inbound.message.read import Need, need_for, read_facts
@@ -33,7 +36,7 @@ from inbound.rules.evaluate import (
     scanning_enabled,
 )
 from inbound.scan.run import Scanners
-from inbound.spool.store import GroupCommitter, Spool, SpoolError, SpoolMeta, SpoolWriter
+from inbound.spool.retry import SpoolMeta
 
 log = logging.getLogger("inbound.intake")
 
@@ -41,17 +44,14 @@ log = logging.getLogger("inbound.intake")
 # the rest wait their turn, so a burst of big messages cannot take every core.
 PARSES = 2
 
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
+Writer = TypeVar("Writer", bound=MessageWriter[SpoolMeta])
 
 
-class Intake:
+class Intake(Generic[Writer]):
     def __init__(
         self,
         book: RuleBook,
-        spool: Spool,
-        committer: GroupCommitter,
+        spool: Committer[Writer, SpoolMeta],
         scanners: Scanners,
         *,
         hostname: str,
@@ -64,7 +64,6 @@ class Intake:
     ) -> None:
         self.book = book
         self.spool = spool
-        self.committer = committer
         self.scanners = scanners
         self.hostname = hostname
         self.metrics = metrics
@@ -95,7 +94,12 @@ class Intake:
             emit(log, "recipient.rejected", code=decision.reply.code, status=decision.reply.status)
         return decision.reply
 
-    async def open_message(self) -> tuple[str, SpoolWriter]:
+    def postmaster(self) -> str:
+        # The first receiving domain of the rule set: a rule for postmaster@ it, or for the
+        # domain, gets mail to a bare <Postmaster> (README, "Decisions in the session").
+        return f"postmaster@{self.book.current.compiled.model.domains[0]}"
+
+    async def open_message(self) -> tuple[str, Writer]:
         message_id = self.ids.next()
         # A mkdir and an open: cheaper in place than the latency of a hop to a worker thread.
         return message_id, self.spool.open_writer(message_id)
@@ -103,7 +107,7 @@ class Intake:
     async def end_of_data(
         self,
         message_id: str,
-        writer: SpoolWriter,
+        writer: Writer,
         connection: Connection,
         envelope: Envelope,
         size: int,
@@ -129,7 +133,7 @@ class Intake:
     async def _decide_and_store(
         self,
         message_id: str,
-        writer: SpoolWriter,
+        writer: Writer,
         connection: Connection,
         envelope: Envelope,
         size: int,
@@ -138,9 +142,9 @@ class Intake:
         rules = snapshot.compiled
         need = need_for(message_keys(rules, envelope.rcpt_tos))
         # At most one write buffer is left to flush: page cache, cheaper here than in a thread.
-        path = writer.contents()
+        source = writer.source()
         scanned = await self.scanners.scan(
-            path,
+            source,
             scanning=scanning_enabled(rules, envelope.rcpt_tos),
             connection=connection,
             envelope=envelope,
@@ -149,7 +153,7 @@ class Intake:
             facts = MessageFacts(size=size)
         else:
             try:
-                facts = await self._read_facts(path, need)
+                facts = await self._read_facts(source, need)
             except WalkCancelled:
                 writer.abort()
                 return replies.SHUTTING_DOWN
@@ -201,12 +205,12 @@ class Intake:
             auth=scanned.auth,
             facts=None if need == "nothing" else facts,
         )
-        await self.committer.commit(writer, meta)
+        await self.spool.commit(writer, meta)
         emit(log, "message.spooled", message_id=message_id, size=size)
         self.on_queued(message_id)
         return replies.queued(message_id)
 
-    async def _read_facts(self, path: Path, need: Need) -> MessageFacts:
+    async def _read_facts(self, source: MessageSource, need: Need) -> MessageFacts:
         """One streaming read of the message, `parses` at a time; a cancelled session (the
         drain timeout, a dropped client) or a shutdown stops it at its next chunk, so no thread
         outlives the process's SIGTERM."""
@@ -217,7 +221,9 @@ class Intake:
 
         async with self._parsing:
             try:
-                return await asyncio.to_thread(read_facts, path, need, self.mime_limits, stop=stop)
+                return await asyncio.to_thread(
+                    read_facts, source, need, self.mime_limits, stop=stop
+                )
             except asyncio.CancelledError:
                 cancelled.set()
                 raise

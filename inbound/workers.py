@@ -3,19 +3,24 @@
 One Python process is bound by its interpreter lock, so a receiver on a machine with more
 cores runs its SMTP sessions in worker processes. The process model:
 
-- The supervisor checks the rules, locks the data directory, recovers the spool, binds the
-  listening socket and starts the workers (spawned, not forked: it runs threads). It runs
-  the dispatcher, the metrics endpoint and the signals.
-- Each worker serves SMTP sessions on the shared socket with its own rule book, scanners and
-  group committer, all writing to the one spool. It tells the supervisor each message it
-  queued over a pipe (`q ID` lines, and `r N` once it listens). A lost notice only delays
-  that message until the dispatcher's next rescan of the spool.
+- The supervisor is built by `inbound.app.build(settings, "supervisor")` (rules checked, data
+  directory locked, dispatcher), recovers the spool, binds the listening socket and starts the
+  workers (spawned, not forked: it runs threads). It runs the dispatcher, the metrics endpoint
+  and answers the signals.
+- Each worker is built by `build(settings, "worker", ...)`: it serves SMTP sessions on the
+  shared socket with its own rule book, scanners and group committer, all writing to the one
+  spool. It tells the supervisor each message it queued over a pipe (`q ID` lines, and `r N`
+  once it listens). A lost notice only delays that message until the dispatcher's next
+  rescan of the spool.
 - Connection limits count in shared memory (`SharedConnections`); the workers' metrics go to
   prometheus-client's multiprocess files, which the supervisor's endpoint sums.
-- SIGHUP and SIGTERM go to the supervisor, which passes them on. SIGTERM drains the workers,
+- SIGHUP and SIGTERM go to the supervisor, which passes them on (the handlers are installed by
+  `inbound.cli.serve`, which also gives the workers' entry point). SIGTERM drains the workers,
   then the dispatcher. A worker that dies is started again, its connections forgotten. If
   the supervisor dies, the workers exit at once (their pipe from it reaches end of file):
   what they acknowledged is in the spool, and what they did not, the client sends again.
+
+This module owns processes, pipes, shared counters and restarts; it builds no stage itself.
 """
 
 from __future__ import annotations
@@ -26,37 +31,23 @@ import ctypes
 import logging
 import multiprocessing
 import os
-import shutil
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from inbound.app import (
-    Receiving,
-    ServeSettings,
-    announce_missing_scanners,
-    build_targets,
-    lock_data_dir,
-    reload_rules,
-    rule_book,
-    tls_context,
-)
+from inbound.app import ServeSettings, WorkerWiring, build
 from inbound.core.errors import InboundError
 from inbound.core.ids import is_message_id
-from inbound.datadir import make_dir, protect
-from inbound.descriptors import DescriptorGauge, ensure_limit
-from inbound.dispatch import Dispatcher
 from inbound.observe.log import capture_asyncio, configure, emit
-from inbound.observe.metrics import supervisor_metrics, worker_metrics
-from inbound.observe.supervise import Backoff, supervise
-from inbound.receive.connections import ConnectionCounter, SharedConnections
+from inbound.observe.supervise import Backoff
+from inbound.receive.connections import SharedConnections
 from inbound.receive.server import listening_socket
-from inbound.rules.load import load_rule_set
-from inbound.spool.store import Spool
+from inbound.running import AcceptSignals, Receiving
 
 log = logging.getLogger("inbound.workers")
 
@@ -72,7 +63,7 @@ _BIND_PATIENCE = 5.0
 
 
 @dataclass(frozen=True)
-class _WorkerArgs:
+class WorkerArgs:
     """Everything a worker process is started with (pickled by multiprocessing)."""
 
     settings: ServeSettings
@@ -95,15 +86,13 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _worker_main(args: _WorkerArgs) -> None:
-    """The entry point of a worker process; it logs JSON lines only, whatever happens."""
+def run_worker(args: WorkerArgs, accept_signals: AcceptSignals) -> None:
+    """A worker process's life (its entry point, in `inbound.cli.serve`, calls this); it logs
+    JSON lines only, whatever happens."""
     _die_with_parent()
-    # Ctrl-C reaches every process of the terminal's group: the supervisor alone answers it,
-    # with a SIGTERM to each worker once they are all running.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure(context={"worker": args.index})
     try:
-        asyncio.run(_Worker(args).run())
+        asyncio.run(_Worker(args).run(accept_signals))
     except InboundError as exc:  # e.g. rules that changed on disk between checks
         emit(log, "worker.failed", level=logging.ERROR, error=str(exc))
         raise SystemExit(2) from None
@@ -113,25 +102,26 @@ def _worker_main(args: _WorkerArgs) -> None:
 
 
 class _Worker:
-    def __init__(self, args: _WorkerArgs) -> None:
-        s = args.settings
+    def __init__(self, args: WorkerArgs) -> None:
         self.args = args
-        spool = Spool(s.data_dir / "spool")
-        self.book = rule_book(s, spool)
-        self.receiving = Receiving(
-            s,
-            self.book,
-            spool,
-            worker_metrics(args.metrics_dir),
+        wiring = WorkerWiring(
+            metrics_dir=args.metrics_dir,
             on_queued=self._queued,
-            tls=tls_context(s, self.book, announce=False),
-            counter=ConnectionCounter(
-                shared=args.connections.for_worker(args.index), crowding=DescriptorGauge()
-            ),
+            connections=args.connections.for_worker(args.index),
             sock=args.sock,
         )
+        self.app = build(args.settings, "worker", wiring)
+        assert self.app.receiving is not None
+        self.receiving: Receiving = self.app.receiving
+        self.stopping = asyncio.Event()
         self._notices = args.notices.fileno()
         os.set_blocking(self._notices, False)
+
+    def reload(self) -> None:
+        self.app.reload()
+
+    def stop(self) -> None:
+        self.stopping.set()
 
     def _tell(self, line: str) -> None:
         with contextlib.suppress(OSError):  # a full pipe: the dispatcher's rescan finds it
@@ -144,16 +134,14 @@ class _Worker:
         emit(log, "worker.orphaned", level=logging.ERROR)
         os._exit(_ORPHANED)  # as if killed with the supervisor: nothing unacknowledged is kept
 
-    async def run(self) -> None:
+    async def run(self, accept_signals: AcceptSignals) -> None:
         loop = asyncio.get_running_loop()
         capture_asyncio(loop)
-        stopping = asyncio.Event()
-        loop.add_signal_handler(signal.SIGHUP, reload_rules, self.book)
-        loop.add_signal_handler(signal.SIGTERM, stopping.set)
+        accept_signals(self)
         loop.add_reader(self.args.lifeline.fileno(), self._orphaned)
         await self.receiving.start()
         self._tell(f"r {self.args.index}\n")
-        await stopping.wait()
+        await self.stopping.wait()
         emit(log, "worker.stopped", drained=await self.receiving.drain())
 
 
@@ -163,34 +151,18 @@ class _Worker:
 class Supervisor:
     """A running `inbound serve --workers N`."""
 
-    def __init__(self, settings: ServeSettings) -> None:
+    def __init__(self, settings: ServeSettings, worker_main: Callable[[WorkerArgs], None]) -> None:
+        """`worker_main`: a worker process's entry point, a module-level function (spawn
+        pickles it by name) that calls `run_worker`."""
         self.settings = settings
+        self.worker_main = worker_main
         # Bad rules, certificates and flags are reported before anything starts.
-        load_rule_set(settings.rules, extra_domains=settings.domains)
-        protect(settings.data_dir)
-        self._lock = lock_data_dir(settings.data_dir)
-        self.spool = Spool(settings.data_dir / "spool")
-        self.book = rule_book(settings, self.spool)
-        # Checks the certificate (and makes a self-signed one) before any worker starts.
-        self.tls = tls_context(settings, self.book) is not None
-        announce_missing_scanners(settings, self.book)
-        # Files the processes share while they run: the workers' metrics, the connections lock.
-        # In the data directory (known to be writable, and ours while we hold its lock), made
-        # anew: counts of an earlier run must not be summed into this one's.
-        self.run_dir = settings.data_dir / "run"
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.app = build(settings, "supervisor")
+        assert self.app.scheduler is not None
+        assert self.app.run_dir is not None
+        self.scheduler = self.app.scheduler
+        self.run_dir = self.app.run_dir
         self.metrics_dir = self.run_dir / "metrics"
-        make_dir(self.run_dir)
-        make_dir(self.metrics_dir)
-        self.metrics = supervisor_metrics(self.metrics_dir)
-        self.dispatcher = Dispatcher(
-            self.spool,
-            self.book,
-            build_targets(settings, self.book),
-            metrics=self.metrics,
-            retry=settings.retry,
-            sns_oversize=settings.sns_oversize,
-        )
         self.connections = SharedConnections.create(
             settings.workers, _SPAWN, self.run_dir / "connections.lock"
         )
@@ -211,7 +183,7 @@ class Supervisor:
         return int(self.sock.getsockname()[1])
 
     def _start_worker(self, index: int) -> None:
-        args = _WorkerArgs(
+        args = WorkerArgs(
             self.settings,
             index,
             self.metrics_dir,
@@ -220,7 +192,8 @@ class Supervisor:
             self._notices_out,
             self._lifeline_in,
         )
-        process = _SPAWN.Process(target=_worker_main, args=(args,), name=f"inbound-worker-{index}")
+        name = f"inbound-worker-{index}"
+        process = _SPAWN.Process(target=self.worker_main, args=(args,), name=name)
         process.start()
         self.workers[index] = process
         asyncio.get_running_loop().add_reader(process.sentinel, self._exited, index, process)
@@ -277,7 +250,7 @@ class Supervisor:
         for line in lines:
             kind, _, value = line.decode("ascii", "replace").partition(" ")
             if kind == "q" and is_message_id(value):
-                self.dispatcher.notify(value)
+                self.scheduler.notify(value)
             elif kind == "r" and value.isdigit():
                 self._ready.add(int(value))
                 if int(value) in self._restarts:
@@ -293,12 +266,16 @@ class Supervisor:
                 if failed:
                     raise InboundError(f"worker {failed[0]} exited while starting (see its log)")
 
-    async def run(self) -> None:
-        """Serve until SIGTERM or SIGINT; then drain the workers, then the dispatcher."""
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def run(self, accept_signals: AcceptSignals | None = None) -> None:
+        """Serve until `stop`; then drain the workers, then the dispatcher. Signals are
+        accepted once every worker runs (a SIGHUP passed on earlier would kill a worker
+        that has no handler yet)."""
         loop = asyncio.get_running_loop()
         capture_asyncio(loop)
-        recovered = self.spool.recover()
-        queued = self.dispatcher.load_queue()
+        recovered, queued = self.app.resume()
         loop.add_reader(self._notices_in.fileno(), self._read_notices)
         for index in range(self.settings.workers):
             self._start_worker(index)
@@ -309,26 +286,11 @@ class Supervisor:
             await self._stop_workers()
             self._close()
             raise InboundError(f"the workers did not start: {exc}") from None
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
-        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
-        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
-        if self.settings.metrics is not None:
-            self.metrics.serve(*self.settings.metrics)
-        emit(
-            log,
-            "server.started",
-            listen=f"{self.settings.host}:{self.port}",
-            data_dir=str(self.settings.data_dir),
-            workers=self.settings.workers,
-            queued=queued,
-            discarded_partial=recovered,
-            tls=self.tls,
-            rules_digest=self.book.current.digest[:12],
-        )
+        if accept_signals is not None:
+            accept_signals(self)
+        self.app.announce(self.port, recovered, queued, workers=self.settings.workers)
         dispatch_stop = asyncio.Event()
-        dispatching = asyncio.create_task(
-            supervise("dispatcher", lambda: self.dispatcher.run(dispatch_stop), stop=dispatch_stop)
-        )
+        dispatching = self.app.dispatch(dispatch_stop)
         await self.stopping.wait()
         emit(log, "server.stopping")
         drained = await self._stop_workers()
@@ -339,7 +301,7 @@ class Supervisor:
         emit(log, "server.stopped", drained=drained)
 
     def reload(self) -> None:
-        reload_rules(self.book)
+        self.app.reload()
         for process in self.workers.values():
             if process.exitcode is None and process.pid is not None:
                 os.kill(process.pid, signal.SIGHUP)
@@ -366,13 +328,4 @@ class Supervisor:
         for process in self.workers.values():
             loop.remove_reader(process.sentinel)
         self.sock.close()
-        shutil.rmtree(self.run_dir, ignore_errors=True)
-        self._lock.close()
-
-
-def serve_with_workers(settings: ServeSettings) -> int:
-    ensure_limit(settings.limits.max_connections, settings.workers)
-    supervisor = Supervisor(settings)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(supervisor.run())
-    return 0
+        self.app.close()

@@ -9,6 +9,7 @@ from pathlib import Path
 from inbound.app import ServeSettings, build_scanners
 from inbound.core.envelope import Connection, Envelope
 from inbound.core.verdicts import Verdicts
+from inbound.message.source import FileSource
 from inbound.rules.compiled import CompiledRuleSet
 from inbound.rules.evaluate import check_recipient, scanning_enabled
 from inbound.scan.run import Scanners
@@ -62,7 +63,7 @@ def measure(
 
     async def run() -> Verdicts:
         outcome = await scanners.scan(
-            eml, scanning=scanning, connection=connection, envelope=envelope
+            FileSource(eml), scanning=scanning, connection=connection, envelope=envelope
         )
         return outcome.verdicts
 

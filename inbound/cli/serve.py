@@ -1,24 +1,35 @@
-"""`inbound serve`: run the SMTP receiver (SPEC section 6)."""
+"""`inbound serve`: run the SMTP receiver (SPEC section 6).
+
+Besides the flags, this module owns the entry points of the processes (this one, and each
+worker's with `--workers`) and their signals, the only handlers inbound installs: SIGHUP
+reloads the rules, SIGTERM drains and exits, Ctrl-C is SIGTERM's twin in the process it was
+typed at (a worker leaves it to its supervisor).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import re
+import signal
 import socket
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from inbound.app import ServeSettings, serve
+from inbound.app import Receiver, ServeSettings
 from inbound.cli.args import add_domain_flag, pairs
 from inbound.core.errors import InputError
 from inbound.core.message import MAX_MIME_DEPTH, MimeLimits
 from inbound.datadir import restrict_umask
-from inbound.dispatch import RetryPolicy
+from inbound.descriptors import ensure_limit
 from inbound.observe.log import configure
 from inbound.receive.limits import ReceiverLimits
+from inbound.running import Controls
+from inbound.spool.retry import RetryPolicy
 from inbound.targets.relay import parse_relay
-from inbound.workers import serve_with_workers
+from inbound.workers import Supervisor, WorkerArgs, run_worker
 
 _DEFAULTS = ReceiverLimits()
 _MAX_WORKERS = 64
@@ -131,6 +142,12 @@ def add_parser(commands: Any) -> None:
     )
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-message-size", default="40MB", metavar="SIZE")
+    limits.add_argument(
+        "--max-header-size",
+        default="1MB",
+        metavar="SIZE",
+        help="largest header block (up to the first empty line); larger gets 552 5.3.4",
+    )
     limits.add_argument("--max-recipients", type=int, default=_DEFAULTS.max_recipients)
     limits.add_argument("--max-line-length", type=int, default=_DEFAULTS.max_line_length)
     limits.add_argument("--command-timeout", default="5m", metavar="DURATION")
@@ -138,6 +155,20 @@ def add_parser(commands: Any) -> None:
     limits.add_argument("--max-connections", type=int, default=_DEFAULTS.max_connections)
     limits.add_argument(
         "--max-connections-per-ip", type=int, default=_DEFAULTS.max_connections_per_ip
+    )
+    limits.add_argument(
+        "--max-junk-commands",
+        type=int,
+        default=_DEFAULTS.max_junk_commands,
+        metavar="N",
+        help="commands that do not advance a transaction (NOOP, RSET, a refused RCPT...) "
+        "before 421 4.7.0 (100)",
+    )
+    limits.add_argument(
+        "--max-session-time",
+        default="30m",
+        metavar="DURATION",
+        help="the longest a connection may last, then 421 4.4.2 (30m)",
     )
     limits.add_argument(
         "--max-mime-parts",
@@ -191,12 +222,15 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
     metrics = _host_port("--metrics", args.metrics) if args.metrics else None
     limits = ReceiverLimits(
         max_message_size=_size("--max-message-size", args.max_message_size),
+        max_header_size=_size("--max-header-size", args.max_header_size),
         max_recipients=args.max_recipients,
         max_line_length=args.max_line_length,
         command_timeout=_duration("--command-timeout", args.command_timeout),
         data_timeout=_duration("--data-timeout", args.data_timeout),
         max_connections=args.max_connections,
         max_connections_per_ip=args.max_connections_per_ip,
+        max_junk_commands=args.max_junk_commands,
+        max_session_time=_duration("--max-session-time", args.max_session_time),
     )
     retry = RetryPolicy(
         max_age=timedelta(seconds=_duration("--max-retry-age", args.max_retry_age)),
@@ -242,6 +276,29 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     configure()
     restrict_umask()  # whatever a library creates in the data directory is private too
-    if settings.workers > 1:
-        return serve_with_workers(settings)
-    return serve(settings)
+    ensure_limit(settings.limits.max_connections, settings.workers)
+    server = Supervisor(settings, worker_process) if settings.workers > 1 else Receiver(settings)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(server.run(_answer_signals))
+    return 0
+
+
+def _answer_signals(server: Controls) -> None:
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    loop.add_signal_handler(signal.SIGTERM, server.stop)
+    loop.add_signal_handler(signal.SIGINT, server.stop)
+
+
+def _answer_signals_in_worker(server: Controls) -> None:
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    loop.add_signal_handler(signal.SIGTERM, server.stop)
+
+
+def worker_process(args: WorkerArgs) -> None:
+    """The entry point of a worker process of `--workers N` (spawned: the supervisor names it)."""
+    # Ctrl-C reaches every process of the terminal's group: the supervisor alone answers it,
+    # with a SIGTERM to each worker once they are all running.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    run_worker(args, _answer_signals_in_worker)

@@ -8,8 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from inbound.core.errors import InputError
+from inbound.core.ports import SpoolPort
 from inbound.datadir import restrict_umask
+from inbound.spool.retry import DispatchState, SpoolMeta
 from inbound.spool.store import Spool
+
+Messages = SpoolPort[SpoolMeta, DispatchState]
 
 
 def add_parser(commands: Any) -> None:
@@ -42,7 +46,7 @@ def add_parser(commands: Any) -> None:
     p.set_defaults(run=run)
 
 
-def _summary(spool: Spool, message_id: str, where: str) -> dict[str, object]:
+def _summary(spool: Messages, message_id: str, where: str) -> dict[str, object]:
     meta = spool.meta(message_id)
     state = spool.state(message_id)
     done = sum(1 for s in state.steps.values() if s.outcome == "succeeded")
@@ -72,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
             f"{args.data_dir}: no spool here (give the receiver's --data-dir; "
             "it makes the spool when it first starts)"
         )
-    restrict_umask()  # `retry` writes state.json: as private as what the receiver writes
-    spool = Spool(args.data_dir / "spool")
+    restrict_umask()  # `retry` writes the dispatch state: as private as the receiver's files
+    spool: Messages = Spool(args.data_dir / "spool")
     if args.spool_command == "list":
         rows = [] if args.dead else [_summary(spool, m, "queued") for m in spool.queued()]
         rows += [_summary(spool, m, "dead") for m in spool.dead()]

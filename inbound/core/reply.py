@@ -33,11 +33,13 @@ MAILBOX_UNAVAILABLE = SmtpReply(550, "5.1.1", "Recipient address rejected: mailb
 # A domain that is not ours: we are not an open relay (RFC 5321 §3.6.2).
 RELAY_DENIED = SmtpReply(550, "5.7.1", "Recipient address rejected: relay access denied")
 BAD_RECIPIENT_SYNTAX = SmtpReply(501, "5.1.3", "Bad recipient address syntax")
+BAD_SENDER_SYNTAX = SmtpReply(501, "5.1.7", "Bad sender address syntax")
 # RFC 3207 §4: the text SES and Postfix use.
 TLS_REQUIRED = SmtpReply(530, "5.7.0", "Must issue a STARTTLS command first")
 CLIENT_REFUSED = SmtpReply(554, "5.7.1", "Access denied")
 TOO_MANY_RECIPIENTS = SmtpReply(452, "4.5.3", "Too many recipients")
 MESSAGE_TOO_BIG = SmtpReply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+HEADER_TOO_BIG = SmtpReply(552, "5.3.4", "Message header size exceeds fixed maximum header size")
 # RFC 5321 §4.5.3.1.6; the whole message is refused, never cut.
 LINE_TOO_LONG = SmtpReply(500, "5.5.2", "Line too long (RFC 5321 4.5.3.1.6)")
 BARE_LINE_ENDING = SmtpReply(550, "5.5.2", "Bare CR or LF in message is not allowed")
@@ -47,8 +49,20 @@ MIME_TOO_COMPLEX = SmtpReply(
     554, "5.6.0", "Message has too many MIME parts or levels to check its attachments"
 )
 INTERNAL_ERROR = SmtpReply(451, "4.3.0", "Temporary server error, please try again later")
+# AUTH is not offered (an MX, not a submission server): RFC 5321 §4.2.4.
+NOT_IMPLEMENTED = SmtpReply(502, "5.5.1", "Command not implemented")
+TLS_ACTIVE = SmtpReply(503, "5.5.1", "TLS already active")
+TLS_SYNTAX = SmtpReply(501, "5.5.4", "Syntax: STARTTLS")
+TLS_READY = SmtpReply(220, "2.0.0", "Ready to start TLS")
+TLS_UNAVAILABLE = SmtpReply(454, "4.7.0", "TLS not available")
+# RFC 5321 §4.5.3.2: say why before closing.
+TIMEOUT = SmtpReply(421, "4.4.2", "Timeout, closing connection")
 SHUTTING_DOWN = SmtpReply(421, "4.3.2", "Service shutting down, try again later")
 TOO_MANY_CONNECTIONS = SmtpReply(421, "4.7.0", "Too many connections, try again later")
+# Postfix's smtpd_junk_command_limit: NOOP, RSET, a refused MAIL... without a transaction.
+TOO_MANY_JUNK_COMMANDS = SmtpReply(421, "4.7.0", "Too many commands without a transaction")
+# --max-session-time; RFC 3463 X.4.2 as for the other timeouts (RFC 5321 §4.5.3.2).
+SESSION_TIME_EXCEEDED = SmtpReply(421, "4.4.2", "Session time limit exceeded, closing connection")
 
 
 def queued(message_id: str) -> SmtpReply:

@@ -1,4 +1,7 @@
-"""A message on disk: its facts, reading only as much as the rules need, and its bytes.
+"""A message's facts, reading only as much as the rules need, and its bytes for the actions.
+
+Everything here reads through a `MessageSource` (`inbound.core.ports`): where the bytes are kept
+is the source's business, never this module's.
 
 Header conditions need the header block only; attachment conditions need every part's header
 block, which the walk of `inbound.message.mime` reads in chunks without keeping any body, so a
@@ -10,11 +13,12 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Collection
-from pathlib import Path
 from typing import Literal
 
 from inbound.core.message import MessageFacts, MimeLimits, Reads
+from inbound.core.ports import MessageSource
 from inbound.message.parse import facts_from
+from inbound.message.source import header_end
 
 Need = Literal["nothing", "headers", "everything"]
 CHUNK = 1024 * 1024
@@ -31,34 +35,34 @@ def need_for(reads: Collection[Reads]) -> Need:
 
 
 def read_facts(
-    path: Path,
+    source: MessageSource,
     need: Need,
     limits: MimeLimits | None = None,
     *,
     stop: Callable[[], bool] | None = None,
 ) -> MessageFacts:
-    """The facts of the message at `path`; `stop()` true between two chunks raises
+    """The facts of the message in `source`; `stop()` true between two chunks raises
     `WalkCancelled` (a shutdown)."""
-    size = path.stat().st_size
+    size = source.size
     if need == "nothing":
         return MessageFacts(size=size)
-    with path.open("rb") as stream:
+    with source.open() as stream:
         return facts_from(
             stream, size, limits or MimeLimits(), headers_only=need == "headers", stop=stop
         )
 
 
-def read_with_head(path: Path, head: Callable[[bytes], bytes]) -> bytes:
-    """The message at `path` with its header block (up to and with the empty line) replaced by
+def read_with_head(source: MessageSource, head: Callable[[bytes], bytes]) -> bytes:
+    """The message in `source` with its header block (up to and with the empty line) replaced by
     `head(block)`, e.g. our trace headers prepended; `head` must treat a header block as it
     would the whole message.
 
     The body is appended in chunks to the buffer that `BytesIO.getvalue()` then hands over
     without a copy: a 40 MB message costs about 40 MB here, not twice that.
     """
-    with path.open("rb") as stream:
+    with source.open() as stream:
         prefix = stream.read(MAX_HEADER_BYTES)
-        end = _header_end(prefix)
+        end = header_end(prefix)
         if end is None:  # no body, or a header block beyond the limit: the simple way
             return head(prefix + stream.read())
         out = io.BytesIO()
@@ -68,12 +72,3 @@ def read_with_head(path: Path, head: Callable[[bytes], bytes]) -> bytes:
         while chunk := stream.read(CHUNK):
             out.write(chunk)
     return out.getvalue()
-
-
-def _header_end(data: bytes) -> int | None:
-    """Offset just past the empty line ending the header block (CRLF or bare LF)."""
-    positions = [p for p in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if p >= 0]
-    if not positions:
-        return None
-    first = min(positions)
-    return first + (4 if data.startswith(b"\r\n\r\n", first) else 2)

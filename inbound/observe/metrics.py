@@ -3,7 +3,7 @@
 `ReceiveMetrics` are counted where SMTP sessions run, `DispatchMetrics` where actions run;
 `Metrics` is both, for a receiver in one process. With `--workers` the receiving processes
 count in prometheus-client's multiprocess files and the supervisor serves their sum next to its
-own dispatch metrics (`serve_with_workers`).
+own dispatch metrics (`inbound.workers`).
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ class SessionPolicy(Protocol[W]):
     def recipient(self, address: str, *, tls: bool) -> SmtpReply:
         """The reply to RCPT TO for one address."""
 
+    def postmaster(self) -> str:
+        """The address `RCPT TO:<Postmaster>` (no domain, RFC 5321 §4.5.1) stands for."""
+
     async def open_message(self) -> tuple[str, W]:
         """A new message ID and the writer its DATA streams into."""
 

@@ -1,69 +1,47 @@
 """One SMTP session: aiosmtpd's protocol engine with inbound's decisions and hostile-input rules.
 
 What this module adds to aiosmtpd: refusals before the greeting (receipt filters, connection
-limits), per-RCPT decisions and the recipient limit, DATA streamed to a writer line by line
-(never the whole message in memory), bare CR/LF and smuggling refused with 550 5.5.2, enhanced
-status codes (RFC 2034) on every reply, and 451 4.3.0 for internal errors instead of
-aiosmtpd's reply that leaks the exception text. Every decision comes from a `SessionPolicy`.
+limits), per-RCPT decisions and the recipient limit, DATA streamed to a writer (data.py), a
+STARTTLS that discards all plaintext and counts as TLS only after a completed handshake,
+enhanced status codes (RFC 2034) on every reply and no control character echoed in one, and
+451 4.3.0 for internal errors instead of aiosmtpd's reply that leaks the exception text. Every
+decision comes from a `SessionPolicy`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import ssl
+from collections.abc import Awaitable
 from ipaddress import ip_address
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import Envelope, Session
 
 from inbound.core import reply as replies
 from inbound.core.envelope import Connection
 from inbound.core.envelope import Envelope as SmtpEnvelope
 from inbound.core.reply import SmtpReply
+from inbound.observe.log import emit
 from inbound.receive.connections import ConnectionCounter
+from inbound.receive.data import receive_data
 from inbound.receive.limits import ReceiverLimits
-from inbound.receive.policy import MessageWriter, SessionPolicy
+from inbound.receive.policy import SessionPolicy
+from inbound.receive.reply_line import bounded, sanitized, with_status
+from inbound.receive.session import LimitedSMTP
+from inbound.receive.starttls import start_tls
 
 log = logging.getLogger("inbound.receive")
 
-_ENHANCED = re.compile(r"^\d{3}[ -]\d\.\d{1,3}\.\d{1,3}( |$)")
-# RFC 3463 codes for aiosmtpd's own replies, which have none.
-_DEFAULT_STATUS = {
-    "221": "2.0.0", "250": "2.0.0", "220": "2.0.0", "251": "2.1.5", "252": "2.5.0",
-    "421": "4.4.2", "451": "4.3.0", "452": "4.5.3", "454": "4.7.0",
-    "500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1", "504": "5.5.4",
-    "530": "5.7.0", "535": "5.7.8", "550": "5.0.0", "552": "5.3.4", "553": "5.1.3",
-    "554": "5.0.0", "555": "5.5.4",
-}  # fmt: skip
-# The DATA timeout is an inactivity timeout, re-armed after this many bytes.
-_TIMEOUT_RESET_BYTES = 64 * 1024
+
+class _MalformedAddressError(Exception):
+    """An address in MAIL or RCPT that does not parse; answered with 501 (RFC 5321 §4.1.2)."""
 
 
-def with_status(line: str) -> str:
-    """Add an RFC 3463 enhanced status code to a reply line that has none."""
-    if len(line) < 4 or not line[:3].isdigit() or _ENHANCED.match(line):
-        return line
-    status = _DEFAULT_STATUS.get(line[:3])
-    if status is None:
-        return line
-    return f"{line[:4]}{status} {line[4:]}"
-
-
-class _DataState:
-    NOMINAL, TOO_MUCH, TOO_LONG, BARE_LINE_ENDING = range(4)
-
-
-_DATA_REFUSALS = {
-    _DataState.TOO_MUCH: replies.MESSAGE_TOO_BIG,
-    _DataState.TOO_LONG: replies.LINE_TOO_LONG,
-    _DataState.BARE_LINE_ENDING: replies.BARE_LINE_ENDING,
-}
-
-
-class InboundSMTP(SMTP):
-    """One SMTP session. Built by `SmtpServer` for each connection."""
+class InboundSMTP(LimitedSMTP):
+    """One SMTP session. Built by `SmtpServer` for each connection; what it may spend and
+    how it ends are session.py's."""
 
     def __init__(
         self,
@@ -80,23 +58,26 @@ class InboundSMTP(SMTP):
         self.line_length_limit = max(limits.max_line_length + 1, 1001)
         super().__init__(
             _Hooks(),
+            limits=limits,
             data_size_limit=limits.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
             hostname=hostname,
             ident="inbound",
             tls_context=tls_context,
-            timeout=limits.command_timeout,
             auth_require_tls=True,
             loop=loop,
         )
         self.policy = policy
-        self.limits = limits
         self.counter = counter
         self._client_ip = ""
         self._counted = False
         self._bare_replies = False
         self._stopping = False
+        # Set only by a completed TLS handshake: the one source of the session's TLS facts.
+        self._tls_established = False
+        # While MAIL or RCPT parses its address: the reply to a malformed one.
+        self._address_reply: SmtpReply | None = None
 
     # -- connection ----------------------------------------------------------------------
 
@@ -104,6 +85,9 @@ class InboundSMTP(SMTP):
         if self._original_transport is None and not self._counted:
             peer = transport.get_extra_info("peername")
             self._client_ip = str(peer[0]) if peer else "0.0.0.0"  # noqa: S104 - a value
+        elif self._original_transport is not None:
+            # The TLS layer calls this only once its handshake has completed.
+            self._tls_established = True
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -126,10 +110,14 @@ class InboundSMTP(SMTP):
             self._close_for_shutdown()
 
     def _close_for_shutdown(self) -> None:
+        # RFC 5321 §3.8: 421 when the service is shutting down.
+        self._close_saying(replies.SHUTTING_DOWN)
+
+    def _close_saying(self, reply: SmtpReply) -> None:
+        """Say `reply` and close, unless the connection is closing already."""
         transport = self.transport
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            # RFC 5321 §3.8: 421 when the service is shutting down.
-            transport.write(f"{replies.SHUTTING_DOWN}\r\n".encode())
+            transport.write(f"{reply}\r\n".encode())
             transport.close()
 
     async def _handle_client(self) -> None:
@@ -159,22 +147,42 @@ class InboundSMTP(SMTP):
         return self.policy.connect(client_ip)
 
     def _timeout_cb(self) -> None:
-        # RFC 5321 §4.5.3.2: say why before closing (aiosmtpd closes silently).
-        transport = self.transport
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            transport.write(b"421 4.4.2 Timeout, closing connection\r\n")
-        super()._timeout_cb()  # type: ignore[no-untyped-call]
+        # RFC 5321 §4.5.3.2: say why before closing (aiosmtpd closes silently). A connection
+        # that is gone already (a client that dropped mid-DATA) has nothing left to close:
+        # aiosmtpd's version asserts a transport there.
+        self._close_saying(replies.TIMEOUT)
 
     # -- replies -------------------------------------------------------------------------
 
+    @property
+    def closing(self) -> bool:
+        """The connection is gone or going: under TLS, the socket below may be closing while
+        the TLS transport does not know yet."""
+        transport, below = self.transport, self._original_transport
+        return (
+            transport is None
+            or transport.is_closing()
+            or (below is not None and below.is_closing())
+        )
+
     async def push(self, status: str) -> None:  # type: ignore[override]
+        if self.closing:
+            # Nobody reads this reply any more, and writing it only makes asyncio log.
+            log.debug("reply.dropped", extra={"event": "reply.dropped"})
+            return
+        status = sanitized(status)
         if self._bare_replies and status.startswith("220 "):
             self._bare_replies = False  # only the greeting itself
         elif not self._bare_replies:
             status = with_status(status)
-        await super().push(status)
+        await super().push(bounded(status))
 
     async def handle_exception(self, error: Exception) -> str:
+        if self.closing:
+            # What fails once the client has gone (a read or write on the closed connection)
+            # is the end of the session, not an error of the receiver.
+            log.debug("session.ended", extra={"event": "session.ended"})
+            return str(replies.INTERNAL_ERROR)  # dropped by push
         # Never the exception text to the peer (aiosmtpd's default does that).
         log.error(
             "session.failed",
@@ -201,20 +209,75 @@ class InboundSMTP(SMTP):
 
     @property
     def under_tls(self) -> bool:
-        return self._tls_protocol is not None
+        return self._tls_established
 
     async def smtp_STARTTLS(self, arg: str) -> None:
-        # RFC 3207 §4.2: no second handshake inside TLS (aiosmtpd would start one).
-        if self.under_tls:
-            await self.push("503 5.5.1 TLS already active")
+        """RFC 3207, replacing aiosmtpd's: nothing sent after STARTTLS and before a completed
+        handshake is ever read as a command, however much it is (see starttls.py)."""
+        if self._tls_protocol is not None:
+            # RFC 3207 §4.2: no second handshake inside TLS (aiosmtpd would start one).
+            await self.push(str(replies.TLS_ACTIVE))
             return
-        await super().smtp_STARTTLS(arg)
+        if arg:
+            await self.push(str(replies.TLS_SYNTAX))
+            return
+        if self.tls_context is None:
+            await self.push(str(replies.TLS_UNAVAILABLE))
+            return
+        await self.push(str(replies.TLS_READY))
+        transport = self.transport
+        if not isinstance(transport, asyncio.Transport) or self.closing:
+            return
+        tls, handshake = start_tls(self, transport, self._reader, self.tls_context)
+        self._tls_protocol, self._original_transport = tls, transport
+        self.transport = tls._app_transport
+        error: Exception | None = None
+        try:
+            await handshake
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a failed handshake is the client's doing
+            error = exc
+        if not self._tls_established:
+            self._tls_failed(error)
+
+    def _tls_failed(self, error: Exception | None) -> None:
+        """No completed handshake (it failed, or the connection closed during it): the end."""
+        emit(log, "tls.failed", error=type(error).__name__ if error else "ConnectionClosed")
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+        # The TLS layer tells the session nothing of a connection lost during its handshake.
+        self.connection_lost(None)
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        # No AUTH on an MX (it is not advertised): aiosmtpd would answer 538 or 535.
+        await self.push(str(replies.NOT_IMPLEMENTED))
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        try:
+            address, rest = super()._getaddr(arg)
+        except (IndexError, ValueError):  # the email parser's, on "a@" for one
+            address, rest = None, None
+        if address is None and self._address_reply is not None:
+            raise _MalformedAddressError
+        return address, rest
+
+    async def _parsing_address(self, command: Awaitable[None], reply: SmtpReply) -> None:
+        """Run aiosmtpd's MAIL or RCPT; a malformed address gets `reply` (501, RFC 3463)."""
+        self._address_reply = reply
+        try:
+            await command
+        except _MalformedAddressError:
+            await self.push(str(reply))
+        finally:
+            self._address_reply = None
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         if self._stopping:
             self._close_for_shutdown()
             return
-        await super().smtp_MAIL(arg)
+        await self._parsing_address(super().smtp_MAIL(arg), replies.BAD_SENDER_SYNTAX)
 
     async def smtp_RSET(self, arg: str) -> None:
         await super().smtp_RSET(arg)
@@ -226,7 +289,7 @@ class InboundSMTP(SMTP):
         if self.envelope.mail_from and len(self.envelope.rcpt_tos) >= self.limits.max_recipients:
             await self.push(str(replies.TOO_MANY_RECIPIENTS))
             return
-        await super().smtp_RCPT(arg)
+        await self._parsing_address(super().smtp_RCPT(arg), replies.BAD_RECIPIENT_SYNTAX)
 
     # -- DATA ----------------------------------------------------------------------------
 
@@ -243,24 +306,36 @@ class InboundSMTP(SMTP):
         message_id, writer = await self.policy.open_message()
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
-            state, size = await self._receive_data(writer)
+            result = await receive_data(self._reader, writer, self.limits, self._data_alive)
         except BaseException:
             writer.abort()
             raise
+        finally:
+            if self.transport is not None:  # back to the command timeout
+                self._reset_timeout()
         envelope = self.envelope
         self._set_post_data_state()  # type: ignore[no-untyped-call]
-        if state is None or self.transport is None:
+        if result is None or self.transport is None:
             writer.abort()  # the client went away mid-DATA: nothing was acknowledged
             return
-        if state != _DataState.NOMINAL:
+        refusal = result.outcome.refusal
+        if refusal is not None:
             writer.abort()
-            await self.push(str(_DATA_REFUSALS[state]))
+            if result.error is not None:
+                emit(
+                    log,
+                    "message.receive_failed",
+                    level=logging.ERROR,
+                    message_id=message_id,
+                    error=type(result.error).__name__,
+                )
+            await self.push(str(refusal))
             if self._stopping:
                 self._close_for_shutdown()
             return
         try:
             reply = await self.policy.end_of_data(
-                message_id, writer, self._connection(), self._envelope(envelope), size
+                message_id, writer, self._connection(), self._envelope(envelope), result.size
             )
         except BaseException:
             writer.abort()  # whatever failed, the message was not acknowledged
@@ -269,57 +344,8 @@ class InboundSMTP(SMTP):
         if self._stopping:
             self._close_for_shutdown()
 
-    async def _receive_data(self, writer: MessageWriter) -> tuple[int | None, int]:
-        """Stream DATA into `writer` up to CRLF.CRLF; (state, bytes), state None if cut off.
-
-        After a problem the rest is still read (RFC 5321 §4.2.5: reply at the end of data)
-        but no longer written."""
-        state = _DataState.NOMINAL
-        size = since_reset = 0
-        max_line = self.limits.max_line_length
-        # Only CRLF "." CRLF ends DATA (RFC 5321 §4.1.1.4): a "." line after a bare LF
-        # (`\n.\r\n`, the SMTP smuggling sequence) is data, not the end.
-        after_crlf = True
-        cr_pending = False  # an over-long line was cut just after its CR
+    def _data_alive(self) -> None:
         self._reset_timeout(self.limits.data_timeout)
-        try:
-            while self.transport is not None:
-                try:
-                    line = await self._reader.readuntil(b"\n")
-                except asyncio.LimitOverrunError as exc:
-                    chunk = await self._reader.read(exc.consumed)
-                    state = _DataState.TOO_LONG if state == _DataState.NOMINAL else state
-                    after_crlf, cr_pending = False, chunk.endswith(b"\r")
-                    continue
-                except asyncio.IncompleteReadError:
-                    return None, size
-                if line == b".\r\n" and after_crlf:
-                    return state, size
-                after_crlf = line.endswith(b"\r\n") or (cr_pending and line == b"\n")
-                cr_pending = False
-                since_reset += len(line)
-                if since_reset >= _TIMEOUT_RESET_BYTES:
-                    since_reset = 0
-                    self._reset_timeout(self.limits.data_timeout)
-                if state != _DataState.NOMINAL:
-                    continue
-                # RFC 5321 §2.3.8: lines end in CRLF. A bare LF or CR is how SMTP smuggling
-                # splits one transaction into two elsewhere: the whole message is refused.
-                if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
-                    state = _DataState.BARE_LINE_ENDING
-                elif len(line) > max_line + (line[:1] == b"."):  # a transparent dot is extra
-                    state = _DataState.TOO_LONG
-                else:
-                    if line[:1] == b".":
-                        line = line[1:]  # RFC 5321 §4.5.2 transparency
-                    size += len(line)
-                    if size > self.limits.max_message_size:
-                        state = _DataState.TOO_MUCH
-                    else:
-                        writer.write(line)
-            return None, size
-        finally:
-            self._reset_timeout()
 
     def _connection(self) -> Connection:
         assert self.session is not None
@@ -371,6 +397,10 @@ class _Hooks:
         address: str,
         options: list[str],
     ) -> str:
+        if address.lower() == "postmaster":
+            # RFC 5321 §4.5.1: "Postmaster" without a domain must be accepted; it stands for
+            # the policy's own postmaster address, so rules see a whole address.
+            address = server.policy.postmaster()
         decision = server.policy.recipient(address, tls=server.under_tls)
         known = {a.lower() for a in envelope.rcpt_tos}
         if decision.is_success and address.lower() not in known:

@@ -30,8 +30,8 @@ import asyncio
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv6Address
-from pathlib import Path
 
+from inbound.core.ports import MessageSource
 from inbound.core.verdicts import DmarcPolicy, Verdict, Verdicts
 from inbound.message.headers import AuthDetails
 from inbound.scan.checkrun import CheckRun, Deadline
@@ -73,7 +73,7 @@ class AuthOutcome:
 
 
 async def authenticate(
-    raw: bytes | Path,
+    raw: bytes | MessageSource,
     *,
     client_ip: IPv4Address | IPv6Address | str,
     helo: str,

@@ -1,6 +1,6 @@
 """The virus verdict from clamd, over its INSTREAM protocol (asyncio, TCP or unix socket).
 
-The message is streamed from its spool file in chunks (`<length:u32 big-endian><bytes>`, a
+The message is streamed from its source in chunks (`<length:u32 big-endian><bytes>`, a
 zero length ends it), so a 40 MB message is never held in memory. The `clamd` PyPI package is
 not used: it is unmaintained since 2014, blocks without a timeout by default, and raises a raw
 `BrokenPipeError` instead of reporting clamd's `INSTREAM size limit exceeded`.
@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from pathlib import Path
 from typing import BinaryIO
 
 from inbound.core.errors import InputError
+from inbound.core.ports import MessageSource
 from inbound.core.verdicts import Verdict
 from inbound.scan.address import DaemonAddress, connect, describe_os_error, parse_address
 from inbound.scan.result import DaemonError, ScanResult
@@ -28,7 +28,7 @@ SIZE_LIMIT_REPLY = "INSTREAM size limit exceeded"
 
 
 class ClamdScanner:
-    """`await ClamdScanner("127.0.0.1:3310").scan(path)` → `ScanResult`; never raises for clamd.
+    """`await ClamdScanner("127.0.0.1:3310").scan(source)` → `ScanResult`; never raises for clamd.
 
     `timeout` bounds the whole exchange (connect, stream, reply): a clamd that is down, hangs
     or refuses the message gives `PROCESSING_FAILED` with the reason.
@@ -51,9 +51,9 @@ class ClamdScanner:
         self.timeout = timeout
         self.chunk_size = chunk_size
 
-    async def scan(self, path: Path) -> ScanResult:
+    async def scan(self, source: MessageSource) -> ScanResult:
         try:
-            message = path.open("rb")
+            message = source.open()
         except OSError as exc:
             return _failed(f"cannot read the message: {describe_os_error(exc)}")
         with message:
@@ -92,7 +92,7 @@ class ClamdScanner:
             # The z prefix asks for NUL-terminated replies (clamd(8), "COMMANDS").
             await loop.sock_sendall(sock, b"zINSTREAM\0")
             try:
-                # Reading a chunk of a local spool file is page-cache fast; a thread hop per
+                # Reading a chunk of a spooled message is page-cache fast; a thread hop per
                 # chunk would cost more than the read itself.
                 while chunk := message.read(self.chunk_size):
                     await loop.sock_sendall(sock, struct.pack("!L", len(chunk)) + chunk)

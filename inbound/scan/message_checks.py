@@ -10,14 +10,15 @@ import binascii
 import logging
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import dkim
 
+from inbound.core.ports import MessageSource
 from inbound.core.verdicts import Verdict
 from inbound.message.headers import DkimResult
 from inbound.message.parse import parse_message
+from inbound.message.source import header_end
 from inbound.observe.log import emit
 from inbound.scan.checkrun import CheckRun
 from inbound.scan.dmarc import Discovery, aligned_any, discover, normal_domain
@@ -59,10 +60,10 @@ class MessageChecks:
 _INLINE_BYTES = 128 * 1024
 
 
-async def check_message(raw: bytes | Path, run: CheckRun) -> MessageChecks:
+async def check_message(raw: bytes | MessageSource, run: CheckRun) -> MessageChecks:
     try:
         async with asyncio.timeout(run.deadline.remaining()):
-            data = raw if isinstance(raw, bytes) else await _read_file(raw, run)
+            data = raw if isinstance(raw, bytes) else await _read_source(raw, run)
             if len(data) <= _INLINE_BYTES:
                 message = _read_message(data)
             else:
@@ -70,7 +71,7 @@ async def check_message(raw: bytes | Path, run: CheckRun) -> MessageChecks:
     except TimeoutError:
         emit(log, "auth.timed_out", check="message")
         return MessageChecks(dkim=None)
-    except Exception as exc:  # an unreadable spool file, a parser bug: no lost message
+    except Exception as exc:  # an unreadable message, a parser bug: no lost message
         emit(log, "auth.failed", level=logging.WARNING, check="message", error=type(exc).__name__)
         return MessageChecks(dkim=None)
     dkim_results, policies = await asyncio.gather(
@@ -80,27 +81,19 @@ async def check_message(raw: bytes | Path, run: CheckRun) -> MessageChecks:
     return MessageChecks(dkim_results, message.from_domains, policies)
 
 
-async def _read_file(path: Path, run: CheckRun) -> bytes:
-    if path.stat().st_size <= _INLINE_BYTES:  # just written: in the page cache
-        return path.read_bytes()
-    return await run.in_thread(_read_for_checks, path)
+async def _read_source(source: MessageSource, run: CheckRun) -> bytes:
+    if source.size <= _INLINE_BYTES:  # just written: in the page cache
+        return source.read_all()
+    return await run.in_thread(_read_for_checks, source)
 
 
-def _read_for_checks(path: Path) -> bytes:
+def _read_for_checks(source: MessageSource) -> bytes:
     """The message's header, and its body only when a DKIM signature needs it (the body hash):
     a large unsigned message is never held in memory."""
-    with path.open("rb") as f:
-        head = f.read(_INLINE_BYTES)
-        end = _header_end(head)
-        if end >= 0 and not _DKIM_HEADER.search(head, 0, end):
-            return head[:end]
-        return head + f.read()
-
-
-def _header_end(data: bytes) -> int:
-    """Where the header ends, its blank line included; -1 when it does not end in `data`."""
-    ends = [i + len(blank) for blank in (b"\r\n\r\n", b"\n\n") if (i := data.find(blank)) >= 0]
-    return min(ends, default=-1)
+    head = source.head(_INLINE_BYTES)
+    if header_end(head) is not None and not _DKIM_HEADER.search(head):
+        return head
+    return source.read_all()
 
 
 def _read_message(data: bytes) -> _Message:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from inbound.core.errors import InboundError
+from inbound.core.ports import MessageSource
 from inbound.core.verdicts import Verdict
 
 
@@ -28,4 +28,4 @@ class DaemonError(InboundError):
 class Scanner(Protocol):
     """A spam or virus scanner: one call per message, never raises for a daemon's failure."""
 
-    async def scan(self, path: Path) -> ScanResult: ...
+    async def scan(self, source: MessageSource) -> ScanResult: ...

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from inbound.core.envelope import Connection, Envelope
+from inbound.core.ports import MessageSource
 from inbound.core.verdicts import Verdict, Verdicts
 from inbound.message.headers import AuthDetails
 from inbound.scan.auth import authenticate
@@ -43,13 +43,13 @@ class Scanners:
     auth_executor: Executor | None = None
 
     async def scan(
-        self, path: Path, *, scanning: bool, connection: Connection, envelope: Envelope
+        self, source: MessageSource, *, scanning: bool, connection: Connection, envelope: Envelope
     ) -> ScanOutcome:
         virus, spam, auth = await asyncio.gather(
-            self._run(self.virus, path, scanning),
-            self._run(self.spam, path, scanning),
+            self._run(self.virus, source, scanning),
+            self._run(self.spam, source, scanning),
             authenticate(
-                path,
+                source,
                 client_ip=connection.client_ip,
                 helo=connection.helo,
                 mail_from=envelope.mail_from,
@@ -62,9 +62,9 @@ class Scanners:
         return ScanOutcome(verdicts, auth.details, virus.detail, spam.detail)
 
     @staticmethod
-    async def _run(scanner: Scanner | None, path: Path, scanning: bool) -> ScanResult:
+    async def _run(scanner: Scanner | None, source: MessageSource, scanning: bool) -> ScanResult:
         if not scanning:
             return _NOT_ASKED
         if scanner is None:
             return _NOT_CONFIGURED
-        return await scanner.scan(path)
+        return await scanner.scan(source)

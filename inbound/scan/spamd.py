@@ -1,6 +1,6 @@
 """The spam verdict from spamd, over the SPAMC/1.5 protocol (asyncio, TCP or unix socket).
 
-`SYMBOLS SPAMC/1.5` with a `Content-length`, the message streamed from its file; spamd answers
+`SYMBOLS SPAMC/1.5` with a `Content-length`, the message streamed from its source; spamd answers
 `Spam: True ; 1000.0 / 5.0` and the names of the rules that hit. `aiospamc` is not used: it
 pulls in typer and loguru for what is ~60 lines here, with our own timeout and error mapping.
 
@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import os
 import re
 import socket
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 from inbound.core.errors import InputError
+from inbound.core.ports import MessageSource
 from inbound.core.verdicts import Verdict
 from inbound.scan.address import DaemonAddress, connect, describe_os_error, parse_address
 from inbound.scan.result import DaemonError, ScanResult
@@ -97,7 +96,7 @@ def spam_verdict(report: SpamReport, gray_band: float) -> ScanResult:
 
 
 class SpamdScanner:
-    """`await SpamdScanner("127.0.0.1:783").scan(path)` → `ScanResult`; never raises for spamd.
+    """`await SpamdScanner("127.0.0.1:783").scan(source)` → `ScanResult`; never raises for spamd.
 
     `timeout` bounds the whole exchange; `gray_band` is how far below spamd's threshold a
     score is still GRAY rather than PASS; `user` is sent as SPAMC's `User` header.
@@ -128,13 +127,13 @@ class SpamdScanner:
         self.gray_band = gray_band
         self.user = user
 
-    async def scan(self, path: Path) -> ScanResult:
+    async def scan(self, source: MessageSource) -> ScanResult:
         try:
-            message = path.open("rb")
+            size = source.size
+            message = source.open()
         except OSError as exc:
             return _failed(f"cannot read the message: {describe_os_error(exc)}")
         with message:
-            size = os.fstat(message.fileno()).st_size
             if size > self.max_size:
                 return ScanResult(
                     Verdict.GRAY, f"too large to scan ({size} bytes, spamd limit {self.max_size})"

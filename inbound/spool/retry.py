@@ -231,6 +231,29 @@ def next_attempt_at(
     )
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """`--max-retry-age`, `--retry-delay`, `--max-retry-delay`: the schedule of one message."""
+
+    # SES retries a failing action for up to 4 hours (PublishExpired).
+    max_age: timedelta = timedelta(hours=4)
+    base_delay: float = 60.0
+    max_delay: float = 3600.0
+
+    def next_attempt(self, meta: SpoolMeta, state: DispatchState, now: datetime) -> datetime | None:
+        """When to try again after `state.attempts` failed attempts, or None: dead-letter it.
+
+        The window starts at receipt, or at the operator's last `inbound spool retry`."""
+        return next_attempt_at(
+            state.attempts,
+            window_start(meta.received_at, state),
+            now,
+            self.max_age,
+            base=self.base_delay,
+            cap=self.max_delay,
+        )
+
+
 def window_start(received_at: datetime, state: DispatchState) -> datetime:
     """Where the retry window of a message begins: receipt, or the operator's last retry."""
     return received_at if state.retried_at is None else max(received_at, state.retried_at)

@@ -9,32 +9,36 @@ Layout under ROOT (IDs are `inbound.core.ids` message IDs, so names sort by rece
     ROOT/queue/ID/state.json     dispatch progress (absent until the first attempt)
     ROOT/dead/ID/...             dead-lettered messages, same files plus the reason in state.json
     ROOT/rules/DIGEST.txt        the rule-set text a message was received with, by its SHA-256
+    ROOT/due/TIME.ID             empty: a deferred message is due at TIME (inbound.spool.due)
 
 A directory only ever appears in queue/ by `rename(2)` of one whose files were fsynced, so every
-message there is complete. This module speaks no SMTP and runs no actions.
+message there is complete. This module speaks no SMTP and runs no actions; it is the one place
+that knows this layout (the other stages see `inbound.core.ports.SpoolPort` and message sources).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
 import os
-import queue
 import re
 import shutil
 import threading
-from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
-from inbound.core.errors import InboundError
 from inbound.core.ids import is_message_id
+from inbound.core.ports import MessageNotFound as MessageNotFound  # noqa: PLC0414 - re-export
+from inbound.core.ports import MessageSource
+from inbound.core.ports import RulesNotFoundError as RulesNotFoundError  # noqa: PLC0414
+from inbound.core.ports import SpoolError as SpoolError  # noqa: PLC0414 - re-export
+from inbound.core.ports import SpoolWriteError as SpoolWriteError  # noqa: PLC0414 - re-export
 from inbound.datadir import create_file, make_dir, make_dirs
-from inbound.observe.supervise import Backoff, supervise_thread
+from inbound.message.source import FileSource
+from inbound.spool.due import DueIndex
 from inbound.spool.retry import DispatchState as DispatchState  # noqa: PLC0414 - re-export
 from inbound.spool.retry import SpoolMeta as SpoolMeta  # noqa: PLC0414 - re-export
 from inbound.spool.retry import StepRecord as StepRecord  # noqa: PLC0414 - re-export
@@ -42,22 +46,6 @@ from inbound.spool.retry import StepRecord as StepRecord  # noqa: PLC0414 - re-e
 _MESSAGE, _META, _STATE = "message.eml", "meta.json", "state.json"
 _WRITE_BUFFER = 64 * 1024
 _DIRS = ("tmp", "queue", "dead", "rules")
-
-
-class SpoolError(InboundError):
-    """The spool could not do what was asked (or found a file it did not write); never OSError."""
-
-
-class MessageNotFound(SpoolError):  # noqa: N818 - the name the other stages catch
-    """No message with this ID where it was looked for (or the ID is not a message ID)."""
-
-
-class RulesNotFoundError(SpoolError):
-    """No saved rule set with this digest."""
-
-
-class SpoolWriteError(SpoolError):
-    """A message or its state could not be made durable; the receiver answers 451 4.3.0."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -100,6 +88,7 @@ class Spool:
             _fsync_dir(root)  # new directories must outlive a crash before any message does
         except OSError as exc:
             raise SpoolError(f"cannot create the spool in {root}: {exc}") from exc
+        self._due = DueIndex(root / "due")  # made by the first deferral
 
     def recover(self) -> int:
         """Remove unacknowledged messages (tmp/) and half-saved state; call once at start-up."""
@@ -117,7 +106,7 @@ class Spool:
         return len(removed)
 
     def open_writer(self, message_id: str) -> SpoolWriter:
-        return SpoolWriter(self._tmp / _check_id(message_id), self._queue)
+        return SpoolWriter(self._tmp / _check_id(message_id), self)
 
     def save_rules(self, text: str) -> str:
         data = text.encode("utf-8")
@@ -177,8 +166,12 @@ class Spool:
             raise SpoolError(f"message {message_id}: bad or missing {_META}: {exc!r}") from exc
 
     def message_path(self, message_id: str) -> Path:
-        """The directory of a message, queue/ID or dead/ID: its bytes are in message.eml."""
+        """The directory of a message, queue/ID or dead/ID: its bytes are in message.eml.
+        This spool's own detail, for operators and tests; the stages use `source`."""
         return self._home(message_id)
+
+    def source(self, message_id: str) -> MessageSource:
+        return FileSource(self._home(message_id) / _MESSAGE)
 
     def state(self, message_id: str) -> DispatchState:
         data = self._read_json(message_id, _STATE)
@@ -193,6 +186,32 @@ class Spool:
             _write_durably(home, _STATE, json.dumps(state.to_json(), indent=2).encode())
         except OSError as exc:
             raise SpoolWriteError(f"message {message_id}: cannot save state: {exc}") from exc
+
+    def due(self) -> dict[str, datetime]:
+        """When each deferred message is due, from the due index: one listing, no state file
+        read. A queued message not in it is due now; an ID not queued is left by a crash."""
+        try:
+            return self._due.read()
+        except OSError as exc:
+            raise SpoolError(f"cannot list {self.root / 'due'}: {exc.strerror}") from exc
+
+    def defer(self, message_id: str, state: DispatchState) -> None:
+        """Save `state` and make the message due at its `next_attempt_at` in the due index.
+
+        In that order: a crash in between leaves the index earlier than the state (the
+        message is tried early, never late)."""
+        if state.next_attempt_at is None:
+            raise ValueError(f"message {message_id}: deferred without a next attempt time")
+        self.save_state(message_id, state)
+        try:
+            self._due.set(message_id, state.next_attempt_at)
+        except OSError as exc:
+            raise SpoolWriteError(f"message {message_id}: cannot index: {exc.strerror}") from exc
+
+    def forget_due(self, message_id: str) -> None:
+        """Drop the index entry of a message that is no longer queued (best effort)."""
+        with contextlib.suppress(OSError):  # a leftover entry is ignored and pruned later
+            self._due.clear(message_id)
 
     def _move(self, source: Path, target: Path) -> None:
         try:
@@ -214,6 +233,7 @@ class Spool:
         except OSError as exc:
             raise SpoolWriteError(f"message {message_id}: cannot finish: {exc.strerror}") from exc
         shutil.rmtree(gone, ignore_errors=True)
+        self.forget_due(message_id)
 
     def dead_letter(self, message_id: str, reason: str) -> None:
         home = self._home(message_id, self._queue)
@@ -221,26 +241,61 @@ class Spool:
         state.dead_reason = reason
         self.save_state(message_id, state)
         self._move(home, self._dead / message_id)
+        self.forget_due(message_id)
 
     def retry(self, message_id: str, *, now: datetime | None = None) -> None:
         """Retry now: a dead letter moves back to queue/, a deferred message is due at once.
 
-        Failed steps run again, succeeded ones do not; the retry window starts again."""
+        Failed steps run again, succeeded ones do not; the retry window starts again. The due
+        index says "now" first, so a running dispatcher's rescan notices it even while the
+        message's previous attempt is still running, and a crash never leaves it later."""
         home = self._home(message_id)
         state = self.state(message_id)
         state.steps = {k: s for k, s in state.steps.items() if s.outcome == "succeeded"}
         state.attempts, state.next_attempt_at, state.last_error = 0, None, None
         state.dead_reason, state.retried_at = None, now or datetime.now(UTC)
+        try:
+            self._due.set(message_id, state.retried_at, durable=True)
+        except OSError as exc:
+            raise SpoolWriteError(f"message {message_id}: cannot index: {exc.strerror}") from exc
         self.save_state(message_id, state)
         if home.parent == self._dead:
             self._move(home, self._queue / message_id)
+
+    def publish(self, writers: Sequence[SpoolWriter]) -> list[SpoolWriteError | None]:
+        """Queue sealed messages (`SpoolWriter.seal`): rename each into queue/, then make every
+        rename durable with one fsync of queue/. One error (or None) per writer, in order; a
+        writer that could not be queued is aborted."""
+        errors: list[SpoolWriteError | None] = []
+        for writer in writers:
+            try:
+                os.rename(writer._dir, self._queue / writer.message_id)
+                errors.append(None)
+            except OSError as exc:  # that writer's caller is told, and no one else
+                writer.abort()
+                failure = SpoolWriteError(
+                    f"message {writer.message_id}: cannot queue: {exc.strerror}"
+                )
+                failure.__cause__ = exc
+                errors.append(failure)
+        try:
+            _fsync_dir(self._queue)
+        except OSError as exc:
+            # The renames may or may not survive a crash. What is in queue/ is complete and will
+            # be dispatched; the client, told 451, sends again: at least once, as SPEC §7 allows.
+            for i, writer in enumerate(writers):
+                if errors[i] is None:
+                    failure = SpoolWriteError(f"message {writer.message_id}: cannot sync queue/")
+                    failure.__cause__ = exc
+                    errors[i] = failure
+        return errors
 
 
 class SpoolWriter:
     """Streams one message into tmp/ID/; `commit` moves it, durable, to queue/ID/."""
 
-    def __init__(self, directory: Path, queue_dir: Path) -> None:
-        self.message_id, self._dir, self._queue = directory.name, directory, queue_dir
+    def __init__(self, directory: Path, spool: Spool) -> None:
+        self.message_id, self._dir, self._spool = directory.name, directory, spool
         self._size = 0
         self._file: BinaryIO | None = None
         try:
@@ -272,13 +327,13 @@ class SpoolWriter:
             self._fail(exc, "cannot write")
         self._size += len(chunk)
 
-    def contents(self) -> Path:
-        """message.eml as written so far, flushed, to be read before commit (e.g. its headers)."""
+    def source(self) -> MessageSource:
+        """The message as written so far, flushed, to be read before commit (e.g. scanned)."""
         try:
             self._opened().flush()
         except OSError as exc:
             self._fail(exc, "cannot flush")
-        return self._dir / _MESSAGE
+        return FileSource(self._dir / _MESSAGE)
 
     def abort(self) -> None:
         """Forget the message, best effort: recover() removes whatever is left."""
@@ -288,8 +343,10 @@ class SpoolWriter:
                 f.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    def _seal(self, meta: SpoolMeta) -> None:
-        """fsync message.eml, meta.json and tmp/ID: the message is complete on disk in tmp/."""
+    def seal(self, meta: SpoolMeta) -> None:
+        """fsync message.eml, meta.json and tmp/ID: the message is complete on disk in tmp/,
+        not yet queued (`Spool.publish` queues it). Blocks on the disk; several writers may
+        seal at once (their fsyncs share the filesystem's journal commits)."""
         if meta.message_id != self.message_id or meta.size != self._size:
             self.abort()
             raise ValueError(f"meta of {meta.message_id} ({meta.size} bytes) does not match")
@@ -309,121 +366,7 @@ class SpoolWriter:
 
     def commit(self, meta: SpoolMeta) -> None:
         """Only after this returns may the receiver answer 250 (SPEC §7)."""
-        self._seal(meta)
-        error = _publish(self._queue, [self])[0]
+        self.seal(meta)
+        error = self._spool.publish([self])[0]
         if error is not None:
             raise error
-
-
-def _publish(queue_dir: Path, writers: list[SpoolWriter]) -> list[Exception | None]:
-    """Rename sealed messages into queue/, then make every rename durable with one fsync."""
-    errors: list[Exception | None] = []
-    for writer in writers:
-        try:
-            os.rename(writer._dir, queue_dir / writer.message_id)
-            errors.append(None)
-        except OSError as exc:  # that writer's caller is told, and no one else
-            writer.abort()
-            failure = SpoolWriteError(f"message {writer.message_id}: cannot queue: {exc.strerror}")
-            failure.__cause__ = exc
-            errors.append(failure)
-    try:
-        _fsync_dir(queue_dir)
-    except OSError as exc:
-        # The renames may or may not survive a crash. What is in queue/ is complete and will be
-        # dispatched; the client, told 451, sends again: at least once, as SPEC §7 allows.
-        for i, writer in enumerate(writers):
-            if errors[i] is None:
-                failure = SpoolWriteError(f"message {writer.message_id}: cannot sync queue/")
-                failure.__cause__ = exc
-                errors[i] = failure
-    return errors
-
-
-_Sealed = tuple[SpoolWriter, Future[None]]
-
-
-class GroupCommitter:
-    """Commits for asyncio tasks: sealed in parallel on a pool, published in batches by a thread.
-
-    Sealing is parallel because concurrent fsyncs share the filesystem's journal commits (one
-    thread doing them in turn manages about 1/(3 x flush latency) messages a second). The fsync
-    of queue/ is batched because one directory fsync makes every rename before it durable.
-    """
-
-    def __init__(self, spool: Spool, *, sealers: int = 16) -> None:
-        self._queue_dir = spool.root / "queue"
-        self._sealers = ThreadPoolExecutor(sealers, thread_name_prefix="spool-seal")
-        self._sealed: queue.SimpleQueue[_Sealed | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=supervise_thread,
-                args=("spool.commit", self._run),
-                kwargs={"backoff": Backoff("spool.commit", first=0.05, cap=5.0)},
-                name="spool-commit",
-                daemon=True,
-            )
-            self._thread.start()
-
-    async def commit(self, writer: SpoolWriter, meta: SpoolMeta) -> None:
-        """Return once the message is durable in queue/; raise what `SpoolWriter.commit` would.
-
-        The writer belongs to the committer from here on: a caller cancelled before its commit
-        starts has its writer aborted; one cancelled later may still have its message queued.
-        """
-        if self._thread is None or self._closed:
-            raise SpoolError("the group committer is not running")
-        done: Future[None] = Future()
-        self._sealers.submit(self._seal, writer, meta, done)
-        await asyncio.wrap_future(done)
-
-    async def close(self) -> None:
-        """Stop taking commits, finish every one already taken, stop the threads."""
-        self._closed = True
-        await asyncio.to_thread(self._sealers.shutdown)  # every taken commit is sealed or failed
-        if self._thread is not None:
-            self._sealed.put(None)  # behind every sealed message
-            await asyncio.to_thread(self._thread.join)
-
-    def _seal(self, writer: SpoolWriter, meta: SpoolMeta, done: Future[None]) -> None:
-        if not done.set_running_or_notify_cancel():
-            writer.abort()  # that caller is gone and will never answer 250
-            return
-        try:
-            writer._seal(meta)
-        except Exception as exc:  # that caller is told, and no one else
-            done.set_exception(exc)
-            return
-        self._sealed.put((writer, done))
-
-    def _run(self) -> None:
-        """Publish batches until closed; run by `supervise_thread`, which runs it again after
-        an exception (a commit thread that died would leave every later commit waiting)."""
-        while True:
-            taken = [self._sealed.get()]  # block for the first, then take whatever is waiting
-            while not self._sealed.empty():
-                taken.append(self._sealed.get())
-            jobs = [job for job in taken if job is not None]
-            try:
-                errors = _publish(self._queue_dir, [writer for writer, _ in jobs]) if jobs else []
-            except BaseException as exc:
-                # Those callers answer 451: whatever was renamed already is complete and is
-                # dispatched, and the client sends again (at least once, SPEC §7).
-                for writer, done in jobs:
-                    failure = SpoolWriteError(f"message {writer.message_id}: cannot queue")
-                    failure.__cause__ = exc
-                    done.set_exception(failure)
-                if None in taken:
-                    self._sealed.put(None)  # the close still ends the thread when it runs again
-                raise
-            for (_, done), error in zip(jobs, errors, strict=True):
-                if error is None:
-                    done.set_result(None)
-                else:
-                    done.set_exception(error)
-            if None in taken:
-                return

@@ -19,6 +19,7 @@ from inbound.core.message import MessageFacts
 from inbound.core.plan import Plan
 from inbound.core.verdicts import Verdicts
 from inbound.message.read import read_facts
+from inbound.message.source import FileSource
 from inbound.rules.compiled import CompiledRuleSet
 from inbound.rules.evaluate import evaluate, results_by_function
 from inbound.rules.load import load_rule_set, read_text, validate
@@ -74,7 +75,7 @@ def discover(paths: Sequence[Path]) -> list[Path]:
 def read_message(path: Path) -> MessageFacts:
     """The facts of an .eml file, read as the receiver reads a spooled message (same limits)."""
     try:
-        return read_facts(path, "everything")
+        return read_facts(FileSource(path), "everything")
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except OSError as exc:

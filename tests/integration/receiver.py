@@ -101,7 +101,8 @@ def settings_for(tmp_path: Path, rules: str = RULES, **overrides: object) -> Ser
 
 @contextlib.contextmanager
 def in_process(settings: ServeSettings) -> Iterator[Running]:
-    """Run a Receiver on its own event loop in a thread; stop it on exit."""
+    """Run a Receiver (built by `inbound.app.build`, as `inbound serve` is) on its own event
+    loop in a thread; stop it on exit."""
     ready = threading.Event()
     holder: dict[str, object] = {}
 
@@ -111,10 +112,8 @@ def in_process(settings: ServeSettings) -> Iterator[Running]:
             holder["receiver"] = receiver
             holder["loop"] = asyncio.get_running_loop()
             await receiver.start()
-            dispatching = asyncio.create_task(receiver.dispatcher.run(receiver.stopping))
             ready.set()
-            await receiver.stopping.wait()
-            await receiver.shutdown(dispatching)
+            await receiver.serve()  # until stop(), then drained as in `inbound serve`
 
         try:
             asyncio.run(go())
@@ -134,7 +133,7 @@ def in_process(settings: ServeSettings) -> Iterator[Running]:
     finally:
         loop = holder["loop"]
         assert isinstance(loop, asyncio.AbstractEventLoop)
-        loop.call_soon_threadsafe(receiver.stopping.set)
+        loop.call_soon_threadsafe(receiver.stop)
         thread.join(DEADLINE)
 
 

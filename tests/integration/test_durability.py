@@ -466,7 +466,8 @@ def test_restart_with_new_rules_dispatches_a_spooled_message_with_its_own(
 ) -> None:
     child = serve_retrying("--retry-delay", "0.1s")
     message_id = send(child.port, "gated@example.com", "old-rules")
-    wait_for(lambda: events_of(child, "action.failed", message_id), "the gate to fail once")
+    # message.deferred, not action.failed: that failure is on disk (state.json) only then.
+    wait_for(lambda: events_of(child, "message.deferred", message_id), "the gate to fail once")
     child.kill()
     # The new rules drop the gate and store elsewhere; the spooled message keeps the old ones.
     gate = f'      - {{type: lambda, function_arn: "{_arn("gate")}", invocation_type: request_response}}\n'

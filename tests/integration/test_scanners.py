@@ -24,6 +24,7 @@ from typing import TypeVar
 import pytest
 
 from inbound.core.verdicts import Verdict
+from inbound.message.source import BytesSource, FileSource
 from inbound.scan.clamd import ClamdScanner
 from inbound.scan.result import ScanResult
 from inbound.scan.spamd import SPAMC_MAX_SIZE, SpamdScanner
@@ -82,8 +83,21 @@ def test_every_eicar_message_is_a_virus(clamd: ClamdScanner, path: Path) -> None
     # a base64 attachment, inside an attached message/rfc822 and in the zip of the rspamd
     # sample. That zip *stores* eicar.com uncompressed, so it does not prove that clamd
     # unpacks archives: test_clamd_unpacks_a_deflated_zip does.
-    result = run(clamd.scan(path))
+    result = run(clamd.scan(FileSource(path)))
     assert result == ScanResult(Verdict.FAIL, EICAR_SIGNATURE)
+
+
+def test_a_message_in_memory_is_streamed_as_its_file_would_be(
+    clamd: ClamdScanner, spamd: SpamdScanner
+) -> None:
+    # The scanners read through the MessageSource port: a source that is no file at all.
+    virus = (SPAM_VIRUS / "constructed__eicar_attachment_base64.eml").read_bytes()
+    gtube = (SPAM_VIRUS / "constructed__gtube_plain.eml").read_bytes()
+    assert run(clamd.scan(BytesSource(virus))) == ScanResult(Verdict.FAIL, EICAR_SIGNATURE)
+    assert run(clamd.scan(BytesSource(gtube))).verdict is Verdict.PASS
+    spam = run(spamd.scan(BytesSource(gtube)))
+    assert spam.verdict is Verdict.FAIL, spam
+    assert "GTUBE" in spam.detail
 
 
 def test_the_corpus_holds_the_expected_eicar_messages() -> None:
@@ -125,16 +139,16 @@ def test_clamd_unpacks_a_deflated_zip(clamd: ClamdScanner, tmp_path: Path) -> No
     assert TEST_FILE_MARKER not in archive
     path = tmp_path / "zip.eml"
     path.write_bytes(message_with_attachment(archive, "clam.zip"))
-    assert run(clamd.scan(path)) == ScanResult(Verdict.FAIL, TEST_FILE_SIGNATURE)
+    assert run(clamd.scan(FileSource(path))) == ScanResult(Verdict.FAIL, TEST_FILE_SIGNATURE)
 
     path.write_bytes(message_with_attachment(deflated_zip("eicar.com", eicar()), "eicar.zip"))
-    assert run(clamd.scan(path)) == ScanResult(Verdict.FAIL, EICAR_SIGNATURE)
+    assert run(clamd.scan(FileSource(path))) == ScanResult(Verdict.FAIL, EICAR_SIGNATURE)
 
 
 @pytest.mark.parametrize("path", GTUBE_MESSAGES, ids=lambda p: p.stem)
 def test_every_gtube_message_is_spam(spamd: SpamdScanner, path: Path) -> None:
     # Includes GTUBE only visible after base64 decoding and in a quoted-printable HTML part.
-    result = run(spamd.scan(path))
+    result = run(spamd.scan(FileSource(path)))
     assert result.verdict is Verdict.FAIL, result
     assert "GTUBE" in result.detail
     assert result.detail.startswith("score 100")  # GTUBE alone weighs 1000
@@ -142,8 +156,8 @@ def test_every_gtube_message_is_spam(spamd: SpamdScanner, path: Path) -> None:
 
 @pytest.mark.parametrize("path", CLEAN_MESSAGES, ids=lambda p: p.stem)
 def test_ordinary_mail_passes_both(clamd: ClamdScanner, spamd: SpamdScanner, path: Path) -> None:
-    assert run(clamd.scan(path)) == ScanResult(Verdict.PASS, "no signature matched")
-    result = run(spamd.scan(path))
+    assert run(clamd.scan(FileSource(path))) == ScanResult(Verdict.PASS, "no signature matched")
+    result = run(spamd.scan(FileSource(path)))
     assert result.verdict is Verdict.PASS, result
 
 
@@ -152,16 +166,16 @@ def test_gtube_is_not_a_virus_and_eicar_is_not_spam(
 ) -> None:
     gtube = SPAM_VIRUS / "constructed__gtube_plain.eml"
     virus = SPAM_VIRUS / "constructed__eicar_attachment_base64.eml"
-    assert run(clamd.scan(gtube)).verdict is Verdict.PASS
-    assert run(spamd.scan(virus)).verdict is Verdict.PASS
+    assert run(clamd.scan(FileSource(gtube))).verdict is Verdict.PASS
+    assert run(spamd.scan(FileSource(virus))).verdict is Verdict.PASS
 
 
 def test_concurrent_scans_keep_their_own_verdicts(clamd: ClamdScanner, spamd: SpamdScanner) -> None:
     paths = [*EICAR_MESSAGES, *CLEAN_MESSAGES] * 3
 
     async def both() -> tuple[list[ScanResult], list[ScanResult]]:
-        viruses = asyncio.gather(*(clamd.scan(p) for p in paths))
-        spam = asyncio.gather(*(spamd.scan(p) for p in GTUBE_MESSAGES + CLEAN_MESSAGES))
+        viruses = asyncio.gather(*(clamd.scan(FileSource(p)) for p in paths))
+        spam = asyncio.gather(*(spamd.scan(FileSource(p)) for p in GTUBE_MESSAGES + CLEAN_MESSAGES))
         return await viruses, await spam
 
     viruses, spam = run(both())
@@ -186,11 +200,11 @@ def test_a_message_over_clamds_stream_limit_is_processing_failed(
         unavailable(f"clamd's StreamMaxLength is {limit} bytes; the test writes more than that")
     fits = tmp_path / "fits.eml"
     fits.write_bytes(b"x" * limit)
-    assert run(clamd.scan(fits)).verdict is Verdict.PASS
+    assert run(clamd.scan(FileSource(fits))).verdict is Verdict.PASS
 
     over = tmp_path / "over.eml"
     over.write_bytes(b"x" * (limit + 1))
-    result, elapsed = timed(clamd.scan(over))
+    result, elapsed = timed(clamd.scan(FileSource(over)))
     assert result.verdict is Verdict.PROCESSING_FAILED
     assert "INSTREAM size limit exceeded" in result.detail
     assert "StreamMaxLength" in result.detail
@@ -198,15 +212,15 @@ def test_a_message_over_clamds_stream_limit_is_processing_failed(
 
     # Far over the limit: clamd closes while we are still sending (the BrokenPipeError case).
     over.write_bytes(b"x" * (limit * 4))
-    assert "size limit" in run(clamd.scan(over)).detail
+    assert "size limit" in run(clamd.scan(FileSource(over))).detail
 
 
 def test_a_spamd_address_given_to_clamd_is_processing_failed(daemons: Daemons) -> None:
-    result = run(ClamdScanner(daemons.spamd, timeout=5).scan(CLEAN_MESSAGES[0]))
+    result = run(ClamdScanner(daemons.spamd, timeout=5).scan(FileSource(CLEAN_MESSAGES[0])))
     assert result.verdict is Verdict.PROCESSING_FAILED
     assert "unexpected reply" in result.detail
 
-    result = run(SpamdScanner(daemons.clamd, timeout=5).scan(CLEAN_MESSAGES[0]))
+    result = run(SpamdScanner(daemons.clamd, timeout=5).scan(FileSource(CLEAN_MESSAGES[0])))
     assert result.verdict is Verdict.PROCESSING_FAILED
     assert "unexpected reply" in result.detail
 
@@ -228,7 +242,7 @@ SAMPLE = CLEAN_MESSAGES[0]
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_nothing_listening_is_processing_failed_at_once(kind: Kind) -> None:
-    result, elapsed = timed(kind(f"127.0.0.1:{unused_port()}", timeout=10).scan(SAMPLE))
+    result, elapsed = timed(kind(f"127.0.0.1:{unused_port()}", timeout=10).scan(FileSource(SAMPLE)))
     assert result.verdict is Verdict.PROCESSING_FAILED
     assert "connection refused" in result.detail
     assert elapsed < 1.0
@@ -236,7 +250,7 @@ def test_nothing_listening_is_processing_failed_at_once(kind: Kind) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_missing_unix_socket_is_processing_failed(kind: Kind, tmp_path: Path) -> None:
-    result = run(kind(f"unix:{tmp_path}/absent.sock", timeout=10).scan(SAMPLE))
+    result = run(kind(f"unix:{tmp_path}/absent.sock", timeout=10).scan(FileSource(SAMPLE)))
     assert result.verdict is Verdict.PROCESSING_FAILED
     assert "no socket at that path" in result.detail
 
@@ -289,7 +303,7 @@ def test_a_server_that_never_answers_is_processing_failed_within_the_timeout(kin
     start = time.monotonic()
     result, fake = run(
         with_fake_server(
-            swallow_forever, lambda address: kind(address, timeout=timeout).scan(SAMPLE)
+            swallow_forever, lambda address: kind(address, timeout=timeout).scan(FileSource(SAMPLE))
         )
     )
     elapsed = time.monotonic() - start
@@ -302,7 +316,7 @@ def test_a_server_that_never_answers_is_processing_failed_within_the_timeout(kin
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_server_that_hangs_up_is_processing_failed(kind: Kind) -> None:
     result, _ = run(
-        with_fake_server(hang_up, lambda address: kind(address, timeout=5).scan(SAMPLE))
+        with_fake_server(hang_up, lambda address: kind(address, timeout=5).scan(FileSource(SAMPLE)))
     )
     assert result.verdict is Verdict.PROCESSING_FAILED
     assert result.detail.startswith(("clamd at 127.0.0.1:", "spamd at 127.0.0.1:"))
@@ -312,7 +326,7 @@ def test_a_message_over_the_spamc_limit_is_gray_and_never_sent(tmp_path: Path) -
     big = tmp_path / "big.eml"
     big.write_bytes(b"Subject: big\r\n\r\n" + b"x" * SPAMC_MAX_SIZE)
     # Nothing listens there: a GRAY proves the message was not sent.
-    result = run(SpamdScanner(f"127.0.0.1:{unused_port()}").scan(big))
+    result = run(SpamdScanner(f"127.0.0.1:{unused_port()}").scan(FileSource(big)))
     assert result.verdict is Verdict.GRAY
     assert result.detail.startswith("too large to scan")
 
@@ -320,7 +334,9 @@ def test_a_message_over_the_spamc_limit_is_gray_and_never_sent(tmp_path: Path) -
 @pytest.mark.parametrize("kind", KINDS)
 def test_an_unreadable_message_is_processing_failed(kind: Kind, tmp_path: Path) -> None:
     gone = tmp_path / "gone.eml"
-    result, fake = run(with_fake_server(swallow_forever, lambda address: kind(address).scan(gone)))
+    result, fake = run(
+        with_fake_server(swallow_forever, lambda address: kind(address).scan(FileSource(gone)))
+    )
     assert result.verdict is Verdict.PROCESSING_FAILED
     assert result.detail.startswith("cannot read the message")
     assert fake.connections == 0

@@ -21,6 +21,7 @@ from inbound.message.headers import ReceivedFacts, prepend_headers
 from inbound.message.mime import WalkCancelled, attachment_of, walk_mime
 from inbound.message.parse import parse_message
 from inbound.message.read import read_facts, read_with_head
+from inbound.message.source import FileSource
 from tests.mime_samples import many_parts, nested
 
 ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
@@ -130,7 +131,7 @@ def test_memory_is_a_chunk_and_a_line_not_the_message(tmp_path: Path) -> None:
     path = big_message(tmp_path, 8)
     tracemalloc.start()
     try:
-        facts = read_facts(path, "everything")
+        facts = read_facts(FileSource(path), "everything")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -148,7 +149,7 @@ def test_a_stop_ends_the_walk_at_the_next_chunk(tmp_path: Path) -> None:
         return reads > 3
 
     with pytest.raises(WalkCancelled):
-        read_facts(path, "everything", stop=stop)
+        read_facts(FileSource(path), "everything", stop=stop)
     assert reads == 4
 
 
@@ -165,5 +166,5 @@ def test_read_with_head_equals_prepending_to_the_whole_message(tmp_path: Path) -
     for index, raw in enumerate([p.read_bytes() for p in CORPUS] + extra):
         path = tmp_path / f"{index}.eml"
         path.write_bytes(raw)
-        got = read_with_head(path, lambda block: prepend_headers(block, received))
+        got = read_with_head(FileSource(path), lambda block: prepend_headers(block, received))
         assert got == prepend_headers(raw, received), path

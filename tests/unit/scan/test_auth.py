@@ -14,6 +14,7 @@ import pytest
 
 from inbound.core.verdicts import DmarcPolicy, Verdict, Verdicts
 from inbound.message.headers import DkimResult, ReceivedFacts, received_headers
+from inbound.message.source import FileSource
 from inbound.scan.auth import SPF_VERDICTS, AuthOutcome, authenticate
 from inbound.scan.dmarc import DmarcRecord, aligned, organizational_domain, parse_dmarc_record
 from inbound.scan.dns import Resolver, ZoneResolver
@@ -46,7 +47,7 @@ def check(
 ) -> AuthOutcome:
     return asyncio.run(
         authenticate(
-            raw,
+            raw if isinstance(raw, bytes) else FileSource(raw),
             client_ip=client_ip,
             helo=helo,
             mail_from=mail_from,
@@ -409,7 +410,7 @@ def test_dns_timing_out_is_processing_failed_within_the_timeout() -> None:
     async def timed() -> tuple[AuthOutcome, float]:
         start = time.monotonic()
         outcome = await authenticate(
-            REAL / "dkimpy__rfc6376_signed.eml",
+            FileSource(REAL / "dkimpy__rfc6376_signed.eml"),
             client_ip=CLIENT,
             helo="mx.sender.example",
             mail_from="a@spf-temperror.example",

@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from inbound.core.ids import MessageIdGenerator
-from inbound.spool.store import GroupCommitter, Spool, SpoolWriteError
+from inbound.spool.commit import GroupCommitter
+from inbound.spool.store import Spool, SpoolWriteError, SpoolWriter
 from tests.unit.spool.test_store import body_of, make_meta
 
 IDS = MessageIdGenerator()
 
 
 def test_the_commit_thread_survives_its_exceptions(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.INFO, logger="inbound")
     spool = Spool(tmp_path)
@@ -28,18 +30,19 @@ def test_the_commit_thread_survives_its_exceptions(
         await committer.commit(writer, make_meta(writer.message_id, writer.size))
         return writer.message_id
 
+    def publish_with_a_bug(writers: Sequence[SpoolWriter]) -> list[SpoolWriteError | None]:
+        raise ValueError("not an OSError, as a bug would raise")
+
     async def main() -> tuple[BaseException | str, str]:
         committer = GroupCommitter(spool)
         committer.start()
-        queue_dir = committer._queue_dir
-        # A path rename(2) cannot take: os.rename raises ValueError, which _publish does not
-        # expect (it handles OSError), as a bug would.
-        committer._queue_dir = tmp_path / "bad\0name"
-        try:
-            failed: BaseException | str = await asyncio.wait_for(commit(committer), 10)
-        except SpoolWriteError as exc:
-            failed = exc
-        committer._queue_dir = queue_dir
+        # The spool's publish raises what it does not expect (it handles OSError).
+        with monkeypatch.context() as patch:
+            patch.setattr(spool, "publish", publish_with_a_bug)
+            try:
+                failed: BaseException | str = await asyncio.wait_for(commit(committer), 10)
+            except SpoolWriteError as exc:
+                failed = exc
         later = await asyncio.wait_for(commit(committer), 10)
         await committer.close()
         return failed, later

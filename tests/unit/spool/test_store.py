@@ -26,9 +26,9 @@ from inbound.core.errors import InboundError
 from inbound.core.ids import MessageIdGenerator
 from inbound.core.verdicts import Verdict, Verdicts
 from inbound.spool import store
+from inbound.spool.commit import GroupCommitter
 from inbound.spool.store import (
     DispatchState,
-    GroupCommitter,
     MessageNotFound,
     RulesNotFoundError,
     Spool,
@@ -115,12 +115,12 @@ def test_contents_can_be_read_before_commit(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     writer = spool.open_writer(IDS.next())
     writer.write(b"Subject: hi\r\n\r\n")
-    assert writer.contents().read_bytes() == b"Subject: hi\r\n\r\n"
+    assert writer.source().read_all() == b"Subject: hi\r\n\r\n"
     writer.write(b"body\r\n")
-    assert writer.contents().read_bytes() == b"Subject: hi\r\n\r\nbody\r\n"
+    assert writer.source().read_all() == b"Subject: hi\r\n\r\nbody\r\n"
     writer.commit(make_meta(writer.message_id, writer.size))
     with pytest.raises(SpoolError, match="closed"):
-        writer.contents()
+        writer.source()
 
 
 def test_abort_leaves_nothing(tmp_path: Path) -> None:
