@@ -105,9 +105,7 @@ class InboundSMTP(LimitedSMTP):
         # After the final dot the envelope is already reset, but the reply to DATA is still
         # to come (scans, the commit): a SIGTERM then must wait for it, or the client sees
         # 421 for a message that is queued a moment later and sends it twice.
-        return self._answering_data or (
-            self.envelope is not None and bool(self.envelope.mail_from)
-        )
+        return self._answering_data or (self.envelope is not None and bool(self.envelope.mail_from))
 
     def shut_down(self) -> None:
         """SIGTERM: an idle session is closed now; one in a transaction after its last reply."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from inbound.actions import ActionModel, BounceAction, LambdaAction, StopAction
 from inbound.core import reply as replies
 from inbound.core.envelope import Connection, Envelope
-from inbound.core.message import MessageFacts
+from inbound.core.message import MessageFacts, Reads
 from inbound.core.plan import (
     ActionStep,
     ConnectionDecision,
@@ -82,12 +82,13 @@ def scanning_enabled(rules: CompiledRuleSet, accepted: Sequence[str]) -> bool:
     return any(rules.rules[i].scan_enabled for i in _candidates(rules, accepted))
 
 
-def message_keys(rules: CompiledRuleSet, accepted: Sequence[str]) -> frozenset[str]:
-    """The condition keys of the rules that may apply that look inside the message."""
-    keys: set[str] = set()
+def message_keys(rules: CompiledRuleSet, accepted: Sequence[str]) -> frozenset[Reads]:
+    """What the conditions of the rules that may apply read (the condition table's `reads`
+    facet), for `inbound.message.read.need_for`."""
+    reads: set[Reads] = set()
     for i in _candidates(rules, accepted):
-        keys.update(rules.rules[i].message_keys)
-    return frozenset(keys)
+        reads.update(rules.rules[i].reads)
+    return frozenset(reads)
 
 
 def pause_at_lambdas(_rule: int, _action: int, _lambda: LambdaAction) -> str:
@@ -211,7 +212,7 @@ def _attachments_unseen(
     ("" otherwise)."""
     if message.mime_limit is None:
         return ""
-    names = [rules.rules[i].name for i in candidates if "attachment" in rules.rules[i].message_keys]
+    names = [rules.rules[i].name for i in candidates if Reads.PARTS in rules.rules[i].reads]
     return f"rule{'s' if len(names) > 1 else ''} {', '.join(names)}" if names else ""
 
 

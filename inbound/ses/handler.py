@@ -70,7 +70,7 @@ from inbound.actions import ActionModel, AddHeaderAction, LambdaAction
 from inbound.actions.base import ActionContext, JsonObject
 from inbound.core.envelope import Connection, Envelope
 from inbound.core.errors import InboundError
-from inbound.core.message import MessageFacts
+from inbound.core.message import MessageFacts, Reads
 from inbound.core.plan import Plan
 from inbound.core.targets import BounceRequest, Targets
 from inbound.message.headers import add_header
@@ -84,6 +84,7 @@ from inbound.message.parse import parse_headers, parse_message
 from inbound.message.read import need_for
 from inbound.observe.log import emit, emit_fields
 from inbound.rules.compiled import CompiledRuleSet
+from inbound.rules.condition_table import CONDITIONS
 from inbound.rules.evaluate import PAUSE, evaluate, message_keys
 from inbound.rules.load import load_rule_set
 from inbound.ses.event import (
@@ -102,7 +103,8 @@ log = logging.getLogger("inbound.ses")
 DEFAULT_STATE_PREFIX = "inbound-state/"
 # Connection facts SES does not give: see the module docstring.
 UNKNOWN_CLIENT = Connection.of("0.0.0.0", "unknown", tls=True)  # noqa: S104 - not a bind address
-CONNECTION_KEYS = frozenset({"client_ip", "tls"})
+# The conditions that read the SMTP session (a view of the condition table).
+CONNECTION_KEYS = CONDITIONS.keys_reading(Reads.CONNECTION)
 CONTINUE = {"disposition": "CONTINUE"}
 STOP_RULE_SET = {"disposition": "STOP_RULE_SET"}
 
