@@ -157,6 +157,20 @@ def add_parser(commands: Any) -> None:
         "--max-connections-per-ip", type=int, default=_DEFAULTS.max_connections_per_ip
     )
     limits.add_argument(
+        "--max-junk-commands",
+        type=int,
+        default=_DEFAULTS.max_junk_commands,
+        metavar="N",
+        help="commands that do not advance a transaction (NOOP, RSET, a refused RCPT...) "
+        "before 421 4.7.0 (100)",
+    )
+    limits.add_argument(
+        "--max-session-time",
+        default="30m",
+        metavar="DURATION",
+        help="the longest a connection may last, then 421 4.4.2 (30m)",
+    )
+    limits.add_argument(
         "--max-mime-parts",
         type=int,
         default=MimeLimits().max_parts,
@@ -215,6 +229,8 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
         data_timeout=_duration("--data-timeout", args.data_timeout),
         max_connections=args.max_connections,
         max_connections_per_ip=args.max_connections_per_ip,
+        max_junk_commands=args.max_junk_commands,
+        max_session_time=_duration("--max-session-time", args.max_session_time),
     )
     retry = RetryPolicy(
         max_age=timedelta(seconds=_duration("--max-retry-age", args.max_retry_age)),

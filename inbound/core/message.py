@@ -7,6 +7,19 @@ raw bytes stay with the spool, not here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Reads(StrEnum):
+    """What a condition reads (a facet of the condition table, `inbound.rules.condition_table`).
+    `HEADERS` and `PARTS` decide how much of a message is read before the rules run."""
+
+    CONNECTION = "connection"  # the SMTP session: client IP, TLS
+    ENVELOPE = "envelope"  # MAIL FROM, RCPT TO
+    SIZE = "size"  # the message's size, known without reading it
+    HEADERS = "headers"  # the top-level header block
+    PARTS = "parts"  # every MIME part's header block (attachments): the whole message
+    VERDICTS = "verdicts"  # the scanners' verdicts
 
 
 @dataclass(frozen=True, slots=True)

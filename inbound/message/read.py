@@ -12,10 +12,10 @@ action sends are read into one buffer, never copied whole a second time.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Literal
 
-from inbound.core.message import MessageFacts, MimeLimits
+from inbound.core.message import MessageFacts, MimeLimits, Reads
 from inbound.core.ports import MessageSource
 from inbound.message.parse import facts_from
 from inbound.message.source import header_end
@@ -26,10 +26,12 @@ CHUNK = 1024 * 1024
 MAX_HEADER_BYTES = 1024 * 1024
 
 
-def need_for(keys: frozenset[str]) -> Need:
-    if "attachment" in keys:
+def need_for(reads: Collection[Reads]) -> Need:
+    """How much of the message to read for conditions that read `reads` (the condition table's
+    facet, via `inbound.rules.evaluate.message_keys`)."""
+    if Reads.PARTS in reads:
         return "everything"
-    return "headers" if keys else "nothing"
+    return "headers" if Reads.HEADERS in reads else "nothing"
 
 
 def read_facts(

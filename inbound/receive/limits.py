@@ -18,5 +18,13 @@ class ReceiverLimits:
     data_timeout: float = 600.0
     max_connections: int = 1000
     max_connections_per_ip: int = 50
+    # Commands that do not advance a transaction before 421 4.7.0 (Postfix's
+    # smtpd_junk_command_limit is 100; inbound/receive/budget.py says what advances).
+    max_junk_commands: int = 100
+    # The longest a session may last, then 421 4.4.2 (a DATA in progress gets data_timeout
+    # more). Exchange ends every session after 10 minutes (ConnectionTimeout) and Postfix's
+    # client stops reusing a connection after 300 s; 30 minutes also carries a 40 MB message
+    # at 200 kbit/s.
+    max_session_time: float = 1800.0
     # SPEC section 7: the header block (up to the first empty line) is bounded on its own.
     max_header_size: int = 1024 * 1024

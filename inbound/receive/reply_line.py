@@ -18,8 +18,11 @@ _DEFAULT_STATUS = {
     "554": "5.0.0", "555": "5.5.4",
 }  # fmt: skip
 # Never in a reply line: a bare CR or LF would split the reply (and other control characters
-# reach terminals and logs), undecodable bytes (surrogates) cannot be sent.
-_UNSAFE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+# reach terminals and logs), undecodable bytes (surrogates) cannot be sent, and anything beyond
+# ASCII is a client's text echoed back (replies are ASCII: RFC 5321 §4.2, RFC 6531 §3.7.4).
+_UNSAFE = re.compile("[^\x20-\x7e]")
+# RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets, CRLF included.
+MAX_REPLY_LINE = 510
 
 
 def with_status(line: str) -> str:
@@ -33,6 +36,14 @@ def with_status(line: str) -> str:
 
 
 def sanitized(line: str) -> str:
-    """`line` with every control character (and undecodable byte) a client could have had
-    echoed into it replaced by "?"."""
+    """`line` with every character a client could have had echoed into it that is not
+    printable ASCII (control characters, undecodable bytes, UTF-8) replaced by "?"."""
     return _UNSAFE.sub("?", line)
+
+
+def bounded(line: str) -> str:
+    """`line` cut to the longest reply line RFC 5321 allows (an echoed 500-octet command would
+    make it longer), the cut marked with "..."."""
+    if len(line) <= MAX_REPLY_LINE:
+        return line
+    return line[: MAX_REPLY_LINE - 3] + "..."

@@ -17,7 +17,7 @@ from collections.abc import Awaitable
 from ipaddress import ip_address
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import Envelope, Session
 
 from inbound.core import reply as replies
 from inbound.core.envelope import Connection
@@ -28,7 +28,8 @@ from inbound.receive.connections import ConnectionCounter
 from inbound.receive.data import receive_data
 from inbound.receive.limits import ReceiverLimits
 from inbound.receive.policy import SessionPolicy
-from inbound.receive.reply_line import sanitized, with_status
+from inbound.receive.reply_line import bounded, sanitized, with_status
+from inbound.receive.session import LimitedSMTP
 from inbound.receive.starttls import start_tls
 
 log = logging.getLogger("inbound.receive")
@@ -38,8 +39,9 @@ class _MalformedAddressError(Exception):
     """An address in MAIL or RCPT that does not parse; answered with 501 (RFC 5321 §4.1.2)."""
 
 
-class InboundSMTP(SMTP):
-    """One SMTP session. Built by `SmtpServer` for each connection."""
+class InboundSMTP(LimitedSMTP):
+    """One SMTP session. Built by `SmtpServer` for each connection; what it may spend and
+    how it ends are session.py's."""
 
     def __init__(
         self,
@@ -56,23 +58,23 @@ class InboundSMTP(SMTP):
         self.line_length_limit = max(limits.max_line_length + 1, 1001)
         super().__init__(
             _Hooks(),
+            limits=limits,
             data_size_limit=limits.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
             hostname=hostname,
             ident="inbound",
             tls_context=tls_context,
-            timeout=limits.command_timeout,
             auth_require_tls=True,
             loop=loop,
         )
         self.policy = policy
-        self.limits = limits
         self.counter = counter
         self._client_ip = ""
         self._counted = False
         self._bare_replies = False
         self._stopping = False
+        self._answering_data = False
         # Set only by a completed TLS handshake: the one source of the session's TLS facts.
         self._tls_established = False
         # While MAIL or RCPT parses its address: the reply to a malformed one.
@@ -100,7 +102,10 @@ class InboundSMTP(SMTP):
 
     @property
     def in_transaction(self) -> bool:
-        return self.envelope is not None and bool(self.envelope.mail_from)
+        # After the final dot the envelope is already reset, but the reply to DATA is still
+        # to come (scans, the commit): a SIGTERM then must wait for it, or the client sees
+        # 421 for a message that is queued a moment later and sends it twice.
+        return self._answering_data or (self.envelope is not None and bool(self.envelope.mail_from))
 
     def shut_down(self) -> None:
         """SIGTERM: an idle session is closed now; one in a transaction after its last reply."""
@@ -174,7 +179,7 @@ class InboundSMTP(SMTP):
             self._bare_replies = False  # only the greeting itself
         elif not self._bare_replies:
             status = with_status(status)
-        await super().push(status)
+        await super().push(bounded(status))
 
     async def handle_exception(self, error: Exception) -> str:
         if self.closing:
@@ -293,6 +298,13 @@ class InboundSMTP(SMTP):
     # -- DATA ----------------------------------------------------------------------------
 
     async def smtp_DATA(self, arg: str | None) -> None:
+        self._answering_data = True
+        try:
+            await self._data(arg)
+        finally:
+            self._answering_data = False
+
+    async def _data(self, arg: str | None) -> None:
         if await self.check_helo_needed():
             return
         assert self.envelope is not None

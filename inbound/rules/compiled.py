@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
 from inbound.actions import ActionModel
-from inbound.rules.conditions import Check, compile_conditions
+from inbound.core.message import Reads
+from inbound.rules.condition_table import CONDITIONS, ConditionTable
+from inbound.rules.conditions import Check
 from inbound.rules.match import RecipientIndex
 from inbound.rules.model import Rule, RuleSet
 
@@ -26,8 +28,8 @@ class CompiledRule:
     unless: tuple[Check, ...]
     actions: tuple[ActionModel, ...]
     model: Rule
-    # Condition keys that look inside the message ("from", "subject", "header ...", ...).
-    message_keys: frozenset[str] = frozenset()
+    # What its conditions read (the condition table's facet): how much of a message to read.
+    reads: frozenset[Reads] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +50,10 @@ class CompiledRuleSet:
     model: RuleSet
 
     @classmethod
-    def build(cls, rule_set: RuleSet) -> CompiledRuleSet:
-        rules = tuple(_compile_rule(i, rule) for i, rule in enumerate(rule_set.rules))
+    def build(cls, rule_set: RuleSet, conditions: ConditionTable = CONDITIONS) -> CompiledRuleSet:
+        """`conditions`: the table compiling `when`/`unless` (another one for a model with more
+        condition fields)."""
+        rules = tuple(_compile_rule(i, rule, conditions) for i, rule in enumerate(rule_set.rules))
         filters = tuple(
             CompiledFilter(f.name, f.policy == "allow", ip_network(f.cidr, strict=False))
             for f in rule_set.filters
@@ -58,26 +62,17 @@ class CompiledRuleSet:
         return cls(rule_set.name, frozenset(rule_set.domains), rules, filters, index, rule_set)
 
 
-def _compile_rule(index: int, rule: Rule) -> CompiledRule:
+def _compile_rule(index: int, rule: Rule, conditions: ConditionTable) -> CompiledRule:
+    keys = [key for c in (rule.when, rule.unless) if c is not None for key in c.used()]
     return CompiledRule(
         index=index,
         name=rule.name,
         enabled=rule.enabled,
         require_tls=rule.tls_policy == "require",
         scan_enabled=rule.scan_enabled,
-        when=compile_conditions(rule.when) if rule.when else (),
-        unless=compile_conditions(rule.unless) if rule.unless else (),
+        when=conditions.compile(rule.when),
+        unless=conditions.compile(rule.unless),
         actions=tuple(rule.actions),
         model=rule,
-        message_keys=frozenset(
-            key
-            for conditions in (rule.when, rule.unless)
-            if conditions is not None
-            for key in conditions.used()
-            if key in _MESSAGE_KEYS
-        ),
+        reads=conditions.reads(keys),
     )
-
-
-# Conditions answered from the message itself; the rest come from the session and verdicts.
-_MESSAGE_KEYS = frozenset({"from", "subject", "header", "attachment"})

@@ -1,21 +1,23 @@
-"""`when` / `unless` (SPEC section 4) compiled once into checks over the message's facts.
+"""How each `when` / `unless` key (SPEC section 4) compiles: its patterns into one or more checks.
 
-Each condition key becomes one `Check`; `when` holds if every check holds, `unless` blocks a
-rule if any holds. A check can describe what it saw, for the trace. Pattern matching is
-case-insensitive, like recipient matching.
+A `Check` tests the message's facts and can describe what it saw, for the trace. The condition
+table (`inbound.rules.condition_table`) names these compilers row by row; nothing here knows the
+list of keys. Pattern matching is case-insensitive, like recipient matching. `re:` is searched
+in `subject` and `header` values (SPEC section 4) and matched whole against addresses and
+attachment names; globs and plain values are always whole-value.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_network
 
 from inbound.core.envelope import Connection, Envelope
 from inbound.core.message import MessageFacts
-from inbound.core.verdicts import VERDICT_KINDS, Verdicts
-from inbound.rules.match import address_predicate, compile_scanned
-from inbound.rules.model import Conditions
+from inbound.core.verdicts import DmarcPolicy, Verdict, Verdicts
+from inbound.rules.match import address_predicate, compile_scanned, is_scanned_pattern
+from inbound.rules.model import AttachmentMatch, SizeRange
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,126 +36,143 @@ class Check:
     seen: Callable[[Facts], str]
 
 
-def _any_text(patterns: list[str]) -> Callable[[str], bool]:
-    compiled = [
-        compile_scanned(p) if ("*" in p or "?" in p or p.startswith("re:")) else None
+TextTest = Callable[[str], bool]
+
+
+def any_text(patterns: Sequence[str], *, search: bool) -> TextTest:
+    """Whether a value matches any of `patterns`: a plain value equal to the whole value, a glob
+    over the whole value, or `re:PATTERN`, searched in the value when `search` (SPEC section 4:
+    as Postfix `header_checks`, Sieve `:regex` and Mailgun's `match_header` do; `^...$`
+    anchors) and else matched against the whole value."""
+    exact = {p.lower() for p in patterns if not is_scanned_pattern(p)}
+    matchers = [
+        regex.search if search and p.startswith("re:") else regex.fullmatch
         for p in patterns
+        if is_scanned_pattern(p)
+        for regex in (compile_scanned(p),)
     ]
-    exact = {p.lower() for p, c in zip(patterns, compiled, strict=True) if c is None}
-    regexes = [c for c in compiled if c is not None]
 
     def test(value: str) -> bool:
-        return value.lower() in exact or any(r.fullmatch(value) for r in regexes)
+        return value.lower() in exact or any(m(value) is not None for m in matchers)
 
     return test
 
 
-def _any_address(patterns: list[str]) -> Callable[[str], bool]:
+def any_address(patterns: Sequence[str]) -> TextTest:
+    """Whether an address matches any of `patterns`, in the forms of recipient patterns (SPEC
+    section 2): always the whole address, `re:` included."""
     predicates = [address_predicate(p) for p in patterns]
     return lambda address: any(p(address) for p in predicates)
 
 
-def compile_conditions(conditions: Conditions) -> tuple[Check, ...]:
-    checks: list[Check] = []
-    c = conditions
-    if c.sender is not None:
-        sender = _any_address(c.sender)
-        checks.append(
-            Check(
-                "sender",
-                lambda f: sender(f.envelope.mail_from),
-                lambda f: f.envelope.mail_from or "<>",
-            )
-        )
-    if c.from_ is not None:
-        from_ = _any_address(c.from_)
-        checks.append(
-            Check(
-                "from",
-                lambda f: any(from_(a) for a in f.message.from_addresses),
-                lambda f: ", ".join(f.message.from_addresses) or "no From address",
-            )
-        )
-    if c.subject is not None:
-        subject = _any_text(c.subject)
-        checks.append(
-            Check(
-                "subject",
-                lambda f: f.message.subject is not None and subject(f.message.subject),
-                lambda f: (
-                    repr(f.message.subject) if f.message.subject is not None else "no Subject"
-                ),
-            )
-        )
-    for name, patterns in (c.header or {}).items():
-        checks.append(_header_check(name, patterns))
-    if c.size is not None:
-        low, high = c.size.min or 0, c.size.max
-        checks.append(
-            Check(
-                "size",
-                lambda f: f.message.size >= low and (high is None or f.message.size <= high),
-                lambda f: f"{f.message.size} bytes",
-            )
-        )
-    if c.client_ip is not None:
-        networks = [ip_network(cidr, strict=False) for cidr in c.client_ip]
-        checks.append(
-            Check(
-                "client_ip",
-                lambda f: any(f.connection.client_ip in n for n in networks),
-                lambda f: str(f.connection.client_ip),
-            )
-        )
-    if c.tls is not None:
-        wanted = c.tls
-        checks.append(
-            Check(
-                "tls",
-                lambda f: f.connection.tls is wanted,
-                lambda f: "TLS" if f.connection.tls else "no TLS",
-            )
-        )
-    for kind in VERDICT_KINDS:
-        statuses = getattr(c, kind)
-        if statuses is not None:
-            checks.append(_verdict_check(kind, frozenset(statuses)))
-    if c.dmarc_policy is not None:
-        policies = frozenset(c.dmarc_policy)
-        checks.append(
-            Check(
-                "dmarc_policy",
-                lambda f: f.verdicts.dmarc_policy in policies,
-                lambda f: (
-                    f.verdicts.dmarc_policy.value if f.verdicts.dmarc_policy else "no DMARC policy"
-                ),
-            )
-        )
-    if c.attachment is not None:
-        checks.append(_attachment_check(c.attachment.filename, c.attachment.content_type))
-    return tuple(checks)
+# -- the compilers: (key, the YAML value) -> checks ---------------------------------------------
 
 
-def _header_check(name: str, patterns: list[str]) -> Check:
-    test = _any_text(patterns)
+def sender(key: str, patterns: list[str]) -> tuple[Check, ...]:
+    test = any_address(patterns)
+    return (
+        Check(key, lambda f: test(f.envelope.mail_from), lambda f: f.envelope.mail_from or "<>"),
+    )
+
+
+def from_(key: str, patterns: list[str]) -> tuple[Check, ...]:
+    test = any_address(patterns)
+    return (
+        Check(
+            key,
+            lambda f: any(test(a) for a in f.message.from_addresses),
+            lambda f: ", ".join(f.message.from_addresses) or "no From address",
+        ),
+    )
+
+
+def subject(key: str, patterns: list[str]) -> tuple[Check, ...]:
+    test = any_text(patterns, search=True)
+    return (
+        Check(
+            key,
+            lambda f: f.message.subject is not None and test(f.message.subject),
+            lambda f: repr(f.message.subject) if f.message.subject is not None else "no Subject",
+        ),
+    )
+
+
+def header(key: str, by_name: dict[str, list[str]]) -> tuple[Check, ...]:
+    """One check per header name: each must hold (in `when`) or blocks (in `unless`)."""
+    return tuple(_header_check(f"{key} {name}", name, p) for name, p in by_name.items())
+
+
+def _header_check(label: str, name: str, patterns: list[str]) -> Check:
+    test = any_text(patterns, search=True)
     return Check(
-        f"header {name}",
+        label,
         lambda f: any(test(v) for v in f.message.header_values(name)),
         lambda f: ", ".join(repr(v) for v in f.message.header_values(name)) or f"no {name}",
     )
 
 
-def _verdict_check(kind: str, statuses: frozenset[object]) -> Check:
-    return Check(
-        kind,
-        lambda f: f.verdicts.of(kind) in statuses,
-        lambda f: f"{kind}={f.verdicts.of(kind).value}",
+def size(key: str, limits: SizeRange) -> tuple[Check, ...]:
+    low, high = limits.min or 0, limits.max
+    return (
+        Check(
+            key,
+            lambda f: f.message.size >= low and (high is None or f.message.size <= high),
+            lambda f: f"{f.message.size} bytes",
+        ),
     )
 
 
-def _attachment_check(filename: str | None, content_type: str | None) -> Check:
-    name_test = _any_text([filename]) if filename else None
-    type_test = _any_text([content_type]) if content_type else None
+def client_ip(key: str, cidrs: list[str]) -> tuple[Check, ...]:
+    networks = [ip_network(cidr, strict=False) for cidr in cidrs]
+    return (
+        Check(
+            key,
+            lambda f: any(f.connection.client_ip in n for n in networks),
+            lambda f: str(f.connection.client_ip),
+        ),
+    )
+
+
+def tls(key: str, wanted: bool) -> tuple[Check, ...]:
+    return (
+        Check(
+            key,
+            lambda f: f.connection.tls is wanted,
+            lambda f: "TLS" if f.connection.tls else "no TLS",
+        ),
+    )
+
+
+def verdict(key: str, statuses: list[Verdict]) -> tuple[Check, ...]:
+    """The verdict named `key` (spam, virus, spf, dkim, dmarc) is one of `statuses`."""
+    wanted = frozenset(statuses)
+    return (
+        Check(
+            key,
+            lambda f: f.verdicts.of(key) in wanted,
+            lambda f: f"{key}={f.verdicts.of(key).value}",
+        ),
+    )
+
+
+def dmarc_policy(key: str, policies: list[DmarcPolicy]) -> tuple[Check, ...]:
+    wanted = frozenset(policies)
+    return (
+        Check(
+            key,
+            lambda f: f.verdicts.dmarc_policy in wanted,
+            lambda f: (
+                f.verdicts.dmarc_policy.value if f.verdicts.dmarc_policy else "no DMARC policy"
+            ),
+        ),
+    )
+
+
+def attachment(key: str, match: AttachmentMatch) -> tuple[Check, ...]:
+    """Any attachment whose filename and content type both match (on the same part); names and
+    types are matched whole, `re:` included."""
+    name_test = any_text([match.filename], search=False) if match.filename else None
+    type_test = any_text([match.content_type], search=False) if match.content_type else None
 
     def test(f: Facts) -> bool:
         return any(
@@ -166,7 +185,7 @@ def _attachment_check(filename: str | None, content_type: str | None) -> Check:
         shown = [f"{a.filename or '(no name)'} ({a.content_type})" for a in f.message.attachments]
         return ", ".join(shown) or "no attachments"
 
-    return Check("attachment", test, seen)
+    return (Check(key, test, seen),)
 
 
 def failing(checks: tuple[Check, ...], facts: Facts) -> list[Check]:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from inbound.core import reply as replies
 from inbound.core.envelope import Connection
-from inbound.core.message import MessageFacts
+from inbound.core.message import MessageFacts, Reads
 from inbound.core.plan import ConnectionDecision, RecipientDecision
 from inbound.core.verdicts import DmarcPolicy, Verdict, Verdicts
 from inbound.rules.compiled import CompiledRule, CompiledRuleSet
@@ -61,12 +61,13 @@ def scanning_enabled(rules: CompiledRuleSet, accepted: Sequence[str]) -> bool:
     return any(rules.rules[i].scan_enabled for i in candidates(rules, accepted))
 
 
-def message_keys(rules: CompiledRuleSet, accepted: Sequence[str]) -> frozenset[str]:
-    """The condition keys of the rules that may apply that look inside the message."""
-    keys: set[str] = set()
+def message_keys(rules: CompiledRuleSet, accepted: Sequence[str]) -> frozenset[Reads]:
+    """What the conditions of the rules that may apply read (the condition table's `reads`
+    facet), for `inbound.message.read.need_for`."""
+    reads: set[Reads] = set()
     for i in candidates(rules, accepted):
-        keys.update(rules.rules[i].message_keys)
-    return frozenset(keys)
+        reads.update(rules.rules[i].reads)
+    return frozenset(reads)
 
 
 def effective_verdicts(given: Verdicts, *, scanning: bool) -> tuple[Verdicts, tuple[str, ...]]:
@@ -103,7 +104,7 @@ def attachments_unseen(rules: CompiledRuleSet, positions: list[int], message: Me
     ("" otherwise)."""
     if message.mime_limit is None:
         return ""
-    names = [rules.rules[i].name for i in positions if "attachment" in rules.rules[i].message_keys]
+    names = [rules.rules[i].name for i in positions if Reads.PARTS in rules.rules[i].reads]
     return f"rule{'s' if len(names) > 1 else ''} {', '.join(names)}" if names else ""
 
 

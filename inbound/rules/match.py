@@ -43,7 +43,8 @@ def is_scanned_pattern(pattern: str) -> bool:
 
 
 def compile_scanned(pattern: str) -> re.Pattern[str]:
-    """A glob over the whole value, or `re:PATTERN` matched against the whole value."""
+    """A glob (translated to match the whole value) or `re:PATTERN` as written. Callers match
+    addresses whole (`fullmatch`); `subject` and `header` search a `re:` in the value."""
     if pattern.startswith("re:"):
         return re.compile(pattern[3:], re.IGNORECASE)
     return re.compile(fnmatch.translate(pattern), re.IGNORECASE)

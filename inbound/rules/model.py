@@ -72,7 +72,8 @@ class AttachmentMatch(_Strict):
 
 
 class Conditions(_Strict):
-    """`when` (every key holds) and `unless` (no key holds), SPEC section 4."""
+    """`when` (every key holds) and `unless` (no key holds), SPEC section 4. Each field has its
+    row in `inbound.rules.condition_table.CONDITIONS` (a unit test holds them together)."""
 
     sender: RecipientPatterns | None = None
     from_: Annotated[RecipientPatterns | None, Field(alias="from")] = None
@@ -89,13 +90,18 @@ class Conditions(_Strict):
     dmarc_policy: DmarcPolicies | None = None
     attachment: AttachmentMatch | None = None
 
+    def set_conditions(self) -> dict[str, object]:
+        """The condition keys that are set, in YAML spelling and field order, with their values
+        (each compiled by its row of `inbound.rules.condition_table`)."""
+        return {
+            (info.alias or name): value
+            for name, info in type(self).model_fields.items()
+            if (value := getattr(self, name)) is not None
+        }
+
     def used(self) -> list[str]:
         """The condition keys that are set, in YAML spelling."""
-        return [
-            (info.alias or name)
-            for name, info in type(self).model_fields.items()
-            if getattr(self, name) is not None
-        ]
+        return list(self.set_conditions())
 
 
 class Rule(_Strict):

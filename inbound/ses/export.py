@@ -4,17 +4,21 @@
 (`Enabled` always explicit: the API default is false) and `Filters` when the set has any.
 `ses_problems` names every rule (or the whole set) that SES cannot hold, and why. With a
 `Guard`, rules whose `when`/`unless` the guard Lambda can decide get it as their first action
-(`--lower-extensions`); `GUARD_KEYS` and `LOCAL_ONLY_KEYS` are the one table of what it can
-decide, shared with `inbound.ses.guard` and `inbound check --ses`.
+(`--lower-extensions`). What a guard can decide, and why not, is a facet of the condition table
+(`inbound.rules.condition_table`); `GUARD_KEYS` and `LOCAL_ONLY_KEYS` are its views. The
+functions take another table for a model with more conditions.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import combinations
+from types import MappingProxyType
 from typing import Literal
 
+from inbound.rules.condition_table import CONDITIONS, ConditionTable, Guarded, LocalOnly
 from inbound.rules.load import SES_MAX_ACTIONS, SES_MAX_FILTERS, SES_MAX_RECIPIENTS, SES_MAX_RULES
 from inbound.rules.match import address_predicate, is_scanned_pattern
 from inbound.rules.model import Conditions, Filter, Rule, RuleSet
@@ -29,26 +33,10 @@ _LAMBDA_ARN = re.compile(
 )
 _LAMBDA_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
-# What the guard Lambda reads each condition from: the SES Lambda event (`Records[0].ses`).
-GUARD_KEYS: dict[str, str] = {
-    "sender": "mail.source (the envelope sender)",
-    "from": "the From header (mail.headers, else commonHeaders.from)",
-    "subject": "the Subject header (mail.headers, else commonHeaders.subject)",
-    "header": "mail.headers (SES passes at most 10 KB of them)",
-    "client_ip": "the client IP in the Received header SES prepends",
-    "spam": "receipt.spamVerdict",
-    "virus": "receipt.virusVerdict",
-    "spf": "receipt.spfVerdict",
-    "dkim": "receipt.dkimVerdict",
-    "dmarc": "receipt.dmarcVerdict",
-    "dmarc_policy": "receipt.dmarcPolicy",
-}
-# Conditions no guard can decide, and why: the event carries no body and no session facts.
-LOCAL_ONLY_KEYS: dict[str, str] = {
-    "size": "the SES Lambda event does not give the message size",
-    "attachment": "the SES Lambda event carries no message body",
-    "tls": "the SES Lambda event does not say whether the session used TLS",
-}
+# Views of the condition table: where the guard Lambda reads each condition it can decide (in
+# the SES Lambda event, `Records[0].ses`), and why it cannot decide the others.
+GUARD_KEYS: Mapping[str, str] = MappingProxyType(CONDITIONS.guard_keys())
+LOCAL_ONLY_KEYS: Mapping[str, str] = MappingProxyType(CONDITIONS.local_only_keys())
 
 ProblemKind = Literal["extension", "recipient-pattern", "limit", "name", "guard", "action"]
 Capability = Literal["native", "needs the guard Lambda", "local only"]
@@ -160,11 +148,19 @@ def _keys(rule: Rule) -> list[tuple[str, str]]:
     ]
 
 
-def _local_only(rule: Rule) -> list[str]:
+def _local_only(rule: Rule, conditions: ConditionTable) -> list[str]:
     return [
-        f"{key}: {name}: {LOCAL_ONLY_KEYS[name]}"
+        f"{key}: {name}: {ses.reason}"
         for key, name in _keys(rule)
-        if name in LOCAL_ONLY_KEYS
+        if isinstance(ses := conditions.row(name).ses, LocalOnly)
+    ]
+
+
+def _guard_reads(rule: Rule, conditions: ConditionTable) -> list[str]:
+    return [
+        f"{key}: {name} (read from {ses.where})"
+        for key, name in _keys(rule)
+        if isinstance(ses := conditions.row(name).ses, Guarded)
     ]
 
 
@@ -180,20 +176,22 @@ def _pattern_problems(rule: Rule) -> list[Problem]:
     return [Problem(rule.name, "recipient-pattern", message)]
 
 
-def _extension_problems(rule: Rule, guard: Guard | None) -> list[Problem]:
+def _extension_problems(
+    rule: Rule, guard: Guard | None, conditions: ConditionTable
+) -> list[Problem]:
     if guard is None:
         out: list[Problem] = []
-        for key, conditions in (("when", rule.when), ("unless", rule.unless)):
-            used = _used(conditions)
+        for key, given in (("when", rule.when), ("unless", rule.unless)):
+            used = _used(given)
             if used:
                 message = f"uses the extension {key}: {', '.join(used)} (SES has no such conditions"
-                if not _local_only(rule):
+                if not _local_only(rule, conditions):
                     message += "; --lower-extensions GUARD_FUNCTION_ARN hands them to a guard"
                 out.append(Problem(rule.name, "extension", message + ")"))
         return out
     return [
         Problem(rule.name, "extension", f"the guard Lambda cannot decide {why}")
-        for why in _local_only(rule)
+        for why in _local_only(rule, conditions)
     ]
 
 
@@ -267,10 +265,12 @@ def recipients_overlap(a: list[str], b: list[str]) -> bool:
     )
 
 
-def guard_collisions(rule_set: RuleSet) -> list[tuple[Rule, Rule]]:
+def guard_collisions(
+    rule_set: RuleSet, conditions: ConditionTable = CONDITIONS
+) -> list[tuple[Rule, Rule]]:
     """Pairs of lowerable rules a shared guard cannot tell apart: recipients that overlap
     (SES gives the guard only the recipients it matched) and different conditions."""
-    rules = [r for r in rule_set.rules if guarded(r) and not _local_only(r)]
+    rules = [r for r in rule_set.rules if guarded(r) and not _local_only(r, conditions)]
     rules = [r for r in rules if not _pattern_problems(r)]
     return [
         (a, b)
@@ -280,7 +280,7 @@ def guard_collisions(rule_set: RuleSet) -> list[tuple[Rule, Rule]]:
     ]
 
 
-def _guard_problems(rule_set: RuleSet, guard: Guard) -> list[Problem]:
+def _guard_problems(rule_set: RuleSet, guard: Guard, conditions: ConditionTable) -> list[Problem]:
     out: list[Problem] = []
     if guard.per_rule:
         for rule in rule_set.rules:
@@ -291,7 +291,7 @@ def _guard_problems(rule_set: RuleSet, guard: Guard) -> list[Problem]:
                 )
                 out.append(Problem(rule.name, "guard", message))
         return out
-    for a, b in guard_collisions(rule_set):
+    for a, b in guard_collisions(rule_set, conditions):
         message = (
             f"rules {a.name!r} and {b.name!r} have different conditions for recipients that "
             "overlap, and one guard function cannot tell which of them SES invoked it for: "
@@ -302,35 +302,38 @@ def _guard_problems(rule_set: RuleSet, guard: Guard) -> list[Problem]:
     return out
 
 
-def ses_problems(rule_set: RuleSet, guard: Guard | None = None) -> list[Problem]:
+def ses_problems(
+    rule_set: RuleSet, guard: Guard | None = None, conditions: ConditionTable = CONDITIONS
+) -> list[Problem]:
     """Everything SES cannot express as it is (with `guard`: lowered to the guard Lambda):
     set-wide problems first, then rule by rule."""
     out = _set_problems(rule_set)
     for rule in rule_set.rules:
         extra = 1 if guard is not None and guarded(rule) else 0
-        out += _extension_problems(rule, guard) + _pattern_problems(rule) + _action_problems(rule)
+        out += _extension_problems(rule, guard, conditions) + _pattern_problems(rule)
+        out += _action_problems(rule)
         out += _limit_problems(rule, extra_actions=extra)
     if guard is not None:
-        out += _guard_problems(rule_set, guard)
+        out += _guard_problems(rule_set, guard, conditions)
     return out
 
 
-def rule_capability(rule: Rule) -> RuleCapability:
+def rule_capability(rule: Rule, conditions: ConditionTable = CONDITIONS) -> RuleCapability:
     """ "native", "needs the guard Lambda" (only conditions a guard can decide), or "local only"."""
     needs_guard = guarded(rule)
     local = [p.message for p in _limit_problems(rule, extra_actions=int(needs_guard))]
     local += [p.message for p in _pattern_problems(rule) + _action_problems(rule)]
-    local += [f"{why}, so no guard can decide it" for why in _local_only(rule)]
+    local += [f"{why}, so no guard can decide it" for why in _local_only(rule, conditions)]
     if local:
         return RuleCapability(rule.name, "local only", tuple(local))
     if needs_guard:
-        reasons = tuple(
-            f"{key}: {name} (read from {GUARD_KEYS[name]})" for key, name in _keys(rule)
-        )
+        reasons = tuple(_guard_reads(rule, conditions))
         return RuleCapability(rule.name, "needs the guard Lambda", reasons)
     return RuleCapability(rule.name, "native", ())
 
 
-def ses_capabilities(rule_set: RuleSet) -> list[RuleCapability]:
+def ses_capabilities(
+    rule_set: RuleSet, conditions: ConditionTable = CONDITIONS
+) -> list[RuleCapability]:
     """Rule by rule, what SES can express (for `inbound check --ses`)."""
-    return [rule_capability(rule) for rule in rule_set.rules]
+    return [rule_capability(rule, conditions) for rule in rule_set.rules]

@@ -16,10 +16,11 @@ invocation type. So the rule is found from what SES does give (decision):
   a set where two such rules with different conditions could match one address, so at most one
   answer exists; should the candidates still disagree, the guard fails (below).
 
-**Facts.** Only what the SES Lambda event carries (the capability table in `export.py`):
-envelope sender `mail.source`, `mail.headers` (From, Subject, any header; From and Subject fall
-back to `commonHeaders`), the client IP from the `Received` header SES prepends, and the
-verdicts and DMARC policy of the receipt. `size`, `attachment` and `tls` are never guarded.
+**Facts.** Only what the SES Lambda event carries; each condition's row of the condition table
+(`inbound.rules.condition_table`) names the `EventPart` it is read from: envelope sender
+`mail.source`, `mail.headers` (From, Subject, any header; From and Subject fall back to
+`commonHeaders`), the client IP from the `Received` header SES prepends, and the verdicts and
+DMARC policy of the receipt. `size`, `attachment` and `tls` are local only, never guarded.
 
 **Failing safe** (decision). SES's handling of a failed `RequestResponse` invocation is not
 documented, so the guard does not rely on it: when it cannot decide (rule set missing or not
@@ -48,6 +49,7 @@ from inbound.core.message import MessageFacts
 from inbound.message.parse import parse_message
 from inbound.observe.log import emit_fields
 from inbound.rules.compiled import CompiledRule, CompiledRuleSet
+from inbound.rules.condition_table import CONDITIONS, ConditionTable, EventPart
 from inbound.rules.conditions import Facts
 from inbound.rules.evaluate import unmet_checks
 from inbound.rules.load import load_rule_set
@@ -198,19 +200,23 @@ def _recipients(found: Receipt) -> list[str]:
     return recipients
 
 
-def guard_facts(found: Receipt, rules: list[CompiledRule]) -> Facts:
-    """What the conditions of `rules` may ask, from the event alone."""
-    keys = {key for rule in rules for key in _keys(rule)}
+def guard_facts(
+    found: Receipt, rules: list[CompiledRule], conditions: ConditionTable = CONDITIONS
+) -> Facts:
+    """What the conditions of `rules` may ask, from the event alone (`conditions`: the table
+    naming the `EventPart` of each). Everything is read; a truncated header list or a missing
+    SES `Received` header is an error only when a condition reads that part."""
+    parts = conditions.guard_parts(key for rule in rules for key in _keys(rule))
     mail = found.mail
     headers = mail.get("headers")
     headers = headers if isinstance(headers, list) else []
-    if "header" in keys and mail.get("headersTruncated") is True:
+    if EventPart.HEADERS in parts and mail.get("headersTruncated") is True:
         raise GuardError(
             f"message {found.message_id}: SES truncated the headers (over 10 KB), so a "
             "header condition cannot be decided"
         )
-    client_ip: IpAddress = ip_address("0.0.0.0")  # noqa: S104 - read only by client_ip rules
-    if "client_ip" in keys:
+    client_ip: IpAddress = ip_address("0.0.0.0")  # noqa: S104 - only RECEIVED conditions read it
+    if EventPart.RECEIVED in parts:
         found_ip = ses_client_ip(headers)
         if found_ip is None:
             raise GuardError(f"message {found.message_id}: no client IP in SES's Received header")

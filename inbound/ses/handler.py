@@ -71,13 +71,14 @@ from typing import Any
 
 from inbound.core.envelope import Connection, Envelope
 from inbound.core.errors import ActionError, InboundError
-from inbound.core.message import MessageFacts
+from inbound.core.message import MessageFacts, Reads
 from inbound.core.services import Services
 from inbound.core.steps import StepKey
 from inbound.message.parse import parse_headers, parse_message
 from inbound.message.read import need_for
 from inbound.observe.log import emit, emit_fields
 from inbound.rules.compiled import CompiledRuleSet
+from inbound.rules.condition_table import CONDITIONS
 from inbound.rules.evaluate import Evaluation, Step, message_keys
 from inbound.rules.load import load_rule_set
 from inbound.run.context import RunSubject
@@ -99,7 +100,8 @@ log = logging.getLogger("inbound.ses")
 DEFAULT_STATE_PREFIX = "inbound-state/"
 # Connection facts SES does not give: see the module docstring.
 UNKNOWN_CLIENT = Connection.of("0.0.0.0", "unknown", tls=True)  # noqa: S104 - not a bind address
-CONNECTION_KEYS = frozenset({"client_ip", "tls"})
+# The conditions that read the SMTP session (a view of the condition table).
+CONNECTION_KEYS = CONDITIONS.keys_reading(Reads.CONNECTION)
 CONTINUE = {"disposition": "CONTINUE"}
 STOP_RULE_SET = {"disposition": "STOP_RULE_SET"}
 

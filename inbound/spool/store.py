@@ -272,7 +272,7 @@ class Spool:
                 os.rename(writer._dir, self._queue / writer.message_id)
                 errors.append(None)
             except OSError as exc:  # that writer's caller is told, and no one else
-                writer.abort()
+                writer._discard()
                 failure = SpoolWriteError(
                     f"message {writer.message_id}: cannot queue: {exc.strerror}"
                 )
@@ -298,6 +298,11 @@ class SpoolWriter:
         self.message_id, self._dir, self._spool = directory.name, directory, spool
         self._size = 0
         self._file: BinaryIO | None = None
+        # Set once sealing starts: from then on the message is the committer's, and an abort
+        # from the session (a client gone right after the final dot cancels it mid-commit)
+        # must not delete files a sealer thread is fsyncing or renaming into queue/.
+        self._sealing = False
+        self._lock = threading.Lock()
         try:
             make_dir(directory)
             self._file = create_file(directory / _MESSAGE, buffering=_WRITE_BUFFER)
@@ -311,7 +316,7 @@ class SpoolWriter:
         return self._size
 
     def _fail(self, exc: OSError, doing: str) -> NoReturn:
-        self.abort()
+        self._discard()
         raise SpoolWriteError(f"message {self.message_id}: {doing}: {exc.strerror}") from exc
 
     def _opened(self) -> BinaryIO:
@@ -336,7 +341,15 @@ class SpoolWriter:
         return FileSource(self._dir / _MESSAGE)
 
     def abort(self) -> None:
-        """Forget the message, best effort: recover() removes whatever is left."""
+        """Forget the message, best effort (recover() removes whatever is left); once sealing
+        has started this does nothing: the message may still be queued, and is then delivered
+        at least once (the client, seeing no 250, may send it again)."""
+        with self._lock:
+            if self._sealing:
+                return
+            self._discard()
+
+    def _discard(self) -> None:
         f, self._file = self._file, None
         if f is not None:
             with contextlib.suppress(OSError):  # the bytes are being thrown away anyway
@@ -350,7 +363,9 @@ class SpoolWriter:
         if meta.message_id != self.message_id or meta.size != self._size:
             self.abort()
             raise ValueError(f"meta of {meta.message_id} ({meta.size} bytes) does not match")
-        f = self._opened()
+        with self._lock:
+            f = self._opened()  # an aborted writer is closed: nothing to seal
+            self._sealing = True
         try:
             f.flush()
             os.fsync(f.fileno())

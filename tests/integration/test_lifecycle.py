@@ -159,6 +159,42 @@ def test_sigterm_finishes_the_transaction_in_flight_refuses_new_ones_and_exits_0
     stop(again)
 
 
+def test_sigterm_while_the_end_of_data_is_decided_waits_for_its_reply(
+    tmp_path: Path, serve: Callable[..., Child]
+) -> None:
+    """After the final dot the reply takes a while (scans, the commit). A SIGTERM then must
+    not answer 421 and close: the message would be queued after the client was told to try
+    again, and sent twice."""
+    silent = socket.create_server(("127.0.0.1", 0))  # a spamd that accepts and never answers
+    try:
+        (tmp_path / "rules.yaml").write_text(
+            RULES.replace(
+                "rules:\n",
+                "rules:\n  - name: scan\n    recipients: [scan@example.com]"
+                "\n    scan_enabled: true\n    actions:\n      - {type: s3, bucket: mail, prefix: in/}\n",
+                1,
+            )
+        )
+        child = serve("--spamd", f"127.0.0.1:{silent.getsockname()[1]}", "--scan-timeout", "3s")
+        client = session(child.port)
+        assert client.mail("alice@sender.example")[0] == 250
+        assert client.rcpt("scan@example.com")[0] == 250
+        client.putcmd("data")
+        assert client.getreply()[0] == 354
+        client.send(message("scanned", to="scan@example.com") + b".\r\n")
+        waiting, _ = silent.accept()  # the scan has begun: the reply to DATA is being decided
+        child.signal(signal.SIGTERM)
+        wait_for(lambda: events_of(child, "server.stopping"), "server.stopping")
+        code, text = client.getreply()
+        assert code == 250, text  # after the scan timed out (spam PROCESSING_FAILED)
+        assert client.getreply() == (421, b"4.3.2 Service shutting down, try again later")
+        client.close()
+        waiting.close()
+        assert child.process.wait(DEADLINE) == 0
+    finally:
+        silent.close()
+
+
 def test_sigterm_does_not_wait_for_idle_sessions(
     tmp_path: Path, serve: Callable[..., Child]
 ) -> None:

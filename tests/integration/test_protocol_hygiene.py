@@ -97,6 +97,31 @@ def test_no_control_character_is_echoed(receiver: Running, line: bytes) -> None:
         client.close()
 
 
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [
+        (b"X" * 500, "500 5.5.2 "),
+        ("VRFY >\u00fc".encode(), "502 5.5.1 "),
+        (b"VRFY >" + b"a" * 490, "502 5.5.1 "),
+    ],
+    ids=["long-unknown-command", "vrfy-utf8", "long-vrfy"],
+)
+def test_echoed_text_keeps_the_reply_ascii_and_within_512_octets(
+    receiver: Running, line: bytes, code: str
+) -> None:
+    client = greeted(receiver)
+    try:
+        client.send(line + b"\r\n")
+        reply = client.reply() or "<closed>"
+        assert reply.startswith(code), reply
+        assert reply.isascii(), repr(reply)
+        assert reply.isprintable(), repr(reply)
+        assert len(reply) + 2 <= 512, len(reply)  # RFC 5321 §4.5.3.1.5, CRLF included
+        assert client.command("NOOP") == "250 2.0.0 OK"
+    finally:
+        client.close()
+
+
 def test_postmaster_without_a_domain_is_accepted(receiver: Running) -> None:
     """RFC 5321 §4.5.1: <Postmaster> is postmaster@ the rule set's first domain (README)."""
     client = greeted(receiver)

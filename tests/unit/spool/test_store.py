@@ -134,6 +134,30 @@ def test_abort_leaves_nothing(tmp_path: Path) -> None:
     assert spool.queued() == []
 
 
+def test_an_abort_once_sealing_started_leaves_the_message_to_the_committer(
+    tmp_path: Path,
+) -> None:
+    # A client that resets the connection right after the final dot cancels the session in
+    # the middle of its commit; its abort must not delete what a sealer thread is queueing.
+    spool = Spool(tmp_path)
+    writer = spool.open_writer(IDS.next())
+    writer.write(b"Subject: hi\r\n\r\nbody\r\n")
+    writer.seal(make_meta(writer.message_id, writer.size))
+    writer.abort()  # the session, cancelled
+    assert spool.publish([writer]) == [None]
+    assert spool.queued() == [writer.message_id]
+    assert Spool(tmp_path).recover() == 0
+
+
+def test_an_aborted_writer_cannot_be_sealed(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    writer = spool.open_writer(IDS.next())
+    writer.abort()
+    with pytest.raises(SpoolError, match="closed"):
+        writer.seal(make_meta(writer.message_id, 0))
+    assert spool.queued() == []
+
+
 def test_a_writer_is_closed_after_commit(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     writer = spool.open_writer(IDS.next())
