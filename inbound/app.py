@@ -25,7 +25,7 @@ from typing import IO, Literal
 from inbound.actions import BounceAction
 from inbound.core.errors import InputError
 from inbound.core.message import MimeLimits
-from inbound.core.targets import Targets
+from inbound.core.services import Services
 from inbound.datadir import append_file, make_dir, protect
 from inbound.descriptors import DescriptorGauge
 from inbound.dispatch import Dispatcher
@@ -53,9 +53,8 @@ from inbound.spool.commit import GroupCommitter
 from inbound.spool.retry import RetryPolicy
 from inbound.spool.store import Spool
 from inbound.targets.aws import NO_REGION, AwsTargets, aws_session
-from inbound.targets.bounces import WithRelay
 from inbound.targets.local import LambdaFunction, LocalTargets
-from inbound.targets.relay import RelaySender
+from inbound.targets.relay import RelayMailer, RelaySender
 from inbound.tls import load_tls_context, self_signed_context
 
 log = logging.getLogger("inbound.app")
@@ -155,10 +154,13 @@ def build_scanners(settings: ServeSettings, auth_pool: Executor | None = None) -
     )
 
 
-def build_targets(settings: ServeSettings, book: RuleBook, *, announce: bool = True) -> Targets:
-    """The target set `--targets` and `--relay` ask for; `announce` logs what is missing."""
+def build_services(settings: ServeSettings, book: RuleBook, *, announce: bool = True) -> Services:
+    """The services `--targets` and `--relay` ask for; `announce` logs what is missing.
+
+    `--targets` is the shortcut for the blob store, the topic and the function (local files,
+    or AWS); `--relay` chooses the mailer. Code may choose each apart (`Services(...)`)."""
     s = settings
-    base: Targets
+    base: LocalTargets | AwsTargets
     if s.targets == "aws":
         session = aws_session()
         if session.region_name is None:  # at start, not as dead letters later
@@ -168,7 +170,8 @@ def build_targets(settings: ServeSettings, book: RuleBook, *, announce: bool = T
         base = LocalTargets(s.data_dir, functions=load_functions(s.lambdas))
     if s.relay is not None:
         host, port = s.relay
-        return WithRelay(base, RelaySender(host, port, local_hostname=s.hostname))
+        relay = RelaySender(host, port, local_hostname=s.hostname)
+        return Services.of(base, mailer=RelayMailer(relay))
     bouncing = [
         r.name
         for r in book.current.compiled.rules
@@ -182,7 +185,7 @@ def build_targets(settings: ServeSettings, book: RuleBook, *, announce: bool = T
             rules=bouncing,
             hint="bounces after acceptance need --relay HOST:PORT to send their DSNs",
         )
-    return base
+    return Services.of(base)
 
 
 def tls_context(
@@ -276,7 +279,7 @@ def build(settings: ServeSettings, role: Role, worker: WorkerWiring | None = Non
     on_queued: Callable[[str], None] | None = None
     if isinstance(metrics, DispatchMetrics):
         dispatcher = Dispatcher(
-            spool, book, build_targets(s, book), metrics=metrics, sns_oversize=s.sns_oversize
+            spool, book, build_services(s, book), metrics=metrics, sns_oversize=s.sns_oversize
         )
         scheduler = Scheduler(spool, dispatcher.process, metrics=metrics, policy=s.retry)
         on_queued = scheduler.notify

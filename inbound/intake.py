@@ -32,7 +32,7 @@ from inbound.rules.evaluate import (
     check_recipient,
     evaluate,
     message_keys,
-    pause_at_lambdas,
+    results_unknown,
     scanning_enabled,
 )
 from inbound.scan.run import Scanners
@@ -164,7 +164,7 @@ class Intake(Generic[Writer]):
             envelope=envelope,
             message=facts,
             verdicts=scanned.verdicts,
-            lambda_results=pause_at_lambdas,
+            lambda_results=results_unknown,
         )
         emit(
             log,

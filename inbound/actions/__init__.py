@@ -1,17 +1,19 @@
-"""The actions a rule can run: one module each (YAML model, SES mapping, later its executor).
+"""The actions a rule can run: one module each (YAML model, executor, optional SES mapping).
 
-`ACTION_TYPES` is the explicit list; adding an action is one module and one line here.
+`ACTION_TYPES` is the one list: adding an action is one module and one line here. The YAML
+model's union of actions (`action_union`) is derived from it, and `inbound.rules.model`
+validates rules with it.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import Field
 
 from inbound.actions.add_header import AddHeaderAction
 from inbound.actions.awslambda import LambdaAction
-from inbound.actions.base import ActionModel
+from inbound.actions.base import ActionContext, ActionModel, NoSesMappingError, SesMapping
 from inbound.actions.bounce import BounceAction
 from inbound.actions.connect import ConnectAction
 from inbound.actions.s3 import S3Action
@@ -30,28 +32,31 @@ ACTION_TYPES: tuple[type[ActionModel], ...] = (
     ConnectAction,
 )
 
-Action = Annotated[
-    S3Action
-    | LambdaAction
-    | SnsAction
-    | BounceAction
-    | AddHeaderAction
-    | StopAction
-    | WorkmailAction
-    | ConnectAction,
-    Field(discriminator="type"),
-]
+
+def action_union(types: tuple[type[ActionModel], ...]) -> Any:
+    """The pydantic discriminated union (on `type:`) of `types`."""
+    return Annotated[Union[types], Field(discriminator="type")]  # noqa: UP007 - a runtime tuple
+
+
+if TYPE_CHECKING:
+    Action = ActionModel
+else:
+    Action = action_union(ACTION_TYPES)
 
 __all__ = [
     "ACTION_TYPES",
     "Action",
+    "ActionContext",
     "ActionModel",
     "AddHeaderAction",
     "BounceAction",
     "ConnectAction",
     "LambdaAction",
+    "NoSesMappingError",
     "S3Action",
+    "SesMapping",
     "SnsAction",
     "StopAction",
     "WorkmailAction",
+    "action_union",
 ]

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 from typing import Literal
 
-from inbound.actions.base import ActionContext, ActionModel
+from inbound.actions.base import ActionContext, ActionModel, SesMapping
 from inbound.config.fields import FunctionArn, TopicArn, function_name
-from inbound.core.targets import Targets
+from inbound.core.services import Services
+from inbound.core.steps import CONTINUE, Outcome
+
+_INVOCATION = {"event": "Event", "request_response": "RequestResponse"}
 
 
 class LambdaAction(ActionModel):
-    ses_key = "LambdaAction"
     receipt_type = "Lambda"
-    ses_fields = {
-        "FunctionArn": "function_arn",
-        "InvocationType": "invocation_type",
-        "TopicArn": "topic_arn",
-    }
-    ses_values = {"invocation_type": {"event": "Event", "request_response": "RequestResponse"}}
+    ses = SesMapping(
+        "LambdaAction",
+        {
+            "FunctionArn": "function_arn",
+            "InvocationType": "invocation_type",
+            "TopicArn": "topic_arn",
+        },
+        {"invocation_type": _INVOCATION},
+    )
     receipt_fields = {
         "topicArn": "topic_arn",
         "functionArn": "function_arn",
@@ -37,16 +42,26 @@ class LambdaAction(ActionModel):
 
     def receipt_action(self, message_id: str) -> dict[str, object]:
         out = super().receipt_action(message_id)
-        out["invocationType"] = self.ses_values["invocation_type"][self.invocation_type]
+        out["invocationType"] = _INVOCATION[self.invocation_type]
         return out
 
-    async def execute(self, ctx: ActionContext, targets: Targets) -> str | None:
+    @property
+    def awaits_result(self) -> bool:
+        return self.invocation_type == "request_response"
+
+    async def execute(self, ctx: ActionContext, services: Services) -> Outcome:
         event = ctx.lambda_event(self.receipt_action(ctx.message_id))
-        wait = self.invocation_type == "request_response"
-        result = await targets.invoke(self.function_arn, event, wait=wait)
-        await self.notify(ctx, targets)
+        wait = self.awaits_result
+        result = await services.functions.invoke(self.function_arn, event, wait=wait)
+        await self.notify(ctx, services)
         if not wait:
-            return None
-        # SES reads {"disposition": ...}; anything else continues (SPEC section 2).
+            return CONTINUE
+        # SES reads {"disposition": ...}; anything else continues (SPEC section 2). The text is
+        # kept as answered (for the trace and the ledger); only `Flow` steers evaluation.
         disposition = result.get("disposition") if isinstance(result, dict) else None
-        return disposition if isinstance(disposition, str) else "CONTINUE"
+        return Outcome.disposition(disposition if isinstance(disposition, str) else "CONTINUE")
+
+    def replay(self, detail: str | None) -> Outcome:
+        if not self.awaits_result:
+            return Outcome(detail=detail)
+        return Outcome.disposition(detail)

@@ -1,18 +1,27 @@
-"""What every action's YAML model shares: strictness, SES field mapping, notification object.
+"""What every action shares: its YAML model, its executor, and an optional SES mapping.
 
-An action module declares its YAML fields, how they map to the SES API (`ses_fields`,
-`ses_values`) and to the `receipt.action` object of notifications (`receipt_fields`).
+An action module declares a subclass of `ActionModel`: its YAML fields (pydantic, strict), the
+`receipt.action` object of its notifications (`receipt_type`, `receipt_fields`), one executor
+(`execute`, returning the step's `Outcome`), the few facts evaluation needs of it (`delivers`,
+`stops_rule_set`, `awaits_result`, `session_reply`, `pure`), and, if SES has the same action,
+an `SesMapping` (`ses`). An action without one runs only in `inbound serve` and the SES
+Lambda handler; `ses export` refuses it by name.
+
+This module must not know any particular action, nor where the services are: executors reach
+the outside world only through `Services`, and the message only through `ActionContext`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import ClassVar, get_args
 
 from pydantic import BaseModel, ConfigDict
 
-from inbound.core.targets import BounceRequest, Targets
+from inbound.core.reply import SmtpReply
+from inbound.core.services import BounceRequest, Services
+from inbound.core.steps import CONTINUE, Outcome
 
 JsonObject = dict[str, object]
 
@@ -20,7 +29,7 @@ JsonObject = dict[str, object]
 @dataclass(frozen=True)
 class ActionContext:
     """What an executing action may know: the message as later actions see it, the rule's
-    recipients, and builders for the SES objects of this message."""
+    recipients, and builders for the SES objects of this message (`inbound.run.context`)."""
 
     message_id: str
     # The message with the prepended headers and the headers added by earlier actions.
@@ -40,56 +49,91 @@ class ActionContext:
     sns_oversize: str = "bounce"
 
 
+@dataclass(frozen=True)
+class SesMapping:
+    """How an action is spelt in the SES API (`ses export`, `ses import`)."""
+
+    # The key of this action in the SES API's ReceiptAction union, e.g. "S3Action".
+    key: str
+    # SES API field name -> YAML field name.
+    fields: Mapping[str, str]
+    # YAML field -> {YAML value: SES API value}, for enums spelt differently.
+    values: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # SES API fields that have one fixed value and no YAML field (StopAction.Scope).
+    constants: Mapping[str, str] = field(default_factory=dict)
+
+
+class NoSesMappingError(ValueError):
+    """The action has no SES twin: it runs only locally or in the inbound Lambda handler."""
+
+
 class ActionModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    # The key of this action in the SES API's ReceiptAction union, e.g. "S3Action".
-    ses_key: ClassVar[str]
-    # The `receipt.action.type` of notifications, e.g. "S3".
+    # The `receipt.action.type` of notifications (and the action's name in logs), e.g. "S3".
     receipt_type: ClassVar[str]
-    # SES API field name -> YAML field name.
-    ses_fields: ClassVar[dict[str, str]]
-    # YAML field -> {YAML value: SES API value}, for enums spelt differently.
-    ses_values: ClassVar[dict[str, dict[str, str]]] = {}
-    # SES API fields that have one fixed value and no YAML field (StopAction.Scope).
-    ses_constants: ClassVar[dict[str, str]] = {}
     # notification field name -> YAML field name, in SES's order.
     receipt_fields: ClassVar[dict[str, str]]
+    # The SES API spelling; None: SES has no such action.
+    ses: ClassVar[SesMapping | None] = None
     # True for actions that store or deliver the message (SPEC section 2, in-session bounce).
     delivers: ClassVar[bool] = False
+    # True for `stop`: evaluation ends after it, whatever its executor gives back.
+    stops_rule_set: ClassVar[bool] = False
+    # True for actions that only derive the message (add_header): run again on every attempt,
+    # never recorded, so their content is there for the actions after them.
+    pure: ClassVar[bool] = False
+
+    @property
+    def awaits_result(self) -> bool:
+        """Whether evaluation can go on only with what running this action gave back (a
+        request_response Lambda). The decision in the session stops before such a step."""
+        return False
+
+    def session_reply(self) -> SmtpReply | None:
+        """The reply to DATA if this action runs before any delivering action (bounce)."""
+        return None
 
     def receipt_action(self, message_id: str) -> dict[str, object]:
         """The `receipt.action` object of notifications for this action (SPEC section 3)."""
         out: dict[str, object] = {"type": self.receipt_type}
-        for receipt_name, field in self.receipt_fields.items():
-            value = getattr(self, field)
+        for receipt_name, name in self.receipt_fields.items():
+            value = getattr(self, name)
             if value is None:
                 continue  # SES omits unset fields (topicArn, statusCode)
             out[receipt_name] = value
         return out
 
-    async def execute(self, ctx: ActionContext, targets: Targets) -> str | None:
-        """Run the action; return a result worth recording (a Lambda disposition) or None.
+    async def execute(self, ctx: ActionContext, services: Services) -> Outcome:
+        """Run the action; give back how evaluation goes on and anything worth recording.
 
-        The default records and does nothing: `workmail` and `connect` exist for round trips
-        with SES and are not executed locally (SPEC section 1)."""
-        return None
+        The default does nothing: `workmail` and `connect` exist for round trips with SES and
+        are not executed locally (SPEC section 1)."""
+        return CONTINUE
 
-    async def notify(self, ctx: ActionContext, targets: Targets) -> None:
+    def replay(self, detail: str | None) -> Outcome:
+        """The outcome of this step on a retry, from what its successful run recorded."""
+        return Outcome(detail=detail)
+
+    async def notify(self, ctx: ActionContext, services: Services) -> None:
         """Publish the Received notification (no content) to this action's topic, if any."""
         topic = getattr(self, "topic_arn", None)
         if topic:
-            await targets.publish(topic, ctx.notification(self.receipt_action(ctx.message_id)))
+            notification = ctx.notification(self.receipt_action(ctx.message_id))
+            await services.topics.publish(topic, notification)
 
     def to_ses(self) -> dict[str, object]:
         """This action as the SES API's ReceiptAction member, e.g. {"S3Action": {...}}."""
-        body: dict[str, object] = dict(self.ses_constants)
-        for ses_name, field in self.ses_fields.items():
-            value = getattr(self, field)
+        ses = self.ses
+        if ses is None:
+            raise NoSesMappingError(f"the {self.yaml_type()} action has no SES equivalent")
+        body: dict[str, object] = dict(ses.constants)
+        for ses_name, name in ses.fields.items():
+            value = getattr(self, name)
             if value is None:
                 continue
-            body[ses_name] = self.ses_values.get(field, {}).get(value, value)
-        return {self.ses_key: body}
+            body[ses_name] = ses.values.get(name, {}).get(value, value)
+        return {ses.key: body}
 
     @classmethod
     def yaml_type(cls) -> str:

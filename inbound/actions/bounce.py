@@ -6,22 +6,25 @@ from typing import Literal
 
 from pydantic import model_validator
 
-from inbound.actions.base import ActionContext, ActionModel
+from inbound.actions.base import ActionContext, ActionModel, SesMapping
 from inbound.config.fields import Address, NonEmpty, ReplyCode, StatusCode, TopicArn
 from inbound.core.reply import SmtpReply
-from inbound.core.targets import Targets
+from inbound.core.services import Services
+from inbound.core.steps import CONTINUE, Outcome
 
 
 class BounceAction(ActionModel):
-    ses_key = "BounceAction"
     receipt_type = "Bounce"
-    ses_fields = {
-        "SmtpReplyCode": "smtp_reply_code",
-        "StatusCode": "status_code",
-        "Message": "message",
-        "Sender": "sender",
-        "TopicArn": "topic_arn",
-    }
+    ses = SesMapping(
+        "BounceAction",
+        {
+            "SmtpReplyCode": "smtp_reply_code",
+            "StatusCode": "status_code",
+            "Message": "message",
+            "Sender": "sender",
+            "TopicArn": "topic_arn",
+        },
+    )
     receipt_fields = {
         "topicArn": "topic_arn",
         "smtpReplyCode": "smtp_reply_code",
@@ -51,14 +54,17 @@ class BounceAction(ActionModel):
         status = self.status_code or f"{self.smtp_reply_code[0]}.0.0"
         return SmtpReply(int(self.smtp_reply_code), status, self.message)
 
-    async def execute(self, ctx: ActionContext, targets: Targets) -> str | None:
-        result = None
+    def session_reply(self) -> SmtpReply:
+        return self.reply()
+
+    async def execute(self, ctx: ActionContext, services: Services) -> Outcome:
+        outcome = CONTINUE
         if ctx.mail_from:
             reply = self.reply()
-            await targets.send_bounce(
+            await services.mailer.send_bounce(
                 ctx.bounce(self.smtp_reply_code, reply.status, self.message, self.sender)
             )
         else:
-            result = "no DSN: null sender"  # RFC 3464 §2: never bounce a bounce
-        await self.notify(ctx, targets)
-        return result
+            outcome = Outcome(detail="no DSN: null sender")  # RFC 3464 §2: never bounce a bounce
+        await self.notify(ctx, services)
+        return outcome

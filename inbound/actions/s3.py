@@ -7,9 +7,10 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator
 
-from inbound.actions.base import ActionContext, ActionModel
+from inbound.actions.base import ActionContext, ActionModel, SesMapping
 from inbound.config.fields import IamRoleArn, KmsKeyArn, TopicArn
-from inbound.core.targets import Targets
+from inbound.core.services import Services
+from inbound.core.steps import CONTINUE, Outcome
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
@@ -32,15 +33,17 @@ def _check_prefix(value: str) -> str:
 
 
 class S3Action(ActionModel):
-    ses_key = "S3Action"
     receipt_type = "S3"
-    ses_fields = {
-        "BucketName": "bucket",
-        "ObjectKeyPrefix": "prefix",
-        "KmsKeyArn": "kms_key_arn",
-        "TopicArn": "topic_arn",
-        "IamRoleArn": "iam_role_arn",
-    }
+    ses = SesMapping(
+        "S3Action",
+        {
+            "BucketName": "bucket",
+            "ObjectKeyPrefix": "prefix",
+            "KmsKeyArn": "kms_key_arn",
+            "TopicArn": "topic_arn",
+            "IamRoleArn": "iam_role_arn",
+        },
+    )
     receipt_fields = {"topicArn": "topic_arn", "bucketName": "bucket", "objectKeyPrefix": "prefix"}
     delivers = True
 
@@ -62,13 +65,13 @@ class S3Action(ActionModel):
         out["objectKey"] = self.object_key(message_id)
         return out
 
-    async def execute(self, ctx: ActionContext, targets: Targets) -> str | None:
-        await targets.store(
+    async def execute(self, ctx: ActionContext, services: Services) -> Outcome:
+        await services.blobs.store(
             self.bucket,
             self.object_key(ctx.message_id),
             ctx.content,
             kms_key_arn=self.kms_key_arn,
             iam_role_arn=self.iam_role_arn,
         )
-        await self.notify(ctx, targets)
-        return None
+        await self.notify(ctx, services)
+        return CONTINUE

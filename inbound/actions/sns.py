@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from inbound.actions.base import ActionContext, ActionModel
+from inbound.actions.base import ActionContext, ActionModel, SesMapping
 from inbound.config.fields import TopicArn
-from inbound.core.targets import Targets
+from inbound.core.services import Services
+from inbound.core.steps import CONTINUE, Outcome
 from inbound.message.notification import encode_content
 
 # The notification spells the encoding differently from the API ("UTF8" vs "UTF-8").
@@ -14,10 +15,12 @@ _RECEIPT_ENCODING = {"utf-8": "UTF8", "base64": "BASE64"}
 
 
 class SnsAction(ActionModel):
-    ses_key = "SNSAction"
     receipt_type = "SNS"
-    ses_fields = {"TopicArn": "topic_arn", "Encoding": "encoding"}
-    ses_values = {"encoding": {"utf-8": "UTF-8", "base64": "Base64"}}
+    ses = SesMapping(
+        "SNSAction",
+        {"TopicArn": "topic_arn", "Encoding": "encoding"},
+        {"encoding": {"utf-8": "UTF-8", "base64": "Base64"}},
+    )
     receipt_fields = {"topicArn": "topic_arn", "encoding": "encoding"}
     delivers = True
 
@@ -30,7 +33,7 @@ class SnsAction(ActionModel):
         out["encoding"] = _RECEIPT_ENCODING[self.encoding]
         return out
 
-    async def execute(self, ctx: ActionContext, targets: Targets) -> str | None:
+    async def execute(self, ctx: ActionContext, services: Services) -> Outcome:
         notification = ctx.notification(self.receipt_action(ctx.message_id))
         if len(ctx.content) <= ctx.sns_max_bytes:
             notification["content"] = encode_content(ctx.content, self.encoding)
@@ -38,7 +41,9 @@ class SnsAction(ActionModel):
             # SES: "Larger emails bounce" (SNSAction, 150 KB with headers).
             if ctx.mail_from:
                 message = "Message too large to publish (over the SNS action's size limit)"
-                await targets.send_bounce(ctx.bounce("552", "5.3.4", message, ""))
-            return "bounced: too large for SNS"
-        await targets.publish(self.topic_arn, notification)
-        return None if "content" in notification else "published without content: too large"
+                await services.mailer.send_bounce(ctx.bounce("552", "5.3.4", message, ""))
+            return Outcome(detail="bounced: too large for SNS")
+        await services.topics.publish(self.topic_arn, notification)
+        if "content" in notification:
+            return CONTINUE
+        return Outcome(detail="published without content: too large")

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from inbound.actions.base import ActionContext, ActionModel
+from inbound.actions.base import ActionContext, ActionModel, SesMapping
 from inbound.config.fields import TopicArn
-from inbound.core.targets import Targets
+from inbound.core.services import Services
+from inbound.core.steps import CONTINUE, Outcome
 
 
 class StopAction(ActionModel):
-    ses_key = "StopAction"
     receipt_type = "Stop"
-    ses_fields = {"TopicArn": "topic_arn"}
-    ses_constants = {"Scope": "RuleSet"}
+    ses = SesMapping("StopAction", {"TopicArn": "topic_arn"}, constants={"Scope": "RuleSet"})
+    stops_rule_set = True
     receipt_fields = {"topicArn": "topic_arn"}
 
     type: Literal["stop"]
     topic_arn: TopicArn | None = None
 
-    async def execute(self, ctx: ActionContext, targets: Targets) -> str | None:
-        await self.notify(ctx, targets)
-        return None
+    async def execute(self, ctx: ActionContext, services: Services) -> Outcome:
+        await self.notify(ctx, services)
+        return CONTINUE

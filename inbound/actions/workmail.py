@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from inbound.actions.base import ActionModel
+from inbound.actions.base import ActionModel, SesMapping
 from inbound.config.fields import TopicArn, WorkmailArn
 
 
 class WorkmailAction(ActionModel):
-    ses_key = "WorkmailAction"
     receipt_type = "WorkMail"
-    ses_fields = {"OrganizationArn": "organization_arn", "TopicArn": "topic_arn"}
+    ses = SesMapping(
+        "WorkmailAction", {"OrganizationArn": "organization_arn", "TopicArn": "topic_arn"}
+    )
     receipt_fields = {"topicArn": "topic_arn", "organizationArn": "organization_arn"}
     delivers = True
 

@@ -21,7 +21,7 @@ from email.mime.text import MIMEText
 from email.policy import compat32
 from email.utils import format_datetime
 
-from inbound.core.targets import BounceRequest
+from inbound.core.services import BounceRequest
 
 # RFC 5322 §2.1 / RFC 5321 §2.3.8: the message goes out with CRLF line endings.
 _POLICY = compat32.clone(linesep="\r\n", max_line_length=78)

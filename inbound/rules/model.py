@@ -10,8 +10,9 @@ import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic.fields import FieldInfo
 
-from inbound.actions import Action
+from inbound.actions import ACTION_TYPES, Action, ActionModel, action_union
 from inbound.config.fields import Cidr, Domain, Name, check_domain
 from inbound.core.verdicts import DmarcPolicy, Verdict
 
@@ -134,3 +135,24 @@ class RuleSet(_Strict):
     domains: Annotated[list[Domain], Field(min_length=1)]
     filters: list[Filter] = []
     rules: list[Rule] = []
+
+
+def use_actions(types: tuple[type[ActionModel], ...]) -> tuple[type[ActionModel], ...]:
+    """Validate `actions:` with `types` from now on; give back the types used so far.
+
+    Production uses `inbound.actions.ACTION_TYPES` as imported; this is for an action defined
+    outside the package (a test's, a plug-in's): `use_actions((*ACTION_TYPES, MyAction))`.
+    pydantic keeps a model's field types once built, so the field is replaced and the models
+    that contain it are built again."""
+    previous = _action_types[0]
+    Rule.model_fields["actions"] = FieldInfo.from_annotated_attribute(
+        list[action_union(types)],  # type: ignore[misc, arg-type]
+        [],
+    )
+    Rule.model_rebuild(force=True)
+    RuleSet.model_rebuild(force=True)
+    _action_types[0] = types
+    return previous
+
+
+_action_types: list[tuple[type[ActionModel], ...]] = [ACTION_TYPES]

@@ -7,6 +7,7 @@ the YAML shape and carry each value's position along, so one validator reports e
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 
 from inbound.actions import ACTION_TYPES
 from inbound.config.yamlsource import Path_, SourceMap
@@ -22,7 +23,7 @@ _RULE_FIELDS = {
 }
 _TLS = {"Optional": "optional", "Require": "require"}
 _POLICY = {"Allow": "allow", "Block": "block"}
-_BY_SES_KEY = {action.ses_key: action for action in ACTION_TYPES}
+_BY_SES_KEY = {action.ses.key: action for action in ACTION_TYPES if action.ses is not None}
 
 
 class _Translator:
@@ -58,7 +59,7 @@ class _Translator:
         return {}
 
     def fields(
-        self, body: dict[str, object], names: dict[str, str], ses_path: Path_, native_path: Path_
+        self, body: dict[str, object], names: Mapping[str, str], ses_path: Path_, native_path: Path_
     ) -> dict[str, object]:
         out: dict[str, object] = {}
         for key, value in body.items():
@@ -95,22 +96,23 @@ class _Translator:
             return {}
         [(key, body)] = wrapper.items()
         model = _BY_SES_KEY.get(key)
-        if model is None:
+        if model is None or model.ses is None:
             self.unknown(ses_path, key, list(_BY_SES_KEY))
             return {}
+        ses = model.ses
         body_path = (*ses_path, key)
         body = dict(self.mapping(body, body_path))
-        for constant in model.ses_constants:
+        for constant in ses.constants:
             body.pop(constant, None)
         out: dict[str, object] = {"type": model.yaml_type()}
         self.place(body_path, (*native_path, "type"))
-        for ses_name, field in model.ses_fields.items():
+        for ses_name, field in ses.fields.items():
             self.target.aliases[(*native_path, field)] = (*body_path, ses_name)
-        fields = self.fields(body, model.ses_fields, body_path, native_path)
-        ses_names = {field: ses_name for ses_name, field in model.ses_fields.items()}
+        fields = self.fields(body, ses.fields, body_path, native_path)
+        ses_names = {field: ses_name for ses_name, field in ses.fields.items()}
         for field, given in fields.items():
-            if field in model.ses_values:
-                spellings = {ses: ours for ours, ses in model.ses_values[field].items()}
+            if field in ses.values:
+                spellings = {ses: ours for ours, ses in ses.values[field].items()}
                 out[field] = self.enum(given, spellings, (*body_path, ses_names[field]))
             else:
                 out[field] = given

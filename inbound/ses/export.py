@@ -38,7 +38,7 @@ _LAMBDA_NAME = re.compile(r"[A-Za-z0-9_-]+")
 GUARD_KEYS: Mapping[str, str] = MappingProxyType(CONDITIONS.guard_keys())
 LOCAL_ONLY_KEYS: Mapping[str, str] = MappingProxyType(CONDITIONS.local_only_keys())
 
-ProblemKind = Literal["extension", "recipient-pattern", "limit", "name", "guard"]
+ProblemKind = Literal["extension", "recipient-pattern", "limit", "name", "guard", "action"]
 Capability = Literal["native", "needs the guard Lambda", "local only"]
 
 
@@ -195,6 +195,20 @@ def _extension_problems(
     ]
 
 
+def _action_problems(rule: Rule) -> list[Problem]:
+    """Actions SES does not have (no `SesMapping`): they run only where inbound runs them."""
+    return [
+        Problem(
+            rule.name,
+            "action",
+            f"action {i + 1} ({action.yaml_type()}) has no SES equivalent: it runs only in "
+            "`inbound serve` or in the inbound Lambda handler (inbound.ses.handler), not in SES",
+        )
+        for i, action in enumerate(rule.actions)
+        if action.ses is None
+    ]
+
+
 def _limit_problems(rule: Rule, *, extra_actions: int = 0) -> list[Problem]:
     out: list[Problem] = []
     actions = len(rule.actions) + extra_actions
@@ -297,6 +311,7 @@ def ses_problems(
     for rule in rule_set.rules:
         extra = 1 if guard is not None and guarded(rule) else 0
         out += _extension_problems(rule, guard, conditions) + _pattern_problems(rule)
+        out += _action_problems(rule)
         out += _limit_problems(rule, extra_actions=extra)
     if guard is not None:
         out += _guard_problems(rule_set, guard, conditions)
@@ -307,7 +322,7 @@ def rule_capability(rule: Rule, conditions: ConditionTable = CONDITIONS) -> Rule
     """ "native", "needs the guard Lambda" (only conditions a guard can decide), or "local only"."""
     needs_guard = guarded(rule)
     local = [p.message for p in _limit_problems(rule, extra_actions=int(needs_guard))]
-    local += [p.message for p in _pattern_problems(rule)]
+    local += [p.message for p in _pattern_problems(rule) + _action_problems(rule)]
     local += [f"{why}, so no guard can decide it" for why in _local_only(rule, conditions)]
     if local:
         return RuleCapability(rule.name, "local only", tuple(local))

@@ -1,5 +1,9 @@
 """The Lambda handler for mail that Amazon SES received (SPEC section 8).
 
+This module owns what is particular to SES: reading the event, the message and its state
+object, and the answer to SES. The run itself is the one runner's (`inbound.run.runner`), with
+the S3 step ledger (`inbound.run.ledgers.S3Ledger`); it must not run an action itself.
+
 Configure it as `inbound.ses.handler.lambda_handler` for a Lambda action of an SES receipt rule,
 or subscribe it to the SNS topic of an S3 (or SNS) action. It accepts:
 
@@ -28,7 +32,8 @@ evaluates with client IP 0.0.0.0 and TLS on, and therefore:
   made-up fact. Such conditions belong in the rule set of the SMTP receiver.
 
 **Rules.** The YAML (or SES JSON) rule set at `INBOUND_RULES` is loaded once per container and
-cached. Its actions run in order through `AwsTargets()`. The result is
+cached. Its actions run in order through the one runner (`inbound.run.runner`) with the AWS
+services (`AwsTargets()`). The result is
 `{"disposition": "STOP_RULE_SET"}` when the YAML's rules stopped (a `stop` action, or a
 request_response Lambda returning STOP_RULE_SET), else `{"disposition": "CONTINUE"}`. A failing
 action raises its `ActionError`: the invocation fails and SES (or Lambda's asynchronous retry)
@@ -56,37 +61,29 @@ import asyncio
 import base64
 import binascii
 import dataclasses
-import json
 import logging
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from inbound.actions import ActionModel, AddHeaderAction, LambdaAction
-from inbound.actions.base import ActionContext, JsonObject
 from inbound.core.envelope import Connection, Envelope
-from inbound.core.errors import InboundError
+from inbound.core.errors import ActionError, InboundError
 from inbound.core.message import MessageFacts, Reads
-from inbound.core.plan import Plan
-from inbound.core.targets import BounceRequest, Targets
-from inbound.message.headers import add_header
-from inbound.message.notification import (
-    lambda_event,
-    mail_object,
-    receipt_object,
-    received_notification,
-)
+from inbound.core.services import Services
+from inbound.core.steps import StepKey
 from inbound.message.parse import parse_headers, parse_message
 from inbound.message.read import need_for
 from inbound.observe.log import emit, emit_fields
 from inbound.rules.compiled import CompiledRuleSet
 from inbound.rules.condition_table import CONDITIONS
-from inbound.rules.evaluate import PAUSE, evaluate, message_keys
+from inbound.rules.evaluate import Evaluation, Step, message_keys
 from inbound.rules.load import load_rule_set
+from inbound.run.context import RunSubject
+from inbound.run.ledgers import S3Ledger
+from inbound.run.runner import RunResult, run_message
 from inbound.ses.event import (
     Receipt,
     SesEventError,
@@ -236,39 +233,6 @@ def _object_key(prefix: str, message_id: str) -> str:
     return f"{prefix}{message_id}"
 
 
-@dataclass
-class StepState:
-    """The succeeded steps of one message (`RULE:ACTION` -> recorded result), kept in S3."""
-
-    bucket: str | None
-    key: str
-    steps: dict[str, str | None] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, bucket: str | None, key: str) -> StepState:
-        state = cls(bucket, key)
-        if bucket is None:
-            return state
-        s3 = _s3()
-        try:
-            data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except s3.exceptions.NoSuchKey:
-            return state
-        loaded = json.loads(data)
-        steps = loaded.get("steps", {}) if isinstance(loaded, dict) else {}
-        if isinstance(steps, dict):
-            state.steps = {str(k): v if isinstance(v, str) else None for k, v in steps.items()}
-        return state
-
-    def save(self, message_id: str) -> None:
-        if self.bucket is None:
-            return
-        body = json.dumps({"messageId": message_id, "steps": self.steps}, sort_keys=True)
-        _s3().put_object(
-            Bucket=self.bucket, Key=self.key, Body=body.encode(), ContentType="application/json"
-        )
-
-
 # -- the run ----------------------------------------------------------------------------------
 
 
@@ -285,168 +249,94 @@ def lambda_handler(event: object, context: object) -> dict[str, str]:
     rules = rules_at(path)
     raw, bucket = raw_message(found, env)
     prefix = env.get("INBOUND_SES_STATE_PREFIX", DEFAULT_STATE_PREFIX)
-    state = StepState.load(bucket, f"{prefix}{found.message_id}.json")
-    plan = asyncio.run(_SesRun(rules, found, raw, state, _targets()).run())
+    s3 = _s3() if bucket is not None else None
+    ledger = S3Ledger.load(s3, bucket, f"{prefix}{found.message_id}.json", found.message_id)
+    result = asyncio.run(run_receipt(rules, found, raw, ledger, Services.of(_targets())))
+    plan = result.plan
     stopped = plan.refused is not None or any(
         run.stop in ("Stop", "STOP_RULE_SET") for run in plan.rules
     )
     return dict(STOP_RULE_SET if stopped else CONTINUE)
 
 
-class _SesRun:
-    """Evaluate and execute one receipt, skipping the steps a previous run completed."""
+def _facts(rules: CompiledRuleSet, envelope: Envelope, raw: bytes) -> MessageFacts:
+    """One streaming read of the bytes in hand: their parts' header blocks, never a body."""
+    need = need_for(message_keys(rules, envelope.rcpt_tos))
+    if need == "nothing":
+        return MessageFacts(size=len(raw))
+    return parse_headers(raw) if need == "headers" else parse_message(raw)
 
-    def __init__(
-        self,
-        rules: CompiledRuleSet,
-        found: Receipt,
-        raw: bytes,
-        state: StepState,
-        targets: Targets,
-    ) -> None:
-        self.rules = rules
-        self.found = found
-        self.raw = raw
-        self.state = state
-        self.targets = targets
-        self.message_id = found.message_id
-        mail, receipt = found.mail, found.receipt
-        source = mail.get("source")
-        recipients = receipt.get("recipients")
-        if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
-            raise SesEventError("receipt.recipients is missing or not a list of addresses")
-        self.envelope = Envelope(source if isinstance(source, str) else "", tuple(recipients))
-        self.verdicts = verdicts_of(receipt)
-        self.received_at = _timestamp(mail, datetime.now(UTC))
-        self.triggered_at = _timestamp(receipt, self.received_at)
-        took = receipt.get("processingTimeMillis")
-        self.processing_ms = took if isinstance(took, int) else 0
-        need = need_for(message_keys(rules, self.envelope.rcpt_tos))
-        # One streaming read of the bytes in hand: their parts' header blocks, never a body.
-        self.facts = (
-            MessageFacts(size=len(raw))
-            if need == "nothing"
-            else parse_headers(raw)
-            if need == "headers"
-            else parse_message(raw)
+
+async def run_receipt(
+    rules: CompiledRuleSet,
+    found: Receipt,
+    raw: bytes,
+    ledger: S3Ledger,
+    services: Services,
+) -> RunResult:
+    """Evaluate and execute one receipt through the runner, skipping the steps a previous
+    run recorded; a failing action raises its error (SES delivers the event again)."""
+    mail, receipt = found.mail, found.receipt
+    source = mail.get("source")
+    recipients = receipt.get("recipients")
+    if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
+        raise SesEventError("receipt.recipients is missing or not a list of addresses")
+    envelope = Envelope(source if isinstance(source, str) else "", tuple(recipients))
+    facts = _facts(rules, envelope, raw)
+    walk = Evaluation(
+        rules,
+        message_id=found.message_id,
+        connection=UNKNOWN_CLIENT,
+        envelope=envelope,
+        message=facts,
+        verdicts=verdicts_of(receipt),
+    )
+    if walk.refused is not None:
+        # SES took the message already; our rules refuse it as the receiver would
+        # (554 5.6.0): no action runs, and the rest of SES's rule set is stopped.
+        plan = walk.plan()
+        emit(
+            log,
+            "ses.message_refused",
+            level=logging.WARNING,
+            message_id=found.message_id,
+            code=plan.data_reply.code if plan.data_reply else None,
+            mime_limit=facts.mime_limit,
         )
-        end = raw.find(b"\r\n\r\n")
-        self.headers = raw[: end + 2] if end >= 0 else raw
-        self.content = raw
-        self.plan_verdicts = self.verdicts
+        return RunResult(plan)
+    received_at = _timestamp(mail, datetime.now(UTC))
+    took = receipt.get("processingTimeMillis")
+    subject = RunSubject(
+        message_id=found.message_id,
+        mail_from=envelope.mail_from,
+        base=raw,
+        received_at=received_at,
+        processing_ms=lambda: took if isinstance(took, int) else 0,
+        receipt_at=_timestamp(receipt, received_at),
+        ses_mail=dict(mail),
+    )
+    result = await run_message(walk, subject, services, ledger, _ActionLog(found.message_id))
+    if result.failed is not None:
+        raise result.failed
+    await ledger.flush()
+    return result
 
-    def _recorded(self, rule: int, action: int, _lambda: LambdaAction) -> str | None:
-        key = f"{rule}:{action}"
-        return self.state.steps.get(key, PAUSE)
 
-    def evaluate(self) -> Plan:
-        return evaluate(
-            self.rules,
-            message_id=self.message_id,
-            connection=UNKNOWN_CLIENT,
-            envelope=self.envelope,
-            message=self.facts,
-            verdicts=self.verdicts,
-            lambda_results=self._recorded,
-        )
+class _ActionLog:
+    """`ses.action_succeeded` / `ses.action_failed` log lines."""
 
-    async def run(self) -> Plan:
-        while True:
-            plan = self.evaluate()
-            if plan.refused is not None:
-                # SES took the message already; our rules refuse it as the receiver would
-                # (554 5.6.0): no action runs, and the rest of SES's rule set is stopped.
-                emit(
-                    log,
-                    "ses.message_refused",
-                    level=logging.WARNING,
-                    message_id=self.message_id,
-                    code=plan.data_reply.code if plan.data_reply else None,
-                    mime_limit=self.facts.mime_limit,
-                )
-                return plan
-            self.plan_verdicts = plan.verdicts
-            self.content = self.raw
-            for rule_run in plan.rules:
-                for step in rule_run.actions:
-                    assert isinstance(step.action, ActionModel)
-                    await self._step(rule_run.index, step.index, step.action, rule_run.recipients)
-            if plan.pending is None:
-                return plan
-            rule_index, action_index = plan.pending
-            action = self.rules.rules[rule_index].actions[action_index]
-            recipients = next(r.recipients for r in plan.rules if r.index == rule_index)
-            await self._step(rule_index, action_index, action, recipients)
+    def __init__(self, message_id: str) -> None:
+        self.message_id = message_id
 
-    async def _step(
-        self, rule: int, index: int, action: ActionModel, recipients: tuple[str, ...]
-    ) -> None:
-        if isinstance(action, AddHeaderAction):
-            self.content = add_header(self.content, action.name, action.value)
-            return
-        key = f"{rule}:{index}"
-        if key in self.state.steps:
-            return
+    def ran(self, step: Step, key: StepKey, attempt: int, error: ActionError | None) -> None:
         fields = {
             "message_id": self.message_id,
-            "rule": self.rules.rules[rule].name,
-            "action": action.receipt_type,
-            "step": key,
+            "rule": step.rule.name,
+            "action": step.action.receipt_type,
+            "step": str(key),
         }
-        try:
-            result = await action.execute(self._context(recipients), self.targets)
-        except InboundError as exc:
-            failure = {**fields, "error": str(exc)}
+        if error is None:
+            emit_fields(log, "ses.action_succeeded", fields)
+        else:
+            failure = {**fields, "error": str(error)}
             emit_fields(log, "ses.action_failed", failure, level=logging.WARNING)
-            raise
-        self.state.steps[key] = result
-        await asyncio.to_thread(self.state.save, self.message_id)
-        emit_fields(log, "ses.action_succeeded", fields)
-
-    def _context(self, recipients: tuple[str, ...]) -> ActionContext:
-        content = self.content
-        verdicts = self.plan_verdicts
-
-        def mail() -> JsonObject:
-            if content is self.raw:
-                return dict(self.found.mail)  # SES's own object for SES's bytes
-            return mail_object(
-                message_id=self.message_id,
-                timestamp=self.received_at,
-                source=self.envelope.mail_from,
-                raw=content,
-            )
-
-        def receipt(action: JsonObject) -> JsonObject:
-            return receipt_object(
-                timestamp=self.triggered_at,
-                processing_ms=self.processing_ms,
-                recipients=list(recipients),
-                verdicts=verdicts,
-                action=action,
-            )
-
-        def bounce(code: str, status: str, diagnostic: str, sender: str) -> BounceRequest:
-            domain = sender.rpartition("@")[2] or "localhost"
-            return BounceRequest(
-                message_id=self.message_id,
-                sender=sender,
-                to=self.envelope.mail_from,
-                recipients=recipients,
-                smtp_reply_code=code,
-                status_code=status,
-                diagnostic=diagnostic,
-                reporting_mta=domain,
-                original_headers=self.headers,
-                arrival=self.received_at,
-            )
-
-        return ActionContext(
-            message_id=self.message_id,
-            content=content,
-            mail_from=self.envelope.mail_from,
-            recipients=recipients,
-            notification=lambda action: received_notification(mail(), receipt(action)),
-            lambda_event=lambda action: lambda_event(mail(), receipt(action)),
-            bounce=bounce,
-        )

@@ -11,10 +11,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from ipaddress import ip_address
-from typing import Any, Literal
+from typing import Any
 
 from inbound.core.envelope import Connection, Envelope
 from inbound.core.message import Attachment, Header, MessageFacts
+from inbound.core.steps import StepRecord as StepRecord  # noqa: PLC0414 - moved to core; re-exported
 from inbound.core.verdicts import VERDICT_KINDS, DmarcPolicy, Verdict, Verdicts
 from inbound.message.headers import AuthDetails, DkimResult
 
@@ -124,16 +125,6 @@ def _auth_from_json(data: Mapping[str, Any] | None) -> AuthDetails:
         dmarc=str(data["dmarc"]),
         from_domain=str(data["from_domain"]),
     )
-
-
-@dataclass
-class StepRecord:
-    """The outcome of one action of the plan, over every attempt so far."""
-
-    outcome: Literal["succeeded", "failed"]
-    attempts: int
-    last_error: str | None = None
-    result: str | None = None  # e.g. the disposition a request_response Lambda returned
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -24,7 +24,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from inbound.core.errors import PermanentActionError, TransientActionError
-from inbound.core.targets import BounceRequest
+from inbound.core.services import BounceRequest
 from inbound.message.notification import SNS_SUBJECT
 from inbound.targets.aws_errors import classify
 
@@ -60,8 +60,9 @@ def aws_session() -> boto3.session.Session:
 
 
 class AwsTargets:
-    """`Targets` on AWS. Clients are made on first use and shared (boto3 clients are
-    thread-safe; the session is not, so it is only touched under a lock)."""
+    """The blob store, topic and function services on AWS (and a mailer that refuses).
+    Clients are made on first use and shared (boto3 clients are thread-safe; the session is
+    not, so it is only touched under a lock)."""
 
     def __init__(
         self,
@@ -85,7 +86,7 @@ class AwsTargets:
         self._clients: dict[str, Any] = {}
         self._roles: dict[str, _RoleClient] = {}
 
-    # -- Targets ----------------------------------------------------------------------------
+    # -- services ----------------------------------------------------------------------------
 
     async def store(
         self,

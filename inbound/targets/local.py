@@ -21,7 +21,7 @@ from pathlib import Path
 from inbound.config.fields import function_name, topic_name
 from inbound.core.errors import PermanentActionError, TransientActionError
 from inbound.core.ids import MessageIdGenerator
-from inbound.core.targets import BounceRequest
+from inbound.core.services import BounceRequest
 from inbound.datadir import create_file, make_dirs, open_fd
 from inbound.message.notification import sns_envelope
 
@@ -31,6 +31,8 @@ LAMBDA_TIMEOUT = 30.0
 
 
 class LocalTargets:
+    """Every service as files under DATA_DIR: blobs, topics, functions, and a bounce outbox."""
+
     def __init__(
         self,
         data_dir: Path,

@@ -1,5 +1,9 @@
 """Sending delivery status notifications through an outbound SMTP relay (`--relay HOST:PORT`).
 
+`RelayMailer` is the mailer service of `--relay`: it builds the RFC 3464 report and hands it
+to `RelaySender`. Without a relay, the target set's own mailer applies (the local one records
+the request in an outbox; the AWS one refuses).
+
 This module owns one SMTP exchange per DSN: opportunistic STARTTLS, the null reverse path,
 exactly one recipient (the original envelope sender), and the mapping of SMTP replies and
 network failures onto `TransientActionError` / `PermanentActionError`. It builds no message.
@@ -12,12 +16,15 @@ import contextlib
 import ipaddress
 import re
 import ssl
+from datetime import UTC, datetime
 from email.utils import parseaddr
 
 import aiosmtplib
 
 from inbound.core.errors import InputError, PermanentActionError, TransientActionError
-from inbound.core.targets import BounceRequest
+from inbound.core.ids import MessageIdGenerator
+from inbound.core.services import BounceRequest
+from inbound.message.dsn import build_dsn
 
 DEFAULT_PORT = 25
 # The whole exchange (connect, STARTTLS, MAIL, RCPT, DATA) gets this long; every command too.
@@ -168,3 +175,16 @@ def _describe(exc: BaseException) -> str:
 def _printable(text: str) -> str:
     clean = " ".join(_CONTROLS.sub(" ", text).split())
     return clean if len(clean) <= _MAX_REPLY else clean[:_MAX_REPLY] + "..."
+
+
+class RelayMailer:
+    """The mailer service: a DSN for each bounce request, sent through the relay."""
+
+    def __init__(self, relay: RelaySender) -> None:
+        self.relay = relay
+        self._ids = MessageIdGenerator()
+
+    async def send_bounce(self, bounce: BounceRequest) -> None:
+        now = datetime.now(UTC)
+        dsn = build_dsn(bounce, arrival=bounce.arrival or now, now=now, dsn_id=self._ids.next())
+        await self.relay.send(bounce, dsn)

@@ -22,15 +22,11 @@ from inbound.actions.s3 import S3Action
 from inbound.actions.sns import SnsAction
 from inbound.core.errors import PermanentActionError, TransientActionError
 from inbound.core.ids import MessageIdGenerator
-from inbound.core.targets import BounceRequest
+from inbound.core.services import BounceRequest, Services
+from inbound.core.steps import CONTINUE
 from inbound.core.verdicts import Verdict, Verdicts
-from inbound.message.notification import (
-    SNS_SUBJECT,
-    lambda_event,
-    mail_object,
-    receipt_object,
-    received_notification,
-)
+from inbound.message.notification import SNS_SUBJECT
+from inbound.run.context import RunSubject, action_context
 from inbound.targets.aws import AwsTargets
 from inbound.targets.aws_errors import classify
 from tests.conftest import FIXTURES
@@ -59,36 +55,16 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-def no_bounce(code: str, status: str, diagnostic: str, sender: str) -> BounceRequest:
-    raise AssertionError("no action here should bounce")
-
-
 def context(raw: bytes, message_id: str) -> ActionContext:
-    """What dispatch gives an action, built with the receiver's own SES builders."""
-    recipients = ("recipient@example.com",)
-    source = "sender@example.com"
-
-    def mail() -> dict[str, Any]:
-        return mail_object(message_id=message_id, timestamp=RECEIVED, source=source, raw=raw)
-
-    def receipt(action: dict[str, object]) -> dict[str, Any]:
-        return receipt_object(
-            timestamp=RECEIVED,
-            processing_ms=222,
-            recipients=recipients,
-            verdicts=PASSING,
-            action=action,
-        )
-
-    return ActionContext(
+    """What the runner gives an action, from the package's own builder."""
+    subject = RunSubject(
         message_id=message_id,
-        content=raw,
-        mail_from=source,
-        recipients=recipients,
-        notification=lambda action: received_notification(mail(), receipt(action)),
-        lambda_event=lambda action: lambda_event(mail(), receipt(action)),
-        bounce=no_bounce,
+        mail_from="sender@example.com",
+        base=raw,
+        received_at=RECEIVED,
+        processing_ms=lambda: 222,
     )
+    return action_context(subject, raw, ("recipient@example.com",), PASSING)
 
 
 def fixture_notification() -> dict[str, Any]:
@@ -157,7 +133,7 @@ def test_s3_stores_the_message_at_prefix_plus_message_id(aws, prefix, expected):
     raw = fixture_message()
     action = S3Action(type="s3", bucket=bucket, prefix=prefix)
 
-    assert run(action.execute(context(raw, message_id), AwsTargets())) is None
+    assert run(action.execute(context(raw, message_id), Services.of(AwsTargets()))) == CONTINUE
 
     key = expected.format(id=message_id)
     stored = boto3.client("s3").get_object(Bucket=bucket, Key=key)
@@ -172,7 +148,7 @@ def test_s3_encrypts_with_the_kms_key(aws):
     message_id = MessageIdGenerator().next()
     action = S3Action(type="s3", bucket=bucket, prefix="enc", kms_key_arn=key_arn)
 
-    run(action.execute(context(fixture_message(), message_id), AwsTargets()))
+    run(action.execute(context(fixture_message(), message_id), Services.of(AwsTargets())))
 
     head = boto3.client("s3").head_object(Bucket=bucket, Key=f"enc/{message_id}")
     assert head["ServerSideEncryption"] == "aws:kms"
@@ -204,7 +180,7 @@ def test_s3_signs_with_the_assumed_role_and_caches_its_credentials(aws):
 
     for _ in range(2):
         message_id = MessageIdGenerator().next()
-        run(action.execute(context(fixture_message(), message_id), targets))
+        run(action.execute(context(fixture_message(), message_id), Services.of(targets)))
         assert boto3.client("s3").head_object(Bucket=bucket, Key=message_id)
 
     assert len(issued) == 1, "the role's credentials are fetched once and cached"
@@ -262,7 +238,7 @@ def test_sns_notification_arrives_through_sqs_shaped_like_ses(aws):
     message_id = MessageIdGenerator().next()
 
     action = SnsAction(type="sns", topic_arn=topic_arn)
-    assert run(action.execute(context(raw, message_id), AwsTargets())) is None
+    assert run(action.execute(context(raw, message_id), Services.of(AwsTargets()))) == CONTINUE
 
     deadline = time.monotonic() + 10
     messages: list[dict[str, Any]] = []
@@ -320,7 +296,10 @@ def test_lambda_event_invocation_returns_nothing(aws):
     message_id = MessageIdGenerator().next()
     action = LambdaAction(type="lambda", function_arn=function_arn)
 
-    assert run(action.execute(context(fixture_message(), message_id), AwsTargets())) is None
+    assert (
+        run(action.execute(context(fixture_message(), message_id), Services.of(AwsTargets())))
+        == CONTINUE
+    )
 
 
 @pytest.mark.parametrize(
@@ -343,9 +322,9 @@ def test_lambda_request_response_disposition(aws, returned, disposition):
     )
     queue_lambda_results(aws, returned)
 
-    result = run(action.execute(context(fixture_message(), message_id), AwsTargets()))
+    result = run(action.execute(context(fixture_message(), message_id), Services.of(AwsTargets())))
 
-    assert result == disposition
+    assert result.detail == disposition
 
 
 class FakeLambda:

@@ -19,7 +19,7 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from inbound.core.errors import InputError, PermanentActionError, TransientActionError
-from inbound.core.targets import BounceRequest
+from inbound.core.services import BounceRequest
 from inbound.message.dsn import build_dsn
 from inbound.targets.relay import RelaySender, parse_relay
 from inbound.tls import self_signed_context

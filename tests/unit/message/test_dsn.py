@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from inbound.core.targets import BounceRequest
+from inbound.core.services import BounceRequest
 from inbound.message.dsn import build_dsn
 
 pytestmark = pytest.mark.timeout(30)

@@ -1,0 +1,153 @@
+"""The pure parts of the decision for one message (SPEC section 2): receipt filters, each
+recipient's RCPT TO answer, the verdicts SES would report, and why a rule does not apply.
+
+`inbound.rules.evaluate` puts them together, step by step; the receiver asks some of them on
+their own during the session (filters at connect, recipients at RCPT TO). This module must do
+no I/O, read no clock and know no action.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from inbound.core import reply as replies
+from inbound.core.envelope import Connection
+from inbound.core.message import MessageFacts, Reads
+from inbound.core.plan import ConnectionDecision, RecipientDecision
+from inbound.core.verdicts import DmarcPolicy, Verdict, Verdicts
+from inbound.rules.compiled import CompiledRule, CompiledRuleSet
+from inbound.rules.conditions import Check, Facts, failing, holding
+from inbound.rules.match import split_address, within_domains
+
+
+def check_connection(rules: CompiledRuleSet, connection: Connection) -> ConnectionDecision:
+    """Receipt filters: an `allow` match wins over any `block` match (SPEC section 2)."""
+    client_ip = str(connection.client_ip)
+    blocked_by: str | None = None
+    for flt in rules.filters:
+        if connection.client_ip.version != flt.network.version:
+            continue
+        if connection.client_ip in flt.network:
+            if flt.allow:
+                return ConnectionDecision(client_ip, accepted=True, filter=flt.name)
+            blocked_by = blocked_by or flt.name
+    if blocked_by is not None:
+        return ConnectionDecision(client_ip, False, blocked_by, replies.CLIENT_REFUSED)
+    return ConnectionDecision(client_ip, accepted=True)
+
+
+def check_recipient(
+    rules: CompiledRuleSet, address: str, *, tls: bool, matched: tuple[int, ...] | None = None
+) -> RecipientDecision:
+    """The RCPT TO answer for one recipient (SPEC section 2, Recipients); `matched` are the
+    positions of the rules matching it, when the caller has them already."""
+    parts = split_address(address)
+    if parts is None:
+        return RecipientDecision(address, replies.BAD_RECIPIENT_SYNTAX, "no domain in address")
+    if not within_domains(parts[1], rules.domains):
+        return RecipientDecision(address, replies.RELAY_DENIED, f"{parts[1]} is not ours")
+    if matched is None:
+        matched = rules.index.rules_for(address)
+    if not matched:
+        return RecipientDecision(address, replies.MAILBOX_UNAVAILABLE, "no enabled rule matches")
+    names = ", ".join(rules.rules[i].name for i in matched)
+    if not tls and all(rules.rules[i].require_tls for i in matched):
+        return RecipientDecision(address, replies.TLS_REQUIRED, f"rules {names} require TLS")
+    return RecipientDecision(address, replies.RECIPIENT_OK, f"matched by {names}")
+
+
+def scanning_enabled(rules: CompiledRuleSet, accepted: Sequence[str]) -> bool:
+    """Spam and virus scans run if an enabled rule matching an accepted recipient asks."""
+    return any(rules.rules[i].scan_enabled for i in candidates(rules, accepted))
+
+
+def message_keys(rules: CompiledRuleSet, accepted: Sequence[str]) -> frozenset[Reads]:
+    """What the conditions of the rules that may apply read (the condition table's `reads`
+    facet), for `inbound.message.read.need_for`."""
+    reads: set[Reads] = set()
+    for i in candidates(rules, accepted):
+        reads.update(rules.rules[i].reads)
+    return frozenset(reads)
+
+
+def effective_verdicts(given: Verdicts, *, scanning: bool) -> tuple[Verdicts, tuple[str, ...]]:
+    """What SES would report: spam/virus DISABLED without scanning, policy only on FAIL."""
+    notes: list[str] = []
+    spam, virus = given.spam, given.virus
+    if not scanning:
+        for kind, value in (("spam", spam), ("virus", virus)):
+            if value not in (Verdict.DISABLED, Verdict.GRAY):
+                notes.append(
+                    f"{kind} verdict {value.value} ignored: no matching rule has "
+                    "scan_enabled, so SES reports DISABLED"
+                )
+        spam = virus = Verdict.DISABLED
+    policy = given.dmarc_policy
+    if given.dmarc is Verdict.FAIL:
+        policy = policy or DmarcPolicy.NONE
+    elif policy is not None:
+        notes.append(f"dmarc_policy {policy.value} ignored: SES sets it only when DMARC fails")
+        policy = None
+    return Verdicts(spam, virus, given.spf, given.dkim, given.dmarc, policy), tuple(notes)
+
+
+def candidates(rules: CompiledRuleSet, accepted: Sequence[str]) -> list[int]:
+    """The positions of the rules matching any accepted recipient, in rule-set order."""
+    found: set[int] = set()
+    for address in accepted:
+        found.update(rules.index.rules_for(address))
+    return sorted(found)
+
+
+def attachments_unseen(rules: CompiledRuleSet, positions: list[int], message: MessageFacts) -> str:
+    """The rules that may apply and ask about attachments, when the walk did not see every part
+    ("" otherwise)."""
+    if message.mime_limit is None:
+        return ""
+    names = [rules.rules[i].name for i in positions if Reads.PARTS in rules.rules[i].reads]
+    return f"rule{'s' if len(names) > 1 else ''} {', '.join(names)}" if names else ""
+
+
+def decide_recipients(
+    rules: CompiledRuleSet,
+    rcpt_tos: Sequence[str],
+    matches: Mapping[str, tuple[int, ...]],
+    *,
+    tls: bool,
+) -> tuple[RecipientDecision, ...]:
+    """Each recipient's answer, a repeated accepted address counted once."""
+    decisions: list[RecipientDecision] = []
+    seen: set[str] = set()
+    for address in rcpt_tos:
+        decision = check_recipient(rules, address, tls=tls, matched=matches[address])
+        key = address.lower()
+        if decision.accepted and key in seen:
+            continue  # a repeated RCPT TO is one recipient
+        seen.add(key)
+        decisions.append(decision)
+    return tuple(decisions)
+
+
+def why_not(rule: CompiledRule, facts: Facts) -> str:
+    """Why the rule does not apply to this message ("" if it does)."""
+    # SES bounces mail that a Require rule gets without TLS; we refuse such recipients at RCPT
+    # when every rule for them requires TLS, and otherwise the Require rule does not apply.
+    if rule.require_tls and not facts.connection.tls:
+        return "tls_policy is require and the session is not under TLS"
+    return unmet_conditions(rule, facts)
+
+
+def unmet_conditions(rule: CompiledRule, facts: Facts) -> str:
+    """Why the rule's `when`/`unless` keep it from applying ("" if they hold)."""
+    unmet = unmet_checks(rule, facts)
+    verb = {"when": "does not hold", "unless": "holds"}
+    return "; ".join(f"{key} {c.key} {verb[key]} (saw {c.seen(facts)})" for key, c in unmet)
+
+
+def unmet_checks(rule: CompiledRule, facts: Facts) -> list[tuple[str, Check]]:
+    """The `when` checks that fail, else the `unless` checks that hold (empty: the conditions
+    hold). The guard Lambda decides through this too."""
+    failed = failing(rule.when, facts)
+    if failed:
+        return [("when", c) for c in failed]
+    return [("unless", c) for c in holding(rule.unless, facts)]

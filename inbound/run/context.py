@@ -1,0 +1,110 @@
+"""What an executing action sees of its message: the one builder of `ActionContext`.
+
+`inbound serve`'s dispatcher, the SES Lambda handler (and `ses consume`) and the tests all
+describe a message as a `RunSubject` and get each action's context from `action_context`, so
+the notifications, Lambda events and DSN requests they produce are built one way. Where the
+entry points differ is data, not code: the SES side passes SES's own `mail` object and the
+receipt's timestamps; the spool side its host name and the time since receipt.
+
+This module builds values only; it must not run actions, touch a service or read a ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from inbound.actions.base import ActionContext, JsonObject
+from inbound.core.services import BounceRequest
+from inbound.core.verdicts import Verdicts
+from inbound.message.notification import (
+    lambda_event,
+    mail_object,
+    receipt_object,
+    received_notification,
+)
+
+# SES publishes at most 150 KB through an SNS action (SNSAction).
+SNS_MAX_BYTES = 150 * 1024
+
+
+@dataclass(frozen=True)
+class RunSubject:
+    """One message as its actions know it, whatever the entry point."""
+
+    message_id: str
+    mail_from: str
+    # The message as the first action sees it (prepended headers included).
+    base: bytes
+    # `mail.timestamp`, and the DSN's Arrival-Date.
+    received_at: datetime
+    # Milliseconds from receipt to this action, for `receipt.processingTimeMillis`.
+    processing_ms: Callable[[], int]
+    # `receipt.timestamp` (None: `received_at`).
+    receipt_at: datetime | None = None
+    # The DSN's Reporting-MTA and the default bounce sender's domain (None: the domain of
+    # the bounce action's sender, as the SES side has no host name of its own).
+    hostname: str | None = None
+    # SES's own `mail` object, used while the content is SES's bytes unchanged.
+    ses_mail: JsonObject | None = None
+    sns_max_bytes: int = SNS_MAX_BYTES
+    sns_oversize: str = "bounce"
+    headers: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        end = self.base.find(b"\r\n\r\n")
+        object.__setattr__(self, "headers", self.base[: end + 2] if end >= 0 else self.base)
+
+
+def action_context(
+    subject: RunSubject, content: bytes, recipients: tuple[str, ...], verdicts: Verdicts
+) -> ActionContext:
+    """The context of one action: `content` as earlier actions left it, the rule's
+    `recipients`, and the verdicts evaluation decided with."""
+
+    def mail() -> JsonObject:
+        if subject.ses_mail is not None and content is subject.base:
+            return dict(subject.ses_mail)  # SES's own object for SES's bytes
+        return mail_object(
+            message_id=subject.message_id,
+            timestamp=subject.received_at,
+            source=subject.mail_from,
+            raw=content,
+        )
+
+    def receipt(action: JsonObject) -> JsonObject:
+        return receipt_object(
+            timestamp=subject.receipt_at or subject.received_at,
+            processing_ms=max(subject.processing_ms(), 0),
+            recipients=list(recipients),
+            verdicts=verdicts,
+            action=action,
+        )
+
+    def bounce(code: str, status: str, diagnostic: str, sender: str) -> BounceRequest:
+        mta = subject.hostname or sender.rpartition("@")[2] or "localhost"
+        return BounceRequest(
+            message_id=subject.message_id,
+            sender=sender or f"MAILER-DAEMON@{mta}",
+            to=subject.mail_from,
+            recipients=recipients,
+            smtp_reply_code=code,
+            status_code=status,
+            diagnostic=diagnostic,
+            reporting_mta=mta,
+            original_headers=subject.headers,
+            arrival=subject.received_at,
+        )
+
+    return ActionContext(
+        message_id=subject.message_id,
+        content=content,
+        mail_from=subject.mail_from,
+        recipients=recipients,
+        notification=lambda action: received_notification(mail(), receipt(action)),
+        lambda_event=lambda action: lambda_event(mail(), receipt(action)),
+        bounce=bounce,
+        sns_max_bytes=subject.sns_max_bytes,
+        sns_oversize=subject.sns_oversize,
+    )

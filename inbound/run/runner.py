@@ -1,0 +1,87 @@
+"""The one loop that runs a decided message: `run_message`.
+
+It drives an `Evaluation` step by step: for each step it asks the ledger whether the step
+succeeded before (then the recorded outcome is replayed, and the action does not run again),
+otherwise flushes the ledger and runs the action's executor through the `Services`, records
+what happened, and sends the outcome back to the evaluation, which decides the next step. A
+Lambda that answers anything at all can only move the walk forward: there is no second pass.
+
+`inbound serve` (the dispatcher, with the spool ledger), the SES Lambda handler and `ses
+consume` (with the S3 ledger) and the tests (with the memory ledger and the in-memory
+services) all run messages through here.
+
+This module owns the order of execute, record and flush. It must not decide (the evaluation
+does), read or write any store itself (the ledger and the services do), retry or schedule (the
+dispatcher or SES does), or log in a way particular to an entry point (`StepObserver`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from inbound.core.errors import ActionError
+from inbound.core.plan import Plan
+from inbound.core.services import Services
+from inbound.core.steps import Ledger, StepKey, StepRecord
+from inbound.rules.evaluate import Evaluation, Step
+from inbound.run.context import RunSubject, action_context
+
+
+class StepObserver(Protocol):
+    """Told of every action that ran (not of replayed or pure steps): logs and metrics."""
+
+    def ran(self, step: Step, key: StepKey, attempt: int, error: ActionError | None) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended: the plan it reached, and the failure that stopped it, if one did."""
+
+    plan: Plan
+    failed: ActionError | None = None
+    # The step that failed (its action did not succeed; nothing after it ran).
+    failed_step: Step | None = None
+
+
+async def run_message(
+    walk: Evaluation,
+    subject: RunSubject,
+    services: Services,
+    ledger: Ledger,
+    observer: StepObserver | None = None,
+) -> RunResult:
+    """Run what is left of one message; the first failing action stops the run.
+
+    The caller settles the ledger at the end: the dispatcher finishes the message (or saves
+    the state with the failure), the SES handler flushes."""
+    if walk.refused is not None:
+        return RunResult(walk.plan())
+    content = subject.base
+    while (step := walk.next_step()) is not None:
+        action = step.action
+        key = step.key
+        record = None if action.pure else ledger.get(key)
+        if record is not None and record.succeeded:
+            outcome = action.replay(record.result)
+        else:
+            context = action_context(subject, content, step.recipients, walk.verdicts)
+            attempt = (record.attempts if record is not None else 0) + 1
+            if action.pure:
+                outcome = await action.execute(context, services)
+            else:
+                await ledger.flush()
+                try:
+                    outcome = await action.execute(context, services)
+                except ActionError as exc:
+                    ledger.put(key, StepRecord("failed", attempt, str(exc), None))
+                    if observer is not None:
+                        observer.ran(step, key, attempt, exc)
+                    return RunResult(walk.plan(), exc, step)
+                ledger.put(key, StepRecord("succeeded", attempt, None, outcome.detail))
+                if observer is not None:
+                    observer.ran(step, key, attempt, None)
+        if outcome.content is not None:
+            content = outcome.content
+        walk.send(outcome)
+    return RunResult(walk.plan())

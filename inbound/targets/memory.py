@@ -1,0 +1,108 @@
+"""In-memory services for tests, shipped with the package (as httpx ships `MockTransport`).
+
+`MemoryServices()` gives one fake per service protocol of `inbound.core.services`, each keeping
+what it was asked in plain lists and dicts, and `services` bundles them for the runner:
+
+    fakes = MemoryServices(answers={"classify": {"disposition": "STOP_RULE"}})
+    await run_message(walk, subject, fakes.services, MemoryLedger())
+    assert fakes.blobs.objects[("mail", "in/" + message_id)] == ...
+
+Set a fake's `failing` to an `ActionError` to make its calls fail until it is cleared. The
+fakes own nothing but their records; they must not touch disks, sockets or clocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from inbound.config.fields import function_name
+from inbound.core.errors import ActionError
+from inbound.core.services import BounceRequest, Services
+
+
+@dataclass
+class _Fake:
+    failing: ActionError | None = None
+    calls: int = 0
+
+    def _called(self) -> None:
+        self.calls += 1
+        if self.failing is not None:
+            raise self.failing
+
+
+@dataclass
+class MemoryBlobStore(_Fake):
+    # (bucket, key) -> content, as last stored.
+    objects: dict[tuple[str, str], bytes] = field(default_factory=dict)
+
+    async def store(
+        self,
+        bucket: str,
+        key: str,
+        content: bytes,
+        *,
+        kms_key_arn: str | None,
+        iam_role_arn: str | None,
+    ) -> None:
+        self._called()
+        self.objects[(bucket, key)] = content
+
+
+@dataclass
+class MemoryTopic(_Fake):
+    # (topic ARN, notification), in publishing order.
+    published: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+
+    async def publish(self, topic_arn: str, notification: dict[str, object]) -> None:
+        self._called()
+        self.published.append((topic_arn, notification))
+
+
+@dataclass
+class MemoryFunction(_Fake):
+    """Functions by name: a callable `(event) -> result`, or a fixed answer; a name with
+    neither answers None. Every invocation is kept in `invoked`."""
+
+    answers: Mapping[str, object] = field(default_factory=dict)
+    functions: Mapping[str, Callable[[dict[str, object]], object]] = field(default_factory=dict)
+    # (function name, event, wait), in calling order.
+    invoked: list[tuple[str, dict[str, object], bool]] = field(default_factory=list)
+
+    async def invoke(
+        self, function_arn: str, event: dict[str, object], *, wait: bool
+    ) -> object | None:
+        self._called()
+        name = function_name(function_arn)
+        self.invoked.append((name, event, wait))
+        if name in self.functions:
+            return self.functions[name](event)
+        return self.answers.get(name)
+
+
+@dataclass
+class MemoryMailer(_Fake):
+    sent: list[BounceRequest] = field(default_factory=list)
+
+    async def send_bounce(self, bounce: BounceRequest) -> None:
+        self._called()
+        self.sent.append(bounce)
+
+
+class MemoryServices:
+    """One fake of each service, and the `Services` made of them."""
+
+    def __init__(
+        self,
+        *,
+        answers: Mapping[str, object] | None = None,
+        functions: Mapping[str, Callable[[dict[str, object]], object]] | None = None,
+    ) -> None:
+        self.blobs = MemoryBlobStore()
+        self.topics = MemoryTopic()
+        self.functions = MemoryFunction(
+            answers=dict(answers or {}), functions=dict(functions or {})
+        )
+        self.mailer = MemoryMailer()
+        self.services = Services(self.blobs, self.topics, self.functions, self.mailer)
