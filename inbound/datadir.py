@@ -50,6 +50,15 @@ def append_file(path: Path) -> BinaryIO:
     return open(path, "ab", opener=open_fd)
 
 
+def fsync_dir(path: Path) -> None:
+    """Make the entries of a directory (new files, renames) durable: fsync the directory."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def make_dir(path: Path, *, exist_ok: bool = False) -> None:
     """`mkdir`, 0700. (Path.mkdir(parents=True) would make the parents with the umask's mode.)"""
     path.mkdir(mode=DIR_MODE, exist_ok=exist_ok)

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from inbound.core.ids import is_message_id
-from inbound.datadir import make_dir, open_fd
+from inbound.datadir import fsync_dir, make_dir, open_fd
 
 _TIME = "%Y%m%dT%H%M%S.%fZ"
 
@@ -80,9 +80,9 @@ class DueIndex:
                 made = self._create(new)
             names[message_id] = new
             if durable:
-                _fsync_dir(self._dir)
+                fsync_dir(self._dir)
                 if made:
-                    _fsync_dir(self._dir.parent)
+                    fsync_dir(self._dir.parent)
 
     def clear(self, message_id: str) -> None:
         """Remove the entry of a message that left queue/ (finished or dead-lettered). Not
@@ -136,11 +136,3 @@ class DueIndex:
             (self._dir / name).unlink(missing_ok=True)
         self._names = {message_id: name for message_id, (_, name) in entries.items()}
         return {message_id: when for message_id, (when, _) in entries.items()}
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

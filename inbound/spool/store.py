@@ -36,7 +36,7 @@ from inbound.core.ports import MessageSource
 from inbound.core.ports import RulesNotFoundError as RulesNotFoundError  # noqa: PLC0414
 from inbound.core.ports import SpoolError as SpoolError  # noqa: PLC0414 - re-export
 from inbound.core.ports import SpoolWriteError as SpoolWriteError  # noqa: PLC0414 - re-export
-from inbound.datadir import create_file, make_dir, make_dirs
+from inbound.datadir import create_file, fsync_dir, make_dir, make_dirs
 from inbound.message.source import FileSource
 from inbound.spool.due import DueIndex
 from inbound.spool.retry import DispatchState as DispatchState  # noqa: PLC0414 - re-export
@@ -48,14 +48,6 @@ _WRITE_BUFFER = 64 * 1024
 _DIRS = ("tmp", "queue", "dead", "rules")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_durably(directory: Path, name: str, data: bytes) -> None:
     """Replace `name` durably: a per-thread temporary file, fsync, rename, fsync the directory."""
     tmp = directory / f".{name}.{threading.get_ident()}.tmp"
@@ -64,7 +56,7 @@ def _write_durably(directory: Path, name: str, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(directory / name)
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def _check_id(message_id: str) -> str:
@@ -85,7 +77,7 @@ class Spool:
         try:
             for directory in dirs:
                 make_dirs(directory)
-            _fsync_dir(root)  # new directories must outlive a crash before any message does
+            fsync_dir(root)  # new directories must outlive a crash before any message does
         except OSError as exc:
             raise SpoolError(f"cannot create the spool in {root}: {exc}") from exc
         self._due = DueIndex(root / "due")  # made by the first deferral
@@ -216,8 +208,8 @@ class Spool:
     def _move(self, source: Path, target: Path) -> None:
         try:
             source.rename(target)
-            _fsync_dir(target.parent)
-            _fsync_dir(source.parent)
+            fsync_dir(target.parent)
+            fsync_dir(source.parent)
         except OSError as exc:
             raise SpoolWriteError(f"cannot move {source} to {target}: {exc.strerror}") from exc
 
@@ -229,7 +221,7 @@ class Spool:
         shutil.rmtree(gone, ignore_errors=True)
         try:
             home.rename(gone)
-            _fsync_dir(home.parent)
+            fsync_dir(home.parent)
         except OSError as exc:
             raise SpoolWriteError(f"message {message_id}: cannot finish: {exc.strerror}") from exc
         shutil.rmtree(gone, ignore_errors=True)
@@ -279,7 +271,7 @@ class Spool:
                 failure.__cause__ = exc
                 errors.append(failure)
         try:
-            _fsync_dir(self._queue)
+            fsync_dir(self._queue)
         except OSError as exc:
             # The renames may or may not survive a crash. What is in queue/ is complete and will
             # be dispatched; the client, told 451, sends again: at least once, as SPEC §7 allows.
@@ -375,7 +367,7 @@ class SpoolWriter:
                 m.write(json.dumps(meta.to_json(), indent=2).encode())
                 m.flush()
                 os.fsync(m.fileno())
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
         except OSError as exc:
             self._fail(exc, "cannot seal")
 

@@ -22,7 +22,7 @@ from inbound.config.fields import function_name, topic_name
 from inbound.core.errors import PermanentActionError, TransientActionError
 from inbound.core.ids import MessageIdGenerator
 from inbound.core.services import BounceRequest
-from inbound.datadir import create_file, make_dirs, open_fd
+from inbound.datadir import create_file, fsync_dir, make_dirs, open_fd
 from inbound.message.notification import sns_envelope
 
 LambdaFunction = Callable[[dict[str, object], object], object]
@@ -112,18 +112,10 @@ class LocalTargets:
 # "survives a power loss": file contents, the rename and every new directory entry are synced.
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _make_dirs(directory: Path) -> None:
     """`mkdir -p` (0700, SPEC section 7 Files), syncing the parent of every directory it makes."""
     for created in make_dirs(directory):
-        _fsync_dir(created.parent)
+        fsync_dir(created.parent)
 
 
 def _write_file(path: Path, content: bytes) -> None:
@@ -135,7 +127,7 @@ def _write_file(path: Path, content: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as exc:
         raise TransientActionError(f"cannot write {path.name}: {exc.strerror}") from exc
 
@@ -159,7 +151,7 @@ def _append_line(path: Path, line: bytes) -> None:
         finally:
             os.close(fd)
         if new:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
     except OSError as exc:
         raise TransientActionError(f"cannot append to {path.name}: {exc.strerror}") from exc
 
