@@ -291,7 +291,7 @@ declare -A best_s cpu_ms rounds_txt failures
 now() { date +%s.%N; }
 
 measure() {       # KEY: sends the load, waits until stored and idle; updates best_s/cpu_ms
-  local key=$1 before=0 after t0 t1 c0 c1 secs ms deadline fn=${count_fn[$1]}
+  local key=$1 before=0 after t0 t1 c0 c1 secs ms deadline fn=${count_fn[$1]} sent=yes
   [ -n "$fn" ] && before=$($fn "$key")
   c0=$(tree_ticks "${root[$key]}")
   t0=$(now)
@@ -299,10 +299,12 @@ measure() {       # KEY: sends the load, waits until stored and idle; updates be
       -t "rcpt@$DOMAIN" -M client.sender.example "127.0.0.1:${port[$key]}" \
       >"$work/source-$key.log" 2>&1; then
     failures[$key]+="smtp-source failed: $(tail -1 "$work/source-$key.log"); "
+    sent=no
   fi
   t1=$(now)
   if [ -n "$fn" ]; then   # until every message is stored (or 120 s + 1 s per 20 messages)
     deadline=$((SECONDS + 120 + MESSAGES / 20))
+    [ "$sent" = yes ] || deadline=$((SECONDS + 2))   # some were refused: do not wait for all
     while after=$($fn "$key"); [ $((after - before)) -lt "$MESSAGES" ] && [ $SECONDS -lt $deadline ]; do
       sleep 0.2
     done
@@ -373,7 +375,7 @@ ratio "inbound --workers $CORES / Haraka nodes=$CORES" inbound-n haraka-n 1.5
 ratio "inbound --workers $CORES / Postfix" inbound-n postfix 1.0
 ratio "inbound --workers 1 / Haraka nodes=1" inbound-1 haraka-1 1.0
 ratio "inbound --workers 1 / Postfix" inbound-1 postfix 1.0
-echo "checks: smtp-source got 250 for every message of every target; inbound stored every message" \
-  "with Received-SPF: pass; Haraka's queue/test wrote and Postfix discarded every message:" \
+echo "checked that every message got a 250, that inbound stored every one with Received-SPF: pass," \
+  "that Haraka's queue/test wrote and Postfix discarded every one:" \
   "$([ $status = 0 ] && echo all passed || echo SOME FAILED, see the table)"
 exit $status
