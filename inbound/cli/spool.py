@@ -148,7 +148,9 @@ def _describe(spool: Spool, rules: _Rules, message_id: str, where: str, due: Any
     state = spool.state(message_id)
     compiled = rules.get(meta)
     source = spool.source(message_id)
-    if where == "queued" and (when := due.get(message_id)) is not None and when > utc_now():
+    # When the scheduler runs it next: its due index entry (none: now); a dead letter never.
+    when = due.get(message_id) if where == "queued" else None
+    if when is not None and when > utc_now():
         where = "deferred"
     actions = [
         {
@@ -178,7 +180,7 @@ def _describe(spool: Spool, rules: _Rules, message_id: str, where: str, due: Any
         "to_run": to_run,
         "to_run_unknown": problem,
         "refused": refused,
-        "next_attempt_at": state.next_attempt_at.isoformat() if state.next_attempt_at else None,
+        "next_attempt_at": None if when is None else when.isoformat(),
         "last_error": state.dead_reason or state.last_error,
     }
 
@@ -252,7 +254,8 @@ def _print_show(row: Row) -> None:
     print(f"attempts    {row['attempts']}")
     for a in row["actions"]:
         error = f": {a['last_error']}" if a["last_error"] else ""
-        print(f"  {a['outcome']:<9} {a['name']} ({a['step']}, {a['attempts']} attempts){error}")
+        tries = f"{a['attempts']} attempt{'s' if a['attempts'] != 1 else ''}"
+        print(f"  {a['outcome']:<9} {a['name']} ({a['step']}, {tries}){error}")
     if row["refused"]:
         print(f"refused     {row['refused']}")
     if row["to_run"] is None:
@@ -264,7 +267,12 @@ def _print_show(row: Row) -> None:
         tried = f", failed {s['attempts']}x" if s["attempts"] else ""
         after = f", if {s['after']} answers CONTINUE" if s["after"] else ""
         print(f"{label:<11} {s['name']} ({s['step']}{tried}{after})")
-    print(f"next try    {row['next_attempt_at'] or ('now' if row['state'] == 'queued' else '-')}")
+    if row["state"] == "dead":
+        print(f"next try    none: dead-lettered (inbound spool retry {row['message_id']})")
+    elif row["state"] == "queued":
+        print(f"next try    now{f' (due since {t})' if (t := row['next_attempt_at']) else ''}")
+    else:
+        print(f"next try    {row['next_attempt_at']}")
     print(f"last error  {row['last_error'] or '-'}")
 
 
