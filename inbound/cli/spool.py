@@ -13,13 +13,16 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
+from inbound.actions import ActionModel
 from inbound.app import DataDirInUse, lock_data_dir
 from inbound.core.clock import utc_now
 from inbound.core.errors import ConfigError, InputError
+from inbound.core.ports import MessageSource
 from inbound.core.steps import StepKey
 from inbound.datadir import restrict_umask
 from inbound.dispatch import message_facts
@@ -65,19 +68,19 @@ def add_parser(commands: Any) -> None:
         parents=[data_dir],
         help="one message: envelope, file, actions done, what is still to run, next attempt",
     )
-    show.add_argument("message_id", metavar="MESSAGE_ID")
+    show.add_argument("message_id", metavar="MESSAGE_ID", help="as `list` prints it")
     show.add_argument("--json", action="store_true", help="the same as one JSON object")
     retry = sub.add_parser(
         "retry", parents=[data_dir], help="retry dead-lettered (or deferred) messages now"
     )
-    retry.add_argument("message_ids", nargs="*", metavar="MESSAGE_ID")
+    retry.add_argument("message_ids", nargs="*", metavar="MESSAGE_ID", help="as `list` prints it")
     retry.add_argument("--all", action="store_true", help="every dead-lettered message")
     delete = sub.add_parser(
         "delete",
         parents=[data_dir],
         help="remove queued or dead-lettered messages (not one a running server may dispatch)",
     )
-    delete.add_argument("message_ids", nargs="+", metavar="MESSAGE_ID")
+    delete.add_argument("message_ids", nargs="+", metavar="MESSAGE_ID", help="as `list` prints it")
     purge = sub.add_parser(
         "purge", parents=[data_dir], help="remove dead-lettered messages; prints each one"
     )
@@ -136,13 +139,15 @@ def _step_name(step: Step) -> str:
     return _name_of(step.rule.name, step.rule.actions, step.index)
 
 
-def _name_of(rule: str, actions: Any, index: int) -> str:
+def _name_of(rule: str, actions: Sequence[ActionModel], index: int) -> str:
     kind = actions[index].receipt_type
     many = sum(a.receipt_type == kind for a in actions) > 1
     return f"{rule}/{kind}" + (f"#{index + 1}" if many else "")
 
 
-def _describe(spool: Spool, rules: _Rules, message_id: str, where: str, due: Any) -> Row:
+def _describe(
+    spool: Spool, rules: _Rules, message_id: str, where: str, due: Mapping[str, datetime]
+) -> Row:
     """Everything `list` and `show` say of one message."""
     meta = spool.meta(message_id)
     state = spool.state(message_id)
@@ -190,7 +195,7 @@ def _to_run(
     meta: SpoolMeta,
     state: DispatchState,
     rules: CompiledRuleSet | str,
-    source: Any,
+    source: MessageSource,
 ) -> tuple[list[Row] | None, str | None, str | None]:
     """(steps still to run, why the message is refused, why the steps are not known)."""
     if isinstance(rules, str):
