@@ -183,6 +183,19 @@ def test_list_and_show_name_the_steps_what_is_left_the_file_and_the_next_attempt
     assert {k: as_json[k] for k in entry} == entry
     assert as_json["meta"]["envelope"]["rcpt_tos"] == ["later@example.com"]
 
+    # The rule set it was received with is gone: the steps keep their keys, and `show` says
+    # why it cannot tell what is left rather than guess with other rules.
+    kept = data_dir / "spool" / "rules"
+    aside = data_dir / "rules-aside"
+    kept.rename(aside)
+    try:
+        blind = json.loads(spool(data_dir, "show", later, "--json").stdout)
+    finally:
+        aside.rename(kept)
+    assert [a["name"] for a in blind["actions"]] == ["0:0", "0:1"]
+    assert blind["to_run"] is None
+    assert blind["to_run_unknown"].startswith("rule set not in the spool: ")
+
     refused = spool(data_dir, "show", "0" * 40)  # a message ID, but no such message
     assert refused.returncode == 2
     assert refused.stderr == f"inbound spool: no message {'0' * 40} in queue or dead\n"
