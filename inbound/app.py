@@ -220,6 +220,10 @@ def rule_book(settings: ServeSettings, spool: Spool) -> RuleBook:
     )
 
 
+class DataDirInUse(InputError):  # noqa: N818 - read as "the data directory is in use"
+    """An `inbound serve` holds the data directory's lock (`inbound spool delete` asks too)."""
+
+
 def lock_data_dir(data_dir: Path) -> IO[bytes]:
     """One receiver per data directory: two would dispatch the same messages twice."""
     handle = append_file(data_dir / "inbound.lock")
@@ -227,7 +231,7 @@ def lock_data_dir(data_dir: Path) -> IO[bytes]:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise InputError(
+        raise DataDirInUse(
             f"{data_dir}: another inbound serve is using this data directory"
         ) from None
     return handle

@@ -17,7 +17,7 @@ from datetime import datetime
 from inbound.core.clock import utc_now
 from inbound.core.errors import ActionError, PermanentActionError
 from inbound.core.message import MessageFacts
-from inbound.core.ports import SpoolPort
+from inbound.core.ports import MessageSource, SpoolPort
 from inbound.core.services import Services
 from inbound.core.steps import StepKey
 from inbound.message.headers import ReceivedFacts, prepend_headers
@@ -123,10 +123,7 @@ def read_message(
     """The facts of a spooled message and its bytes with the prepended headers (SPEC section
     3): the one place the dispatcher reads a message, through the spool's message source."""
     source = spool.source(meta.message_id)
-    if meta.facts is not None:
-        facts = meta.facts  # read once, at receipt
-    else:  # none needed, or spooled before facts were kept
-        facts = read_facts(source, need_for(message_keys(rules, meta.envelope.rcpt_tos)))
+    facts = message_facts(source, meta, rules)
     received = ReceivedFacts(
         message_id=meta.message_id,
         hostname=meta.hostname,
@@ -141,3 +138,11 @@ def read_message(
         auth=meta.auth,
     )
     return facts, read_with_head(source, lambda block: prepend_headers(block, received))
+
+
+def message_facts(source: MessageSource, meta: SpoolMeta, rules: CompiledRuleSet) -> MessageFacts:
+    """What the rules read of a spooled message: kept at receipt, or (none were needed, or it
+    was spooled before facts were kept) read from its bytes now. `inbound spool show` too."""
+    if meta.facts is not None:
+        return meta.facts
+    return read_facts(source, need_for(message_keys(rules, meta.envelope.rcpt_tos)))

@@ -23,7 +23,7 @@ from typing import Protocol
 from inbound.core.errors import ActionError
 from inbound.core.plan import Plan
 from inbound.core.services import Services
-from inbound.core.steps import Ledger, StepKey, StepRecord
+from inbound.core.steps import CONTINUE, Ledger, Outcome, StepKey, StepRecord
 from inbound.rules.evaluate import Evaluation, Step
 from inbound.run.context import RunSubject, action_context
 
@@ -62,8 +62,9 @@ async def run_message(
         action = step.action
         key = step.key
         record = None if action.pure else ledger.get(key)
-        if record is not None and record.succeeded:
-            outcome = action.replay(record.result)
+        replayed = _replayed(step, record)
+        if replayed is not None:
+            outcome = replayed
         else:
             context = action_context(subject, content, step.recipients, walk.verdicts)
             attempt = (record.attempts if record is not None else 0) + 1
@@ -85,3 +86,44 @@ async def run_message(
             content = outcome.content
         walk.send(outcome)
     return RunResult(walk.plan())
+
+
+def _replayed(step: Step, record: StepRecord | None) -> Outcome | None:
+    """The outcome a retry takes from the ledger instead of running the step (None: it runs)."""
+    if step.action.pure or record is None or not record.succeeded:
+        return None
+    return step.action.replay(record.result)
+
+
+@dataclass(frozen=True)
+class PendingStep:
+    """A step the next attempt would run (`inbound spool show`)."""
+
+    step: Step
+    record: StepRecord | None  # its failed attempts so far; None: never tried
+    # The earlier request_response Lambda not run yet that this step waits on: it runs only if
+    # that function answers CONTINUE (None: nothing before it is unknown).
+    after: Step | None
+
+
+def pending_steps(walk: Evaluation, ledger: Ledger) -> list[PendingStep]:
+    """What `run_message` would run next, in order, without running anything: the walk takes
+    the recorded outcomes as a retry does; a step not yet succeeded is assumed to continue (a
+    Lambda's answer is not known before it runs, so the steps after it depend on it). Pure
+    steps (add_header, stop) are re-applied on every attempt, never recorded: not listed."""
+    pending: list[PendingStep] = []
+    unknown: Step | None = None
+    if walk.refused is not None:
+        return pending
+    while (step := walk.next_step()) is not None:
+        record = None if step.action.pure else ledger.get(step.key)
+        replayed = _replayed(step, record)
+        if replayed is not None:
+            walk.send(replayed)
+            continue
+        if not step.action.pure:
+            pending.append(PendingStep(step, record, unknown))
+            if step.action.awaits_result and unknown is None:
+                unknown = step
+        walk.send(CONTINUE)
+    return pending

@@ -406,16 +406,16 @@ def test_dead_letter_then_spool_list_show_retry(
     assert " dead " in row
     assert "gated@example.com" in row
     assert "retries expired: function gate failed: FlakyFunctionError" in row
-    assert "actions: 1:0=failed" in row  # rule 1 (gated), action 0 (the Lambda) failed
+    assert "actions: gated/Lambda=failed" in row  # step 1:0: rule gated, its Lambda
     assert listed.stdout.splitlines()[-1] == "0 queued, 1 dead"
     listed_json = inbound_cli("spool", "--data-dir", data_dir, "list", "--json")
     [entry] = json.loads(listed_json.stdout)
     assert entry["message_id"] == message_id
     assert entry["state"] == "dead"
     assert "FlakyFunctionError" in entry["last_error"]
-    assert entry["actions"]["1:0"].startswith("failed")
+    assert [(a["step"], a["outcome"]) for a in entry["actions"]] == [("1:0", "failed")]
 
-    shown = inbound_cli("spool", "--data-dir", data_dir, "show", message_id)
+    shown = inbound_cli("spool", "--data-dir", data_dir, "show", message_id, "--json")
     assert shown.returncode == 0, shown.stderr
     state = json.loads(shown.stdout)
     assert state["state"] == "dead"

@@ -91,7 +91,7 @@ def test_the_stages_of_serve_are_built_in_one_place() -> None:
     builders = {relative(path): sorted(found) for path in SOURCES if (found := constructed(path))}
     assert builders == {
         "inbound/app.py": sorted(STAGES),
-        # `inbound spool list|show|retry` opens the spool, nothing else.
+        # `inbound spool list|show|retry|delete|purge` opens the spool, nothing else.
         "inbound/cli/spool.py": ["Spool"],
     }
 
