@@ -17,6 +17,7 @@ import smtplib
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 class Serving:
     process: subprocess.Popen[bytes]
     log: Path
+    data_dir: Path
 
     def text(self) -> str:
         return self.log.read_text()
@@ -57,6 +59,7 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
         rules = tmp_path / "rules.yaml"
         rules.write_text(RULES)
         log = tmp_path / f"serve-{len(started)}.log"
+        data_dir = tmp_path / f"data-{len(started)}"
         command = [
             sys.executable,
             "-m",
@@ -65,7 +68,7 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
             "--rules",
             str(rules),
             "--data-dir",
-            str(tmp_path / f"data-{len(started)}"),
+            str(data_dir),
             "--listen",
             "127.0.0.1:0",
             "--dns-zone",
@@ -80,7 +83,7 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
                 stderr=handle,
                 env={**os.environ, "PYTHONPATH": str(ROOT)},
             )
-        serving = Serving(process, log)
+        serving = Serving(process, log, data_dir)
         started.append(serving)
         return serving
 
@@ -178,9 +181,14 @@ def test_the_text_log_format_is_one_readable_line_per_event(serve: Serve) -> Non
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_sighup_during_start_up_is_not_fatal(serve: Serve, workers: str) -> None:
     serving = serve("--workers", workers)
-    # From the first line it logs (its start-up warnings) until it listens, SIGHUP after SIGHUP:
-    # a reload asked for while it starts, or a terminal closing.
-    wait_for(lambda: serving.text() or serving.process.poll() is not None, "a first log line")
+    # From the moment it makes its data directory (early in its start-up: flags parsed, rules
+    # checked) until it listens, SIGHUP after SIGHUP: a reload asked for while it starts, or a
+    # terminal closing. Looked for every millisecond, so the first comes well before it listens.
+    deadline = time.monotonic() + DEADLINE
+    while not serving.data_dir.exists():
+        assert serving.process.poll() is None, serving.text()
+        assert time.monotonic() < deadline, "no data directory"
+        time.sleep(0.001)
 
     def hang_up() -> bool:
         if serving.process.poll() is not None:
