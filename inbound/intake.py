@@ -24,7 +24,7 @@ from inbound.core.ports import Committer, MessageSource, MessageWriter, SpoolErr
 from inbound.core.reply import SmtpReply
 from inbound.message.mime import WalkCancelled
 from inbound.message.read import Need, need_for, read_facts
-from inbound.observe.log import emit
+from inbound.observe.log import emit, emit_fields
 from inbound.observe.metrics import ReceiveMetrics
 from inbound.rules.book import RuleBook
 from inbound.rules.evaluate import (
@@ -118,15 +118,10 @@ class Intake(Generic[Writer]):
         """DATA refused by the session itself (bare CR/LF, a limit, a failed write): one line
         and one count, as for every other reply to DATA."""
         self.metrics.messages.labels(code=str(reply.code)).inc()
-        emit(
-            log,
-            "message.refused",
-            level=logging.WARNING if error is None else logging.ERROR,
-            message_id=message_id,
-            reason=reason,
-            error=error,
-            **_trace(connection, envelope, reply),
-        )
+        fields: dict[str, object] = {"message_id": message_id, "reason": reason, "error": error}
+        fields.update(_trace(connection, envelope, reply))
+        level = logging.WARNING if error is None else logging.ERROR
+        emit_fields(log, "message.refused", fields, level=level)
 
     def postmaster(self) -> str:
         # The first receiving domain of the rule set: a rule for postmaster@ it, or for the
@@ -146,7 +141,8 @@ class Intake(Generic[Writer]):
         envelope: Envelope,
         size: int,
     ) -> SmtpReply:
-        trace: dict[str, object] = {"size": size, "tls": connection.tls}
+        # What `message.received` says, message ID first; filled in as the decision goes.
+        trace: dict[str, object] = {"message_id": message_id, "size": size, "tls": connection.tls}
         try:
             reply = await self._decide_and_store(
                 message_id, writer, connection, envelope, size, trace=trace
@@ -155,7 +151,9 @@ class Intake(Generic[Writer]):
             # The client went away (or the drain timed out) before the reply: the trail says
             # so, since no reply will (a commit under way may still have queued it).
             writer.abort()
-            emit(log, "message.abandoned", message_id=message_id, **_who(connection, envelope))
+            emit_fields(
+                log, "message.abandoned", {"message_id": message_id, **_who(connection, envelope)}
+            )
             raise
         except SpoolError as exc:
             writer.abort()
@@ -171,27 +169,16 @@ class Intake(Generic[Writer]):
             writer.abort()
             # The session answers 451 4.3.0 (and logs where it failed): counted and traced here.
             self.metrics.messages.labels(code=str(replies.INTERNAL_ERROR.code)).inc()
-            emit(
-                log,
-                "message.received",
-                level=logging.ERROR,
-                message_id=message_id,
-                error=type(exc).__name__,
-                **trace,
-                **_trace(connection, envelope, replies.INTERNAL_ERROR),
-            )
+            trace.update(_trace(connection, envelope, replies.INTERNAL_ERROR))
+            trace["error"] = type(exc).__name__
+            emit_fields(log, "message.received", trace, level=logging.ERROR)
             raise
         except BaseException:
             writer.abort()
             raise
         self.metrics.messages.labels(code=str(reply.code)).inc()
-        emit(
-            log,
-            "message.received",
-            message_id=message_id,
-            **trace,
-            **_trace(connection, envelope, reply),
-        )
+        trace.update(_trace(connection, envelope, reply))
+        emit_fields(log, "message.received", trace)
         return reply
 
     async def _decide_and_store(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import ssl
 from collections.abc import Awaitable
 from ipaddress import ip_address
@@ -31,7 +30,7 @@ from inbound.receive.limits import ReceiverLimits
 from inbound.receive.policy import SessionPolicy
 from inbound.receive.reply_line import bounded, sanitized, with_status
 from inbound.receive.session import LimitedSMTP
-from inbound.receive.starttls import start_tls
+from inbound.receive.starttls import handshake_failure, start_tls
 
 log = logging.getLogger("inbound.receive")
 
@@ -251,7 +250,7 @@ class InboundSMTP(LimitedSMTP):
         # Scanners and old clients fail handshakes all day: one line at info with who and
         # OpenSSL's reason code (NO_SHARED_CIPHER, UNSUPPORTED_PROTOCOL...), never the
         # exception's text, which may carry what the client sent.
-        emit(log, "tls.failed", client_ip=self._client_ip, reason=_tls_reason(error))
+        emit(log, "tls.failed", client_ip=self._client_ip, reason=handshake_failure(error))
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.close()
@@ -384,16 +383,6 @@ class InboundSMTP(LimitedSMTP):
         if mail_from == "<>":
             mail_from = ""
         return SmtpEnvelope(mail_from, tuple(envelope.rcpt_tos))
-
-
-def _tls_reason(error: Exception | None) -> str:
-    """OpenSSL's reason code of a failed handshake, or the kind of failure."""
-    if error is None:
-        return "CONNECTION_CLOSED"
-    reason = getattr(error, "reason", None) if isinstance(error, ssl.SSLError) else None
-    if isinstance(reason, str) and re.fullmatch(r"[A-Z0-9_]{1,64}", reason):
-        return reason
-    return type(error).__name__
 
 
 class _Hooks:

@@ -198,6 +198,7 @@ def test_a_sighup_during_start_up_is_not_fatal(serve: Serve, workers: str) -> No
 
     wait_for(hang_up, "server.started")
     assert serving.process.poll() is None
+    wait_for(lambda: "rules.reloaded" in serving.text(), "the SIGHUPs answered with a reload")
     assert greeting(serving.port()).startswith("220 ")
     stop(serving)
 
