@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from inbound import datadir
 from inbound.core.envelope import Connection, Envelope
 from inbound.core.errors import InboundError
 from inbound.core.ids import MessageIdGenerator
@@ -268,14 +269,14 @@ def test_a_read_only_directory_raises_spool_write_error(tmp_path: Path) -> None:
 
 def test_a_failing_queue_sync_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spool = Spool(tmp_path)
-    real = store._fsync_dir
+    real = datadir.fsync_dir
 
     def fsync_dir(path: Path) -> None:
         if path == tmp_path / "queue":
             raise OSError(errno.EIO, "Input/output error")
         real(path)
 
-    monkeypatch.setattr(store, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr("inbound.spool.store.fsync_dir", fsync_dir)
     writer = spool.open_writer(IDS.next())
     with pytest.raises(SpoolWriteError, match="sync queue"):
         writer.commit(make_meta(writer.message_id, 0))
@@ -500,7 +501,7 @@ class Gate:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
         self.entered, self.release, self.calls = threading.Event(), threading.Event(), 0
-        real = store._fsync_dir
+        real = datadir.fsync_dir
 
         def fsync_dir(path: Path) -> None:
             if path == directory:
@@ -509,7 +510,7 @@ class Gate:
                 self.release.wait(timeout=30)
             real(path)
 
-        monkeypatch.setattr(store, "_fsync_dir", fsync_dir)
+        monkeypatch.setattr("inbound.spool.store.fsync_dir", fsync_dir)
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:
