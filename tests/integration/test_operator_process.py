@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration import flaky_functions
 from tests.integration.receiver import DEADLINE, ROOT, RULES, empty_zone, free_port, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -55,9 +56,9 @@ Serve = Callable[..., Serving]  # (*flags, hostname=...) -> a started child
 def serve(tmp_path: Path) -> Iterator[Serve]:
     started: list[Serving] = []
 
-    def run(*args: str, hostname: str | None = "mx.test") -> Serving:
-        rules = tmp_path / "rules.yaml"
-        rules.write_text(RULES)
+    def run(*args: str, hostname: str | None = "mx.test", rules: str = RULES) -> Serving:
+        rules_file = tmp_path / "rules.yaml"
+        rules_file.write_text(rules)
         log = tmp_path / f"serve-{len(started)}.log"
         data_dir = tmp_path / f"data-{len(started)}"
         command = [
@@ -66,7 +67,7 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
             "inbound",
             "serve",
             "--rules",
-            str(rules),
+            str(rules_file),
             "--data-dir",
             str(data_dir),
             "--listen",
@@ -251,5 +252,44 @@ def test_the_queue_depth_returns_to_zero_once_the_queue_is_empty(serve: Serve) -
         for n in range(3):
             client.sendmail("a@sender.example", ["bob@example.com"], f"Subject: {n}\r\n\r\n.")
     wait_for(lambda: serving.text().count('"message.dispatched"') == 3, "three dispatched")
+    wait_for(lambda: depth(metrics, "queued") == 0.0, "inbound_spool_depth{queued} 0")
+    stop(serving)
+
+
+SLOW_RULES = RULES.replace(
+    "rules:\n",
+    """rules:
+  - name: slow
+    recipients: [slow@example.com]
+    actions:
+      - {type: lambda, function_arn: "arn:aws:lambda:us-east-1:123456789012:function:slow",
+         invocation_type: request_response}
+""",
+    1,
+)
+
+
+def test_the_queue_depth_counts_a_message_from_its_250_until_it_leaves(
+    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    functions = tmp_path / "functions"
+    functions.mkdir()
+    monkeypatch.setenv(flaky_functions.ENV, str(functions))
+    metrics = free_port()
+    serving = serve(
+        "--metrics",
+        f"127.0.0.1:{metrics}",
+        "--lambda",
+        "slow=tests.integration.flaky_functions:wait_for_flag",
+        rules=SLOW_RULES,
+    )
+    started(serving)
+    with smtplib.SMTP("127.0.0.1", serving.port(), timeout=10) as client:
+        client.sendmail("a@sender.example", ["slow@example.com"], b"Subject: s\r\n\r\n.")
+    # Its action is running (held by the function): the message is in the queue, and counted
+    # so well before the dispatcher's first rescan of the spool (5 s after the start).
+    wait_for(lambda: depth(metrics, "queued") == 1.0, "inbound_spool_depth{queued} 1", 2.0)
+    (functions / flaky_functions.SUCCEED_FLAG).touch()
+    wait_for(lambda: '"message.dispatched"' in serving.text(), "message.dispatched")
     wait_for(lambda: depth(metrics, "queued") == 0.0, "inbound_spool_depth{queued} 0")
     stop(serving)
