@@ -93,6 +93,8 @@ class ServeSettings:
     workers: int = 1
     # How far the attachment walk goes (--max-mime-parts, --max-mime-depth).
     mime_limits: MimeLimits = field(default_factory=MimeLimits)
+    # The log's format on stderr: JSON lines, or text lines for a terminal (--log-format).
+    log_format: Literal["json", "text"] = "json"
 
 
 def load_functions(mapping: Mapping[str, str]) -> dict[str, LambdaFunction]:
@@ -129,6 +131,19 @@ def announce_missing_scanners(settings: ServeSettings, book: RuleBook) -> None:
             rules=scanning,
             missing=missing,
             hint="these rules' messages get PROCESSING_FAILED spam/virus verdicts",
+        )
+
+
+def announce_hostname(settings: ServeSettings) -> None:
+    """A name without a dot is not what an MX must give in its greeting and trace headers
+    (RFC 5321 §4.1.1.1, §4.4: a fully qualified domain name): say so at start."""
+    if "." not in settings.hostname.strip("."):
+        emit(
+            log,
+            "hostname.not_qualified",
+            level=logging.WARNING,
+            hostname=settings.hostname,
+            hint="give the name clients know this MX by: --hostname mx.example.com",
         )
 
 
@@ -263,6 +278,7 @@ def build(settings: ServeSettings, role: Role, worker: WorkerWiring | None = Non
     # Checks the certificate (and makes a self-signed one) before any worker starts.
     tls = tls_context(s, book, announce=owner)
     if owner:
+        announce_hostname(s)
         announce_missing_scanners(s, book)
     metrics: Metrics | DispatchMetrics | ReceiveMetrics
     if role == "single":

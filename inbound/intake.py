@@ -24,7 +24,7 @@ from inbound.core.ports import Committer, MessageSource, MessageWriter, SpoolErr
 from inbound.core.reply import SmtpReply
 from inbound.message.mime import WalkCancelled
 from inbound.message.read import Need, need_for, read_facts
-from inbound.observe.log import emit
+from inbound.observe.log import emit, emit_fields
 from inbound.observe.metrics import ReceiveMetrics
 from inbound.rules.book import RuleBook
 from inbound.rules.evaluate import (
@@ -87,12 +87,41 @@ class Intake(Generic[Writer]):
         emit(log, "connection.refused", client_ip=str(client_ip), filter=decision.filter)
         return decision.reply
 
-    def recipient(self, address: str, *, tls: bool) -> SmtpReply:
-        decision = check_recipient(self.book.current.compiled, address, tls=tls)
+    def recipient(self, address: str, connection: Connection, sender: str) -> SmtpReply:
+        decision = check_recipient(self.book.current.compiled, address, tls=connection.tls)
         if not decision.accepted:
             self.metrics.recipients_rejected.labels(reason=decision.reply.status).inc()
-            emit(log, "recipient.rejected", code=decision.reply.code, status=decision.reply.status)
+            # Addresses are the metadata an operator traces mail by (as Postfix's "reject:"
+            # lines); a body or a subject never is.
+            emit(
+                log,
+                "recipient.rejected",
+                recipient=address,
+                client_ip=str(connection.client_ip),
+                helo=connection.helo,
+                sender=sender,
+                code=decision.reply.code,
+                status=decision.reply.status,
+            )
         return decision.reply
+
+    def refused(
+        self,
+        message_id: str,
+        connection: Connection,
+        envelope: Envelope,
+        reply: SmtpReply,
+        *,
+        reason: str,
+        error: str | None = None,
+    ) -> None:
+        """DATA refused by the session itself (bare CR/LF, a limit, a failed write): one line
+        and one count, as for every other reply to DATA."""
+        self.metrics.messages.labels(code=str(reply.code)).inc()
+        fields: dict[str, object] = {"message_id": message_id, "reason": reason, "error": error}
+        fields.update(_trace(connection, envelope, reply))
+        level = logging.WARNING if error is None else logging.ERROR
+        emit_fields(log, "message.refused", fields, level=level)
 
     def postmaster(self) -> str:
         # The first receiving domain of the rule set: a rule for postmaster@ it, or for the
@@ -112,8 +141,20 @@ class Intake(Generic[Writer]):
         envelope: Envelope,
         size: int,
     ) -> SmtpReply:
+        # What `message.received` says, message ID first; filled in as the decision goes.
+        trace: dict[str, object] = {"message_id": message_id, "size": size, "tls": connection.tls}
         try:
-            reply = await self._decide_and_store(message_id, writer, connection, envelope, size)
+            reply = await self._decide_and_store(
+                message_id, writer, connection, envelope, size, trace=trace
+            )
+        except asyncio.CancelledError:
+            # The client went away (or the drain timed out) before the reply: the trail says
+            # so, since no reply will (a commit under way may still have queued it).
+            writer.abort()
+            emit_fields(
+                log, "message.abandoned", {"message_id": message_id, **_who(connection, envelope)}
+            )
+            raise
         except SpoolError as exc:
             writer.abort()
             emit(
@@ -124,10 +165,20 @@ class Intake(Generic[Writer]):
                 error=type(exc).__name__,
             )
             reply = replies.INTERNAL_ERROR
+        except Exception as exc:
+            writer.abort()
+            # The session answers 451 4.3.0 (and logs where it failed): counted and traced here.
+            self.metrics.messages.labels(code=str(replies.INTERNAL_ERROR.code)).inc()
+            trace.update(_trace(connection, envelope, replies.INTERNAL_ERROR))
+            trace["error"] = type(exc).__name__
+            emit_fields(log, "message.received", trace, level=logging.ERROR)
+            raise
         except BaseException:
             writer.abort()
             raise
         self.metrics.messages.labels(code=str(reply.code)).inc()
+        trace.update(_trace(connection, envelope, reply))
+        emit_fields(log, "message.received", trace)
         return reply
 
     async def _decide_and_store(
@@ -137,7 +188,10 @@ class Intake(Generic[Writer]):
         connection: Connection,
         envelope: Envelope,
         size: int,
+        *,
+        trace: dict[str, object],
     ) -> SmtpReply:
+        """The reply to DATA; what `message.received` says of the message goes into `trace`."""
         snapshot = self.book.current
         rules = snapshot.compiled
         need = need_for(message_keys(rules, envelope.rcpt_tos))
@@ -166,13 +220,7 @@ class Intake(Generic[Writer]):
             verdicts=scanned.verdicts,
             lambda_results=results_unknown,
         )
-        emit(
-            log,
-            "message.received",
-            message_id=message_id,
-            size=size,
-            recipients=len(envelope.rcpt_tos),
-            tls=connection.tls,
+        trace.update(
             verdicts=plan.verdicts.as_json(),
             virus=scanned.virus_detail,
             spam=scanned.spam_detail,
@@ -227,3 +275,17 @@ class Intake(Generic[Writer]):
             except asyncio.CancelledError:
                 cancelled.set()
                 raise
+
+
+def _who(connection: Connection, envelope: Envelope) -> dict[str, object]:
+    """Who sent a message to whom: the fields every line about one message carries."""
+    return {
+        "client_ip": str(connection.client_ip),
+        "helo": connection.helo,
+        "sender": envelope.mail_from,
+        "recipients": list(envelope.rcpt_tos),
+    }
+
+
+def _trace(connection: Connection, envelope: Envelope, reply: SmtpReply) -> dict[str, object]:
+    return {**_who(connection, envelope), "code": reply.code, "status": reply.status}

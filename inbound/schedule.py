@@ -105,6 +105,9 @@ class Scheduler:
         self._indexed.setdefault(message_id, None)
         self._touch(message_id)
         self._request(message_id, self.clock())
+        # Counted from its 250 on, not from the next rescan (up to 5 s later, or never for a
+        # message delivered before it): `_attempt` counts it out once it leaves the queue.
+        self._update_depth()
         self._wake.set()
 
     def load_queue(self) -> int:

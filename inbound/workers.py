@@ -58,6 +58,7 @@ _RESTART_DELAY = 1.0
 # Exit status of a worker whose supervisor is gone.
 _ORPHANED = 70
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_PR_SET_NAME = 15
 # The workers of a supervisor that was just killed may hold the port for a moment.
 _BIND_PATIENCE = 5.0
 
@@ -86,11 +87,20 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def name_process(name: str) -> None:
+    """Linux: the name `ps -o comm`, `top` and `pgrep` show for this process (at most 15
+    bytes, so `inbound-w12`, not the spawn command line every worker shares)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+
+
 def run_worker(args: WorkerArgs, accept_signals: AcceptSignals) -> None:
     """A worker process's life (its entry point, in `inbound.cli.serve`, calls this); it logs
     JSON lines only, whatever happens."""
     _die_with_parent()
-    configure(context={"worker": args.index})
+    name_process(f"inbound-w{args.index}")
+    configure(context={"worker": args.index}, text=args.settings.log_format == "text")
     try:
         asyncio.run(_Worker(args).run(accept_signals))
     except InboundError as exc:  # e.g. rules that changed on disk between checks
@@ -273,6 +283,7 @@ class Supervisor:
         """Serve until `stop`; then drain the workers, then the dispatcher. Signals are
         accepted once every worker runs (a SIGHUP passed on earlier would kill a worker
         that has no handler yet)."""
+        name_process("inbound-super")  # the workers it starts are inbound-w0, inbound-w1...
         loop = asyncio.get_running_loop()
         capture_asyncio(loop)
         recovered, queued = self.app.resume()

@@ -76,7 +76,19 @@ def add_parser(commands: Any) -> None:
         metavar="DIR",
         help="spool and local targets (default ./inbound-data)",
     )
-    p.add_argument("--hostname", default=socket.getfqdn(), help="our name in greetings and headers")
+    p.add_argument(
+        "--hostname",
+        metavar="NAME",
+        help="our name in the greeting, the Received header and a self-signed certificate "
+        "(default: the machine's fully qualified name; a warning at start if it has no dot)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["json", "text"],
+        default="json",
+        help="json: one JSON object per line (default); text: time, level, event and "
+        "key=value fields, for a terminal",
+    )
     p.add_argument("--tls-cert", type=Path, metavar="FILE")
     p.add_argument("--tls-key", type=Path, metavar="FILE")
     p.add_argument(
@@ -248,7 +260,8 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
         data_dir=args.data_dir,
         host=host,
         port=port,
-        hostname=args.hostname,
+        hostname=args.hostname or default_hostname(),
+        log_format=args.log_format,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_self_signed=args.tls_self_signed,
@@ -272,9 +285,27 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
     )
 
 
+def default_hostname() -> str:
+    """The machine's fully qualified name, as an MX names itself (RFC 5321 §4.1.1.1, §4.4):
+    `getfqdn()` when it has a dot, else the canonical name of the host name, else the host
+    name itself. `getfqdn()` alone says "localhost" where /etc/hosts lists that first."""
+    name = socket.gethostname()
+    candidates = [socket.getfqdn()]
+    with contextlib.suppress(OSError):
+        found = socket.getaddrinfo(name, None, flags=socket.AI_CANONNAME)
+        candidates += [canonical for *_, canonical, _ in found if canonical]
+    for candidate in candidates:
+        if "." in candidate and not candidate.startswith("localhost"):
+            return candidate
+    return name or "localhost"
+
+
 def run(args: argparse.Namespace) -> int:
+    # First of all: a SIGHUP (a reload asked for while we start, or a terminal's hangup) waits
+    # until its handler is in (`_answer_signals`); its default action would kill us silently.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     settings = settings_from(args)
-    configure()
+    configure(text=settings.log_format == "text")
     restrict_umask()  # whatever a library creates in the data directory is private too
     ensure_limit(settings.limits.max_connections, settings.workers)
     server = Supervisor(settings, worker_process) if settings.workers > 1 else Receiver(settings)
@@ -288,12 +319,14 @@ def _answer_signals(server: Controls) -> None:
     loop.add_signal_handler(signal.SIGHUP, server.reload)
     loop.add_signal_handler(signal.SIGTERM, server.stop)
     loop.add_signal_handler(signal.SIGINT, server.stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # one sent meanwhile runs now
 
 
 def _answer_signals_in_worker(server: Controls) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, server.reload)
     loop.add_signal_handler(signal.SIGTERM, server.stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
 
 def worker_process(args: WorkerArgs) -> None:
@@ -301,4 +334,7 @@ def worker_process(args: WorkerArgs) -> None:
     # Ctrl-C reaches every process of the terminal's group: the supervisor alone answers it,
     # with a SIGTERM to each worker once they are all running.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # As in `run`: the supervisor passes SIGHUP on only once every worker is ready, but a
+    # restarted worker may get one while it starts.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     run_worker(args, _answer_signals_in_worker)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import sys
 import threading
 import traceback
@@ -35,6 +36,10 @@ class JsonFormatter(logging.Formatter):
         self.context = dict(context or {})
 
     def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(self.entry(record), default=str, ensure_ascii=False)
+
+    def entry(self, record: logging.LogRecord) -> dict[str, Any]:
+        """The fields of one line, whatever its format."""
         entry: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
@@ -55,7 +60,30 @@ class JsonFormatter(logging.Formatter):
             # addresses or message content; file names, lines and functions cannot.
             entry["error_type"] = record.exc_info[0].__name__
             entry["where"] = where(record.exc_info[2])
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return entry
+
+
+class TextFormatter(JsonFormatter):
+    """`--log-format text`, for a terminal: `TIME LEVEL EVENT key=value ...`, one line per
+    event as in JSON (the same fields; a value with a space, a quote or a line break is
+    written as a JSON string, so no value can start a line of its own)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = self.entry(record)
+        ts, level, event = entry.pop("ts"), entry.pop("level"), entry.pop("event")
+        fields = " ".join(f"{key}={_text_value(value)}" for key, value in entry.items())
+        return f"{ts} {level:<7} {event}" + (f" {fields}" if fields else "")
+
+
+_BARE = re.compile(r"[^\s\"'=\\]*")
+
+
+def _text_value(value: object) -> str:
+    if isinstance(value, str) and value and _BARE.fullmatch(value) and value.isprintable():
+        return value
+    if isinstance(value, (bool, int, float)) or value is None:
+        return json.dumps(value)
+    return json.dumps(value, default=str, ensure_ascii=False)
 
 
 def where(tb: TracebackType | None, depth: int = 8) -> list[str]:
@@ -77,12 +105,17 @@ def emit_fields(
     logger.log(level, event, extra={"event": event, "fields": dict(fields)})
 
 
-def configure(level: int = logging.INFO, context: Mapping[str, object] | None = None) -> None:
-    """JSON lines on stderr for the `inbound` loggers and for everything else that would write
-    to stderr (other libraries' records, warnings, uncaught exceptions), the latter
-    rate-limited; aiosmtpd's own chatter is muted."""
+def configure(
+    level: int = logging.INFO,
+    context: Mapping[str, object] | None = None,
+    *,
+    text: bool = False,
+) -> None:
+    """JSON lines on stderr (`text`: text lines) for the `inbound` loggers and for everything
+    else that would write to stderr (other libraries' records, warnings, uncaught exceptions),
+    the latter rate-limited; aiosmtpd's own chatter is muted."""
     handler = RateLimitedHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(context))
+    handler.setFormatter(TextFormatter(context) if text else JsonFormatter(context))
     root = logging.getLogger("inbound")
     root.handlers[:] = [handler]
     root.setLevel(level)

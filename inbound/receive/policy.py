@@ -26,8 +26,8 @@ class SessionPolicy(Protocol[W]):
     def connect(self, client_ip: IpAddress) -> SmtpReply | None:
         """None to greet the client, or the reply that refuses it."""
 
-    def recipient(self, address: str, *, tls: bool) -> SmtpReply:
-        """The reply to RCPT TO for one address."""
+    def recipient(self, address: str, connection: Connection, sender: str) -> SmtpReply:
+        """The reply to RCPT TO for one address, from `sender` (empty: the null sender)."""
 
     def postmaster(self) -> str:
         """The address `RCPT TO:<Postmaster>` (no domain, RFC 5321 §4.5.1) stands for."""
@@ -44,3 +44,16 @@ class SessionPolicy(Protocol[W]):
         size: int,
     ) -> SmtpReply:
         """Decide, and store or discard the message; the reply to DATA."""
+
+    def refused(
+        self,
+        message_id: str,
+        connection: Connection,
+        envelope: SmtpEnvelope,
+        reply: SmtpReply,
+        *,
+        reason: str,
+        error: str | None = None,
+    ) -> None:
+        """The session refused a message it read to its end (`reason`: bare CR/LF, a limit, a
+        failed write, named by `error`'s type): told so that it is logged and counted."""

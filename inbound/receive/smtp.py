@@ -30,7 +30,7 @@ from inbound.receive.limits import ReceiverLimits
 from inbound.receive.policy import SessionPolicy
 from inbound.receive.reply_line import bounded, sanitized, with_status
 from inbound.receive.session import LimitedSMTP
-from inbound.receive.starttls import start_tls
+from inbound.receive.starttls import handshake_failure, start_tls
 
 log = logging.getLogger("inbound.receive")
 
@@ -247,7 +247,10 @@ class InboundSMTP(LimitedSMTP):
 
     def _tls_failed(self, error: Exception | None) -> None:
         """No completed handshake (it failed, or the connection closed during it): the end."""
-        emit(log, "tls.failed", error=type(error).__name__ if error else "ConnectionClosed")
+        # Scanners and old clients fail handshakes all day: one line at info with who and
+        # OpenSSL's reason code (NO_SHARED_CIPHER, UNSUPPORTED_PROTOCOL...), never the
+        # exception's text, which may carry what the client sent.
+        emit(log, "tls.failed", client_ip=self._client_ip, reason=handshake_failure(error))
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.close()
@@ -328,25 +331,35 @@ class InboundSMTP(LimitedSMTP):
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         if result is None or self.transport is None:
             writer.abort()  # the client went away mid-DATA: nothing was acknowledged
+            facts, sent = self.connection_facts(), self._envelope(envelope)
+            emit(
+                log,
+                "message.abandoned",
+                message_id=message_id,
+                client_ip=str(facts.client_ip),
+                helo=facts.helo,
+                sender=sent.mail_from,
+                recipients=list(sent.rcpt_tos),
+            )
             return
         refusal = result.outcome.refusal
         if refusal is not None:
             writer.abort()
-            if result.error is not None:
-                emit(
-                    log,
-                    "message.receive_failed",
-                    level=logging.ERROR,
-                    message_id=message_id,
-                    error=type(result.error).__name__,
-                )
+            self.policy.refused(
+                message_id,
+                self.connection_facts(),
+                self._envelope(envelope),
+                refusal,
+                reason=result.outcome.name.lower(),
+                error=None if result.error is None else type(result.error).__name__,
+            )
             await self.push(str(refusal))
             if self._stopping:
                 self._close_for_shutdown()
             return
         try:
             reply = await self.policy.end_of_data(
-                message_id, writer, self._connection(), self._envelope(envelope), result.size
+                message_id, writer, self.connection_facts(), self._envelope(envelope), result.size
             )
         except BaseException:
             writer.abort()  # whatever failed, the message was not acknowledged
@@ -358,7 +371,8 @@ class InboundSMTP(LimitedSMTP):
     def _data_alive(self) -> None:
         self._reset_timeout(self.limits.data_timeout)
 
-    def _connection(self) -> Connection:
+    def connection_facts(self) -> Connection:
+        """Who the client is, as the policy and the logs see it."""
         assert self.session is not None
         helo = self.session.host_name or "unknown"
         return Connection(ip_address(self._client_ip), str(helo), self.under_tls)
@@ -412,7 +426,10 @@ class _Hooks:
             # RFC 5321 §4.5.1: "Postmaster" without a domain must be accepted; it stands for
             # the policy's own postmaster address, so rules see a whole address.
             address = server.policy.postmaster()
-        decision = server.policy.recipient(address, tls=server.under_tls)
+        sender = envelope.mail_from or ""
+        decision = server.policy.recipient(
+            address, server.connection_facts(), "" if sender == "<>" else sender
+        )
         known = {a.lower() for a in envelope.rcpt_tos}
         if decision.is_success and address.lower() not in known:
             envelope.rcpt_tos.append(address)

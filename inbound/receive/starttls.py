@@ -9,6 +9,7 @@ can complete. It does not decide when a session counts as TLS: only a completed 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from asyncio import sslproto
 
@@ -59,3 +60,14 @@ def start_tls(
     tls.connection_made(transport)
     transport.resume_reading()  # the reader may have paused it at twice its limit
     return tls, waiter
+
+
+def handshake_failure(error: Exception | None) -> str:
+    """Why a handshake failed, for the log: OpenSSL's reason code (`NO_SHARED_CIPHER`,
+    `UNSUPPORTED_PROTOCOL`...), or the kind of failure; never the error's text."""
+    if error is None:
+        return "CONNECTION_CLOSED"
+    reason = getattr(error, "reason", None) if isinstance(error, ssl.SSLError) else None
+    if isinstance(reason, str) and re.fullmatch(r"[A-Z0-9_]{1,64}", reason):
+        return reason
+    return type(error).__name__

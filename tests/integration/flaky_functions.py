@@ -3,12 +3,14 @@
 They run inside the server process (a child of the test), so they keep their memory on disk:
 every call appends a line to `$INBOUND_TEST_LAMBDA_DIR/FUNC-MESSAGEID.calls`, and the test reads
 the count back with `calls()`. A flag file `$INBOUND_TEST_LAMBDA_DIR/succeed` turns
-`fail_until_flag` from failing to succeeding while the server runs.
+`fail_until_flag` from failing to succeeding while the server runs, and ends the wait of
+`wait_for_flag` (an action in progress for as long as the test wants).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +70,12 @@ def stop_rule_set(event: dict[str, Any], context: object) -> dict[str, str]:
     """A request_response function that ends evaluation of the whole rule set."""
     _record("stop_rule_set", event)
     return {"disposition": "STOP_RULE_SET"}
+
+
+def wait_for_flag(event: dict[str, Any], context: object) -> dict[str, str]:
+    """Return once the flag file exists (at most 30 s): an attempt the test holds open."""
+    _record("wait_for_flag", event)
+    deadline = time.monotonic() + 30
+    while not (_directory() / SUCCEED_FLAG).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return {"disposition": "CONTINUE"}
