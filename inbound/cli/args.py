@@ -1,8 +1,11 @@
-"""Flag helpers shared by the commands: repeated NAME=VALUE pairs and the --domain flag."""
+"""Flag helpers shared by the commands: repeated NAME=VALUE pairs, the --domain flag, and the
+checks of a --data-dir before a command uses it."""
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from inbound.core.errors import InputError
 
@@ -26,3 +29,32 @@ def pairs(flag: str, values: list[str]) -> dict[str, str]:
             raise InputError(f"{flag} {value!r}: expected NAME=VALUE")
         out[key] = item
     return out
+
+
+def check_data_dir(path: Path, *, writable: bool) -> None:
+    """Refuse a `--data-dir` inbound cannot use, naming the problem (SPEC 6: exit 2).
+
+    A regular file, a path under one, or (for a command that writes there) a directory that
+    is read-only or cannot be created: said before anything starts, not as an OSError from
+    deep inside the start-up."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--data-dir {path}: is a file, not a directory")
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"--data-dir {path}: {existing} is a file, not a directory")
+    if not writable:
+        return
+    # access(2) answers EROFS for W_OK on a read-only file system, even to root.
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = "is on a read-only file system" if _read_only(existing) else "is not writable"
+        if existing == path:
+            raise InputError(f"--data-dir {path}: {why}")
+        raise InputError(f"--data-dir {path}: cannot be created: {existing} {why}")
+
+
+def _read_only(path: Path) -> bool:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)

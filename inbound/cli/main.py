@@ -11,9 +11,11 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from inbound import __version__
 from inbound.cli import check, evaluate, serve, spool, test
+from inbound.cli.args import check_data_dir
 from inbound.cli import ses as ses_cli
 from inbound.core.errors import ConfigError, InboundError
 
@@ -56,6 +58,10 @@ def run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 with a usage message on a bad flag
     try:
+        data_dir = getattr(args, "data_dir", None)
+        if isinstance(data_dir, Path):
+            # `serve` writes there; `spool` reads (and one day may have read-only access).
+            check_data_dir(data_dir, writable=args.command == "serve")
         code: int = args.run(args)
     except ConfigError as exc:
         for issue in exc.issues:
