@@ -213,10 +213,13 @@ def add_parser(commands: Any) -> None:
 
 def settings_from(args: argparse.Namespace) -> ServeSettings:
     host, port = _host_port("--listen", args.listen)
+    if args.tls_self_signed and (args.tls_cert is not None or args.tls_key is not None):
+        raise InputError(
+            "--tls-self-signed and --tls-cert/--tls-key exclude each other: give a certificate "
+            "and its key, or --tls-self-signed for development"
+        )
     if (args.tls_cert is None) != (args.tls_key is None):
         raise InputError("--tls-cert and --tls-key go together: give both, or neither")
-    if args.tls_cert is not None and args.tls_self_signed:
-        raise InputError("--tls-self-signed makes its own certificate: drop --tls-cert/--tls-key")
     relay = parse_relay(args.relay) if args.relay else None
     lambdas = pairs("--lambda", args.lambdas)
     metrics = _host_port("--metrics", args.metrics) if args.metrics else None

@@ -80,3 +80,54 @@ def test_spool_data_dir_that_is_a_file(tmp_path: Path) -> None:
         inbound("spool", "--data-dir", str(file / "x"), "list"),
         f"inbound spool: --data-dir {file}/x: {file} is a file, not a directory\n",
     )
+
+
+@pytest.fixture(scope="module")
+def pems(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two certificates with their keys (cert.pem/key.pem, other.pem/other-key.pem)."""
+    where = tmp_path_factory.mktemp("pems")
+    for cert, key in (("cert.pem", "key.pem"), ("other.pem", "other-key.pem")):
+        subprocess.run(
+            [
+                *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=mx"),
+                *("-days", "2", "-keyout", str(where / key), "-out", str(where / cert)),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+    (where / "junk.pem").write_text("not PEM\n")
+    return where
+
+
+TLS_ERRORS = {
+    "missing_cert": (["--tls-cert", "{d}/nope.pem", "--tls-key", "{d}/key.pem"],
+                     "--tls-cert {d}/nope.pem: no such file"),
+    "missing_key": (["--tls-cert", "{d}/cert.pem", "--tls-key", "{d}/nope.pem"],
+                    "--tls-key {d}/nope.pem: no such file"),
+    "key_of_another_cert": (["--tls-cert", "{d}/cert.pem", "--tls-key", "{d}/other-key.pem"],
+                            "--tls-key {d}/other-key.pem: does not match the certificate in "
+                            "{d}/cert.pem"),
+    "swapped": (["--tls-cert", "{d}/key.pem", "--tls-key", "{d}/cert.pem"],
+                "--tls-cert {d}/key.pem: is a private key, not a certificate "
+                "(swapped with --tls-key?)"),
+    "junk_cert": (["--tls-cert", "{d}/junk.pem", "--tls-key", "{d}/key.pem"],
+                  "--tls-cert {d}/junk.pem: no PEM certificate in it"),
+    "junk_key": (["--tls-cert", "{d}/cert.pem", "--tls-key", "{d}/junk.pem"],
+                 "--tls-key {d}/junk.pem: no PEM private key in it"),
+    # Root reads any file: a directory is what cannot be read here.
+    "unreadable_cert": (["--tls-cert", "{d}", "--tls-key", "{d}/key.pem"],
+                        "--tls-cert {d}: is a directory, not a file"),
+    "cert_and_self_signed": (["--tls-cert", "{d}/cert.pem", "--tls-self-signed"],
+                             "--tls-self-signed and --tls-cert/--tls-key exclude each other: "
+                             "give a certificate and its key, or --tls-self-signed for "
+                             "development"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "message"), TLS_ERRORS.values(), ids=TLS_ERRORS)
+def test_tls_errors_name_the_file(
+    pems: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = serve("--data-dir", str(tmp_path / "data"), *(a.format(d=pems) for a in args))
+    refused(result, f"inbound serve: {message.format(d=pems)}\n")
