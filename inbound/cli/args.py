@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 
 from inbound.core.errors import InputError
+from inbound.receive.limits import ReceiverLimits
+
+_SIZE = re.compile(r"(\d+)([kKmMgG]?)[bB]?")
+_DEFAULTS = ReceiverLimits()
 
 
 def add_domain_flag(parser: argparse.ArgumentParser) -> None:
@@ -58,3 +63,44 @@ def check_data_dir(path: Path, *, writable: bool) -> None:
 
 def _read_only(path: Path) -> bool:
     return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+
+
+def parse_size(flag: str, value: str) -> int:
+    """`40MB`, `512k`, `1000` as bytes; anything else is an `InputError` naming the flag."""
+    match = _SIZE.fullmatch(value.strip())
+    if not match:
+        raise InputError(f"{flag} {value!r}: expected a size like 40MB or 512k")
+    unit = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2).lower()]
+    return int(match.group(1)) * unit
+
+
+def add_data_limit_flags(parser: argparse.ArgumentParser) -> None:
+    """The limits `inbound serve` applies to DATA, for the commands that decide as it does."""
+    group = parser.add_argument_group("DATA limits (as inbound serve's)")
+    group.add_argument(
+        "--max-message-size",
+        default="40MB",
+        metavar="SIZE",
+        help="larger messages get 552 5.3.4",
+    )
+    group.add_argument(
+        "--max-header-size",
+        default="1MB",
+        metavar="SIZE",
+        help="a larger header block gets 552 5.3.4",
+    )
+    group.add_argument(
+        "--max-line-length",
+        type=int,
+        default=_DEFAULTS.max_line_length,
+        metavar="OCTETS",
+        help="a longer line (CRLF included) gets 500 5.5.2",
+    )
+
+
+def data_limits(args: argparse.Namespace) -> ReceiverLimits:
+    return ReceiverLimits(
+        max_message_size=parse_size("--max-message-size", args.max_message_size),
+        max_header_size=parse_size("--max-header-size", args.max_header_size),
+        max_line_length=args.max_line_length,
+    )

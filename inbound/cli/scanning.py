@@ -8,8 +8,8 @@ from pathlib import Path
 
 from inbound.app import ServeSettings, build_scanners
 from inbound.core.envelope import Connection, Envelope
+from inbound.core.ports import MessageSource
 from inbound.core.verdicts import Verdicts
-from inbound.message.source import FileSource
 from inbound.rules.compiled import CompiledRuleSet
 from inbound.rules.evaluate import check_recipient, scanning_enabled
 from inbound.scan.run import Scanners
@@ -49,7 +49,7 @@ def scanners_from(args: argparse.Namespace) -> Scanners:
 def measure(
     scanners: Scanners,
     rules: CompiledRuleSet,
-    eml: Path,
+    source: MessageSource,
     connection: Connection,
     envelope: Envelope,
 ) -> Verdicts:
@@ -63,7 +63,7 @@ def measure(
 
     async def run() -> Verdicts:
         outcome = await scanners.scan(
-            FileSource(eml), scanning=scanning, connection=connection, envelope=envelope
+            source, scanning=scanning, connection=connection, envelope=envelope
         )
         return outcome.verdicts
 

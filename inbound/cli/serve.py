@@ -20,6 +20,7 @@ from typing import Any
 
 from inbound.app import Receiver, ServeSettings
 from inbound.cli.args import add_domain_flag, pairs
+from inbound.cli.args import parse_size as _size
 from inbound.core.errors import InputError
 from inbound.core.message import MAX_MIME_DEPTH, MimeLimits
 from inbound.datadir import restrict_umask
@@ -34,7 +35,6 @@ from inbound.workers import Supervisor, WorkerArgs, run_worker
 _DEFAULTS = ReceiverLimits()
 _MAX_WORKERS = 64
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
-_SIZE = re.compile(r"(\d+)([kKmMgG]?)[bB]?")
 
 
 def _host_port(flag: str, value: str) -> tuple[str, int]:
@@ -50,14 +50,6 @@ def _duration(flag: str, value: str) -> float:
         raise InputError(f"{flag} {value!r}: expected a duration like 30s, 10m, 4h")
     unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
     return float(match.group(1)) * unit
-
-
-def _size(flag: str, value: str) -> int:
-    match = _SIZE.fullmatch(value.strip())
-    if not match:
-        raise InputError(f"{flag} {value!r}: expected a size like 40MB or 512k")
-    unit = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2).lower()]
-    return int(match.group(1)) * unit
 
 
 def add_parser(commands: Any) -> None:

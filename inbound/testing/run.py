@@ -18,12 +18,12 @@ from inbound.core.ids import MessageIdGenerator
 from inbound.core.message import MessageFacts
 from inbound.core.plan import Plan
 from inbound.core.verdicts import Verdicts
-from inbound.message.read import read_facts
-from inbound.message.source import FileSource
+from inbound.receive.limits import ReceiverLimits
 from inbound.rules.compiled import CompiledRuleSet
 from inbound.rules.evaluate import evaluate, results_by_function
 from inbound.rules.load import load_rule_set, read_text, validate
 from inbound.testing.model import Case, Expect, TestFile
+from inbound.testing.received import ReceivedMessage, receive_file, refuse_as_serve
 
 TEST_FILE_SUFFIXES = (".test.yaml", ".test.yml")
 
@@ -36,6 +36,7 @@ class LoadedCase:
     connection: Connection
     envelope: Envelope
     eml: Path
+    received: ReceivedMessage
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ class CaseResult:
 @dataclass
 class _Cache:
     rules: dict[tuple[Path, tuple[str, ...]], CompiledRuleSet] = field(default_factory=dict)
-    messages: dict[Path, MessageFacts] = field(default_factory=dict)
+    messages: dict[Path, ReceivedMessage] = field(default_factory=dict)
+    limits: ReceiverLimits = field(default_factory=ReceiverLimits)
 
 
 def discover(paths: Sequence[Path]) -> list[Path]:
@@ -72,19 +74,10 @@ def discover(paths: Sequence[Path]) -> list[Path]:
     return found
 
 
-def read_message(path: Path) -> MessageFacts:
-    """The facts of an .eml file, read as the receiver reads a spooled message (same limits)."""
-    try:
-        return read_facts(FileSource(path), "everything")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
-
-
-def load_files(paths: Sequence[Path]) -> list[LoadedFile]:
-    """Load every test file, its rules and its messages; raise with every problem found."""
-    cache = _Cache()
+def load_files(paths: Sequence[Path], limits: ReceiverLimits | None = None) -> list[LoadedFile]:
+    """Load every test file, its rules and its messages (each read as `inbound serve` with
+    these DATA limits would receive it); raise with every problem found."""
+    cache = _Cache(limits=limits or ReceiverLimits())
     loaded: list[LoadedFile] = []
     issues: list[ConfigIssue] = []
     inputs: list[str] = []
@@ -145,7 +138,7 @@ def _load_case(  # noqa: PLR0917 - private helper of _load_file, called once
     eml = (base / case.eml).resolve()
     if eml not in cache.messages:
         try:
-            cache.messages[eml] = read_message(eml)
+            cache.messages[eml] = receive_file(eml, cache.limits)
         except InputError as exc:
             issues.append(source.issue(("cases", i, "eml"), str(exc)))
             return None
@@ -154,7 +147,8 @@ def _load_case(  # noqa: PLR0917 - private helper of _load_file, called once
     except ValueError:
         issues.append(source.issue(("cases", i, "client_ip"), f"{case.client_ip!r} is not an IP"))
         return None
-    message = cache.messages[eml]
+    received = cache.messages[eml]
+    message = received.facts
     mail_from = case.mail_from if case.mail_from is not None else default_sender(message)
     return LoadedCase(
         case,
@@ -163,6 +157,7 @@ def _load_case(  # noqa: PLR0917 - private helper of _load_file, called once
         Connection(client_ip, case.helo, case.tls),
         Envelope(mail_from, tuple(case.rcpt)),
         eml,
+        received,
     )
 
 
@@ -189,6 +184,7 @@ def run_case(
         verdicts=case.verdicts.to_verdicts(measured),
         lambda_results=results_by_function(case.lambda_),
     )
+    plan = refuse_as_serve(plan, loaded.received)
     return CaseResult(case.name, list(check_expectations(case.expect, plan)), plan)
 
 

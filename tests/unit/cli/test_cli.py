@@ -36,7 +36,7 @@ def _at_root(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
 
 
-def test_evaluate_json_has_exactly_the_spec_keys(capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_json_has_the_spec_keys_then_skipped(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(
         [
             "evaluate",
@@ -64,6 +64,7 @@ def test_evaluate_json_has_exactly_the_spec_keys(capsys: pytest.CaptureFixture[s
         "dmarc_policy",
         "rules",
         "outcome",
+        "skipped",
     ]
     assert len(out["message_id"]) == 40
     assert out["connection"] == {
@@ -118,6 +119,12 @@ def test_evaluate_json_has_exactly_the_spec_keys(capsys: pytest.CaptureFixture[s
         "invocationType": "RequestResponse",
     }
     assert out["outcome"] == "accepted"
+    assert out["skipped"] == [
+        {"name": "drop-viruses", "reason": "when virus does not hold (saw virus=GRAY)"},
+        {"name": "invoices", "reason": "not evaluated: evaluation stopped"},
+        {"name": "catch-all", "reason": "not evaluated: evaluation stopped"},
+        {"name": "old-archive", "reason": "disabled"},
+    ]
 
 
 def test_evaluate_filter_refusal_in_json(capsys: pytest.CaptureFixture[str]) -> None:

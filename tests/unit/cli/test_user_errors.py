@@ -3,6 +3,7 @@ real `inbound` in a child process. Bad input is exit 2 with one line naming the 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -131,3 +132,65 @@ def test_tls_errors_name_the_file(
 ) -> None:
     result = serve("--data-dir", str(tmp_path / "data"), *(a.format(d=pems) for a in args))
     refused(result, f"inbound serve: {message.format(d=pems)}\n")
+
+
+HELLO = ROOT / "fixtures/messages/hello.eml"
+HEAD = b"From: alice@sender.example\r\nTo: support@example.com\r\nSubject: hi\r\n\r\n"
+AS_SERVE = {
+    # Bytes serve refuses on the wire; evaluate now says the same.
+    "bare_lf_in_crlf": (HEAD + b"one\r\ntwo\n.\r\nthree\r\n", [], "550 5.5.2"),
+    "bare_cr": (HEAD + b"one\rtwo\r\n", [], "550 5.5.2"),
+    "binary_junk": (bytes(range(256)) * 8, [], "550 5.5.2"),
+    "line_of_1001_octets": (HEAD + b"x" * 999 + b"\r\n", [], "500 5.5.2"),
+    "over_max_message_size": (HEAD + b"y" * 600 + b"\r\n", ["--max-message-size", "512"], "552 5.3.4"),
+    "header_over_max_header_size": (HEAD, ["--max-header-size", "32"], "552 5.3.4"),
+    # An .eml saved with LF line endings is sent as a mail client sends it: in CRLF.
+    "lf_only_file": (HEAD.replace(b"\r\n", b"\n") + b"one\n.two\n", [], "250 2.0.0"),
+    "line_of_1000_octets": (HEAD + b"x" * 998 + b"\r\n", [], "250 2.0.0"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("data", "flags", "reply"), AS_SERVE.values(), ids=AS_SERVE)
+def test_evaluate_decides_as_serve(
+    tmp_path: Path, data: bytes, flags: list[str], reply: str
+) -> None:
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(data)
+    args = ["evaluate", "--rules", EXAMPLE, "--rcpt", "support@example.com", *flags]
+    result = inbound(*args, "--eml", str(eml))
+    assert result.returncode == 0, result.stderr
+    assert f"DATA: {reply} " in result.stdout
+    if not reply.startswith("250"):
+        assert "outcome: rejected" in result.stdout
+        assert "support: not evaluated: DATA refused" in result.stdout
+
+
+def test_evaluate_reads_stdin_and_json_says_why_rules_were_skipped() -> None:
+    args = ["evaluate", "--rules", EXAMPLE, "--rcpt", "support@example.com", "--json"]
+    result = inbound(*args, "--eml", "-", stdin=(HEAD + b"x\r\ny\nz\r\n").decode())
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["data_reply"]["code"] == 550
+    assert out["rules"] == []
+    assert out["skipped"][1] == {
+        "name": "support",
+        "reason": "not evaluated: DATA refused (bare line ending), as inbound serve refuses it",
+    }
+    result = inbound(*args, "--eml", "-", stdin=HELLO.read_text())
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["rules"][0]["name"] == "support"
+
+
+def test_test_command_decides_as_serve(tmp_path: Path) -> None:
+    (tmp_path / "junk.eml").write_bytes(bytes(range(256)) * 8)
+    (tmp_path / "x.test.yaml").write_text(
+        f"rules: {EXAMPLE}\n"
+        "cases:\n"
+        "  - name: junk is refused as serve refuses it\n"
+        "    eml: junk.eml\n"
+        "    rcpt: support@example.com\n"
+        "    expect: {outcome: rejected, data_reply: 550 5.5.2, rules: []}\n"
+    )
+    result = inbound("test", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == "1 passed, 0 failed"
