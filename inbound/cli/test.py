@@ -66,6 +66,6 @@ def run(args: argparse.Namespace) -> int:
                 failed += 1
                 print(f"  FAIL  {result.name}")
                 for failure in result.failures:
-                    print(f"          {failure}")
+                    print(failure)  # FILE:LINE: case: key: what differed (editors jump to it)
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0

@@ -296,13 +296,15 @@ def test_test_command_reports_what_failed(tmp_path: Path) -> None:
     )
     result = inbound("test", str(tmp_path))
     assert result.returncode == 1
+    where = f"{tmp_path}/x.test.yaml"
     assert result.stdout.splitlines()[1:] == [
         "  FAIL  wrong expectations",
-        "          outcome: expected rejected, saw accepted",
-        "          rules: expected [catch-all], saw [support]",
-        "          actions: expected [S3], saw [AddHeader, S3, Lambda, SNS, Stop]",
-        "          recipients: nobody@example.net expected 250, saw 550 5.7.1 Recipient address "
-        "rejected: relay access denied",
+        f"{where}:7: wrong expectations: outcome: expected rejected, saw accepted",
+        f"{where}:8: wrong expectations: rules: expected [catch-all], saw [support]",
+        f"{where}:9: wrong expectations: actions: expected [S3], "
+        "saw [AddHeader, S3, Lambda, SNS, Stop]",
+        f"{where}:10: wrong expectations: recipients: nobody@example.net expected 250, "
+        "saw 550 5.7.1 Recipient address rejected: relay access denied",
         "  PASS  right expectations",
         "1 passed, 1 failed",
     ]

@@ -194,3 +194,46 @@ def test_test_command_decides_as_serve(tmp_path: Path) -> None:
     result = inbound("test", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[-1] == "1 passed, 0 failed"
+
+
+def test_expected_rule_names_must_exist(tmp_path: Path) -> None:
+    """A typo in `not_rules` would pass for ever: it is an error of the test file (exit 2)."""
+    (tmp_path / "x.test.yaml").write_text(
+        f"rules: {EXAMPLE}\n"
+        "cases:\n"
+        "  - name: typos\n"
+        f"    eml: {HELLO}\n"
+        "    rcpt: support@example.com\n"
+        "    expect:\n"
+        "      rules: [Support]\n"
+        "      not_rules: [catchall, nothing-like-it]\n"
+    )
+    result = inbound("test", str(tmp_path))
+    where = f"{tmp_path}/x.test.yaml"
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    assert result.stderr.splitlines() == [
+        f"{where}:7:15: cases[0].expect.rules[0]: no rule 'Support' in the rule set "
+        "(did you mean 'support'?)",
+        f"{where}:8:19: cases[0].expect.not_rules[0]: no rule 'catchall' in the rule set "
+        "(did you mean 'catch-all'?)",
+        f"{where}:8:29: cases[0].expect.not_rules[1]: no rule 'nothing-like-it' in the rule set",
+        "3 errors: no test was run",
+    ]
+
+
+def test_a_failing_case_names_its_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "x.test.yaml").write_text(
+        f"rules: {EXAMPLE}\n"
+        "cases:\n"
+        "  - name: support is stored\n"
+        f"    eml: {HELLO}\n"
+        "    rcpt: support@example.com\n"
+        "    expect:\n"
+        "      outcome: accepted\n"
+        "      data_reply: 550\n"
+    )
+    result = inbound("test", "-q", str(tmp_path / "x.test.yaml"))
+    assert result.returncode == 1
+    assert f"{tmp_path}/x.test.yaml:8: support is stored: data_reply: expected 550, saw 250 " in (
+        result.stdout
+    )
