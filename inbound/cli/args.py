@@ -7,6 +7,7 @@ import argparse
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from inbound.core.errors import InputError
 from inbound.receive.limits import ReceiverLimits
@@ -23,6 +24,30 @@ def add_domain_flag(parser: argparse.ArgumentParser) -> None:
         metavar="DOMAIN",
         help="a receiving domain (for SES JSON rule sets, which have none)",
     )
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default when it has one worth showing (not None, False
+    or an empty list) and the text does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default in (None, False, [], argparse.SUPPRESS)
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: {str(default).replace('%', '%%')})"
+
+
+class Parser(argparse.ArgumentParser):
+    """inbound's parsers, subcommands' included: they show defaults in their help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def pairs(flag: str, values: list[str]) -> dict[str, str]:

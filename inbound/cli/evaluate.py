@@ -27,7 +27,13 @@ from inbound.testing.run import default_sender
 
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser("evaluate", help="decide one message against a rule set")
-    parser.add_argument("--rules", type=Path, required=True)
+    parser.add_argument(
+        "--rules",
+        type=Path,
+        required=True,
+        metavar="RULES",
+        help="the rule file (YAML or SES JSON)",
+    )
     parser.add_argument(
         "--eml",
         type=Path,
@@ -45,8 +51,15 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--mail-from", metavar="ADDR", help="envelope sender (default: the From address; '' for <>)"
     )
-    parser.add_argument("--client-ip", default="127.0.0.1", metavar="IP")
-    parser.add_argument("--helo", default="localhost", metavar="NAME")
+    parser.add_argument(
+        "--client-ip",
+        default="127.0.0.1",
+        metavar="IP",
+        help="the address the client connects from",
+    )
+    parser.add_argument(
+        "--helo", default="localhost", metavar="NAME", help="the name the client gives in HELO"
+    )
     parser.add_argument("--tls", action="store_true", help="the session is under TLS")
     parser.add_argument(
         "--verdict",

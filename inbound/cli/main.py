@@ -16,14 +16,14 @@ from pathlib import Path
 from inbound import __version__
 from inbound.cli import check, evaluate, serve, spool, test
 from inbound.cli import ses as ses_cli
-from inbound.cli.args import check_data_dir
+from inbound.cli.args import Parser, check_data_dir
 from inbound.core.errors import ConfigError, InboundError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="inbound",
         description="Inbound mail pipeline with the semantics of Amazon SES email receiving.",
     )

@@ -27,9 +27,27 @@ def add_scan_flags(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="answer DNS from this zone file instead of the network",
     )
-    group.add_argument("--scan-timeout", type=float, default=30.0, metavar="SECONDS")
-    group.add_argument("--dns-timeout", type=float, default=5.0, metavar="SECONDS")
-    group.add_argument("--spam-gray-band", type=float, default=2.0, metavar="POINTS")
+    group.add_argument(
+        "--scan-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="longest wait for clamd or spamd (then PROCESSING_FAILED)",
+    )
+    group.add_argument(
+        "--dns-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="longest wait for one DNS answer (SPF, DKIM, DMARC)",
+    )
+    group.add_argument(
+        "--spam-gray-band",
+        type=float,
+        default=2.0,
+        metavar="POINTS",
+        help="scores this far below spamd's threshold are GRAY, not PASS",
+    )
 
 
 def scanners_from(args: argparse.Namespace) -> Scanners:
