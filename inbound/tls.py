@@ -8,6 +8,7 @@ import ssl
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
@@ -17,19 +18,58 @@ from inbound.datadir import create_file, make_dirs
 
 
 def load_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """The STARTTLS context; every problem is an `InputError` naming the file at fault."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # Each file on its own first: OpenSSL's one error for the pair names neither file.
+    _check_certificate(cert, _read("--tls-cert", cert))
+    _check_key(key, _read("--tls-key", key))
     try:
         context.load_cert_chain(cert, key)
-    except FileNotFoundError as exc:
-        raise InputError(f"{exc.filename}: no such file (--tls-cert / --tls-key)") from None
     except ssl.SSLError as exc:
-        raise InputError(
-            f"{cert}, {key}: not a certificate and matching private key in PEM ({exc.reason})"
-        ) from None
-    except OSError as exc:
-        raise InputError(f"{cert}, {key}: cannot read: {exc.strerror}") from None
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise InputError(f"--tls-key {key}: does not match the certificate in {cert}") from None
+        raise InputError(f"--tls-cert {cert}, --tls-key {key}: {exc.reason or exc}") from None
+    except OSError as exc:  # pragma: no cover - both files were just read
+        raise InputError(f"{exc.filename or cert}: cannot read: {exc.strerror}") from None
     return context
+
+
+def _read(flag: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{flag} {path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{flag} {path}: is a directory, not a file") from None
+    except OSError as exc:
+        raise InputError(f"{flag} {path}: cannot read: {exc.strerror}") from None
+
+
+def _check_certificate(path: Path, data: bytes) -> None:
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError:
+        if b"PRIVATE KEY-----" in data:
+            raise InputError(
+                f"--tls-cert {path}: is a private key, not a certificate (swapped with --tls-key?)"
+            ) from None
+        raise InputError(f"--tls-cert {path}: no PEM certificate in it") from None
+
+
+def _check_key(path: Path, data: bytes) -> None:
+    try:
+        serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise InputError(
+            f"--tls-key {path}: the key is encrypted; inbound needs it without a passphrase"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        if b"CERTIFICATE-----" in data:
+            raise InputError(
+                f"--tls-key {path}: is a certificate, not a private key (swapped with --tls-cert?)"
+            ) from None
+        raise InputError(f"--tls-key {path}: no PEM private key in it") from None
 
 
 def self_signed_context(directory: Path, hostname: str) -> ssl.SSLContext:

@@ -17,7 +17,9 @@ from inbound.ses.export import guard_collisions, ses_capabilities, ses_problems
 
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser("check", help="validate a rule file (YAML or SES JSON)")
-    parser.add_argument("rules", type=Path, metavar="RULES")
+    parser.add_argument(
+        "rules", type=Path, metavar="RULES", help="the rule file (YAML or SES JSON)"
+    )
     add_domain_flag(parser)
     parser.add_argument(
         "--ses", action="store_true", help="list, rule by rule, what SES can express"

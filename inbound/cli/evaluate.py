@@ -10,23 +10,37 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from inbound.cli.args import add_domain_flag, pairs
+from inbound.cli.args import add_data_limit_flags, add_domain_flag, data_limits, pairs
 from inbound.cli.render import plan_json, plan_trace
 from inbound.cli.scanning import add_scan_flags, measure, scanners_from
 from inbound.core.envelope import Connection, Envelope
 from inbound.core.errors import InputError
 from inbound.core.ids import MessageIdGenerator
+from inbound.message.source import BytesSource
 from inbound.rules.compiled import CompiledRuleSet
 from inbound.rules.evaluate import evaluate, results_by_function
 from inbound.rules.load import load_rule_set
 from inbound.testing.model import VerdictInput
-from inbound.testing.run import default_sender, read_message
+from inbound.testing.received import receive_file, refuse_as_serve
+from inbound.testing.run import default_sender
 
 
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser("evaluate", help="decide one message against a rule set")
-    parser.add_argument("--rules", type=Path, required=True)
-    parser.add_argument("--eml", type=Path, required=True, help="the message (.eml)")
+    parser.add_argument(
+        "--rules",
+        type=Path,
+        required=True,
+        metavar="RULES",
+        help="the rule file (YAML or SES JSON)",
+    )
+    parser.add_argument(
+        "--eml",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the message (.eml), or - for standard input; read as inbound serve receives it",
+    )
     parser.add_argument(
         "--rcpt",
         action="append",
@@ -37,8 +51,15 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--mail-from", metavar="ADDR", help="envelope sender (default: the From address; '' for <>)"
     )
-    parser.add_argument("--client-ip", default="127.0.0.1", metavar="IP")
-    parser.add_argument("--helo", default="localhost", metavar="NAME")
+    parser.add_argument(
+        "--client-ip",
+        default="127.0.0.1",
+        metavar="IP",
+        help="the address the client connects from",
+    )
+    parser.add_argument(
+        "--helo", default="localhost", metavar="NAME", help="the name the client gives in HELO"
+    )
     parser.add_argument("--tls", action="store_true", help="the session is under TLS")
     parser.add_argument(
         "--verdict",
@@ -63,6 +84,7 @@ def add_parser(commands: Any) -> None:
         help="measure the verdicts with the scanners below instead of assuming them",
     )
     add_scan_flags(parser)
+    add_data_limit_flags(parser)
     parser.set_defaults(run=run)
 
 
@@ -83,12 +105,14 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         raise InputError(f"--client-ip {args.client_ip!r}: not an IP address") from None
     rules = CompiledRuleSet.build(load_rule_set(args.rules, extra_domains=args.domain).rule_set)
-    message = read_message(args.eml)
+    received = receive_file(args.eml, data_limits(args))
+    message = received.facts
     mail_from = args.mail_from if args.mail_from is not None else default_sender(message)
     connection = Connection(client_ip, args.helo, args.tls)
     envelope = Envelope(mail_from, tuple(args.rcpt))
+    source = BytesSource(received.data)
     measured = (
-        measure(scanners_from(args), rules, args.eml, connection, envelope) if args.scan else None
+        measure(scanners_from(args), rules, source, connection, envelope) if args.scan else None
     )
     plan = evaluate(
         rules,
@@ -99,8 +123,9 @@ def run(args: argparse.Namespace) -> int:
         verdicts=verdicts.to_verdicts(measured),
         lambda_results=results_by_function(lambda_results),
     )
+    plan = refuse_as_serve(plan, received)
     if args.json:
-        print(json.dumps(plan_json(plan), indent=2, ensure_ascii=False))
+        print(json.dumps(plan_json(plan, rules), indent=2, ensure_ascii=False))
     else:
         print(plan_trace(plan, rules))
     return 0

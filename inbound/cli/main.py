@@ -11,17 +11,19 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from inbound import __version__
 from inbound.cli import check, evaluate, serve, spool, test
 from inbound.cli import ses as ses_cli
+from inbound.cli.args import Parser, check_data_dir
 from inbound.core.errors import ConfigError, InboundError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="inbound",
         description="Inbound mail pipeline with the semantics of Amazon SES email receiving.",
     )
@@ -56,6 +58,10 @@ def run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 with a usage message on a bad flag
     try:
+        data_dir = getattr(args, "data_dir", None)
+        if isinstance(data_dir, Path):
+            # `serve` writes there; `spool` reads (and one day may have read-only access).
+            check_data_dir(data_dir, writable=args.command == "serve")
         code: int = args.run(args)
     except ConfigError as exc:
         for issue in exc.issues:

@@ -11,8 +11,9 @@ def _reply(reply: SmtpReply | None) -> dict[str, object] | None:
     return reply.as_json() if reply is not None else None
 
 
-def plan_json(plan: Plan) -> dict[str, object]:
-    """Exactly the keys of SPEC section 6 (`inbound evaluate --json`)."""
+def plan_json(plan: Plan, rules: CompiledRuleSet) -> dict[str, object]:
+    """The keys of SPEC section 6 (`inbound evaluate --json`), then `skipped`: every rule
+    that did not apply, and why (the reasons of the readable trace)."""
     refused = not plan.connection.accepted
     return {
         "message_id": plan.message_id,
@@ -39,7 +40,37 @@ def plan_json(plan: Plan) -> dict[str, object]:
             for run in plan.rules
         ],
         "outcome": plan.outcome,
+        "skipped": [{"name": name, "reason": reason} for name, reason in skip_reasons(plan, rules)],
     }
+
+
+def skip_reasons(plan: Plan, rules: CompiledRuleSet) -> list[tuple[str, str]]:
+    """Each rule that did not apply, in rule-set order, with the reason in words."""
+    if not plan.connection.accepted:
+        why = f"not evaluated: the client was refused by filter {plan.connection.filter}"
+        return [(r.name, why) for r in rules.rules]
+    if plan.data_reply is None:
+        return [(r.name, "not evaluated: no recipient accepted") for r in rules.rules]
+    if plan.refused is not None:
+        return [(r.name, f"not evaluated: {plan.refused}") for r in rules.rules]
+    ran = {run.index for run in plan.rules}
+    skipped = {skip.index: skip for skip in plan.skipped}
+    last_ran = max(ran, default=-1)
+    stopped = bool(plan.rules) and plan.rules[-1].stop in ("Stop", "STOP_RULE_SET")
+    out: list[tuple[str, str]] = []
+    for rule in rules.rules:
+        if rule.index in ran:
+            continue
+        if not rule.enabled:
+            reason = "disabled"
+        elif rule.index in skipped:
+            reason = skipped[rule.index].reason
+        elif stopped and rule.index > last_ran:
+            reason = "not evaluated: evaluation stopped"
+        else:
+            reason = "no accepted recipient matches"
+        out.append((rule.name, reason))
+    return out
 
 
 def _describe_action(receipt: dict[str, object], disposition: str | None) -> str:
@@ -76,9 +107,7 @@ def plan_trace(plan: Plan, rules: CompiledRuleSet) -> str:
         return "\n".join(lines)
     lines.append("rules:")
     ran = {run.index: run for run in plan.rules}
-    skipped = {skip.index: skip for skip in plan.skipped}
-    last_ran = max(ran, default=-1)
-    stopped = bool(plan.rules) and plan.rules[-1].stop in ("Stop", "STOP_RULE_SET")
+    reasons = dict(skip_reasons(plan, rules))
     for rule in rules.rules:
         head = f"  {rule.index + 1:>3}. {rule.name}:"
         if rule.index in ran:
@@ -89,14 +118,10 @@ def plan_trace(plan: Plan, rules: CompiledRuleSet) -> str:
             )
             if run.stop:
                 lines.append(f"         stop: {run.stop}")
-        elif not rule.enabled:
-            lines.append(f"{head} skipped: disabled")
-        elif rule.index in skipped:
-            lines.append(f"{head} skipped: {skipped[rule.index].reason}")
-        elif stopped and rule.index > last_ran:
-            lines.append(f"{head} not evaluated: evaluation stopped")
         else:
-            lines.append(f"{head} skipped: no accepted recipient matches")
+            reason = reasons[rule.name]
+            prefix = "" if reason.startswith("not evaluated") else "skipped: "
+            lines.append(f"{head} {prefix}{reason}")
     if plan.session_bounce is not None:
         name, index = plan.session_bounce
         lines.append(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from inbound.app import ServeSettings, build_scanners
 from inbound.core.envelope import Connection, Envelope
+from inbound.core.ports import MessageSource
 from inbound.core.verdicts import Verdicts
-from inbound.message.source import FileSource
 from inbound.rules.compiled import CompiledRuleSet
 from inbound.rules.evaluate import check_recipient, scanning_enabled
 from inbound.scan.run import Scanners
@@ -27,9 +27,27 @@ def add_scan_flags(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="answer DNS from this zone file instead of the network",
     )
-    group.add_argument("--scan-timeout", type=float, default=30.0, metavar="SECONDS")
-    group.add_argument("--dns-timeout", type=float, default=5.0, metavar="SECONDS")
-    group.add_argument("--spam-gray-band", type=float, default=2.0, metavar="POINTS")
+    group.add_argument(
+        "--scan-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="longest wait for clamd or spamd (then PROCESSING_FAILED)",
+    )
+    group.add_argument(
+        "--dns-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="longest wait for one DNS answer (SPF, DKIM, DMARC)",
+    )
+    group.add_argument(
+        "--spam-gray-band",
+        type=float,
+        default=2.0,
+        metavar="POINTS",
+        help="scores this far below spamd's threshold are GRAY, not PASS",
+    )
 
 
 def scanners_from(args: argparse.Namespace) -> Scanners:
@@ -49,7 +67,7 @@ def scanners_from(args: argparse.Namespace) -> Scanners:
 def measure(
     scanners: Scanners,
     rules: CompiledRuleSet,
-    eml: Path,
+    source: MessageSource,
     connection: Connection,
     envelope: Envelope,
 ) -> Verdicts:
@@ -63,7 +81,7 @@ def measure(
 
     async def run() -> Verdicts:
         outcome = await scanners.scan(
-            FileSource(eml), scanning=scanning, connection=connection, envelope=envelope
+            source, scanning=scanning, connection=connection, envelope=envelope
         )
         return outcome.verdicts
 

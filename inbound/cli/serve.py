@@ -20,6 +20,7 @@ from typing import Any
 
 from inbound.app import Receiver, ServeSettings
 from inbound.cli.args import add_domain_flag, pairs
+from inbound.cli.args import parse_size as _size
 from inbound.core.errors import InputError
 from inbound.core.message import MAX_MIME_DEPTH, MimeLimits
 from inbound.datadir import restrict_umask
@@ -34,7 +35,6 @@ from inbound.workers import Supervisor, WorkerArgs, run_worker
 _DEFAULTS = ReceiverLimits()
 _MAX_WORKERS = 64
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
-_SIZE = re.compile(r"(\d+)([kKmMgG]?)[bB]?")
 
 
 def _host_port(flag: str, value: str) -> tuple[str, int]:
@@ -52,17 +52,15 @@ def _duration(flag: str, value: str) -> float:
     return float(match.group(1)) * unit
 
 
-def _size(flag: str, value: str) -> int:
-    match = _SIZE.fullmatch(value.strip())
-    if not match:
-        raise InputError(f"{flag} {value!r}: expected a size like 40MB or 512k")
-    unit = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2).lower()]
-    return int(match.group(1)) * unit
-
-
 def add_parser(commands: Any) -> None:
     p = commands.add_parser("serve", help="run the SMTP receiver")
-    p.add_argument("--rules", type=Path, required=True)
+    p.add_argument(
+        "--rules",
+        type=Path,
+        required=True,
+        metavar="RULES",
+        help="the rule file; SIGHUP reloads it",
+    )
     p.add_argument(
         "--listen",
         default="127.0.0.1:2525",
@@ -89,14 +87,21 @@ def add_parser(commands: Any) -> None:
         help="json: one JSON object per line (default); text: time, level, event and "
         "key=value fields, for a terminal",
     )
-    p.add_argument("--tls-cert", type=Path, metavar="FILE")
-    p.add_argument("--tls-key", type=Path, metavar="FILE")
+    p.add_argument(
+        "--tls-cert", type=Path, metavar="FILE", help="offer STARTTLS with this PEM certificate"
+    )
+    p.add_argument("--tls-key", type=Path, metavar="FILE", help="its PEM private key")
     p.add_argument(
         "--tls-self-signed",
         action="store_true",
         help="offer STARTTLS with a generated certificate (development only)",
     )
-    p.add_argument("--targets", choices=["local", "aws"], default="local")
+    p.add_argument(
+        "--targets",
+        choices=["local", "aws"],
+        default="local",
+        help="where actions deliver: files under --data-dir, or AWS (S3, SNS, Lambda)",
+    )
     p.add_argument(
         "--lambda",
         dest="lambdas",
@@ -136,7 +141,7 @@ def add_parser(commands: Any) -> None:
         type=float,
         default=2.0,
         metavar="POINTS",
-        help="scores this far below spamd's threshold are GRAY, not PASS (2.0)",
+        help="scores this far below spamd's threshold are GRAY, not PASS",
     )
     scan.add_argument(
         "--dns-timeout",
@@ -153,20 +158,57 @@ def add_parser(commands: Any) -> None:
         help="answer DNS from this zone file instead of the network (testing)",
     )
     limits = p.add_argument_group("limits")
-    limits.add_argument("--max-message-size", default="40MB", metavar="SIZE")
+    limits.add_argument(
+        "--max-message-size",
+        default="40MB",
+        metavar="SIZE",
+        help="advertised in SIZE; larger gets 552 5.3.4",
+    )
     limits.add_argument(
         "--max-header-size",
         default="1MB",
         metavar="SIZE",
         help="largest header block (up to the first empty line); larger gets 552 5.3.4",
     )
-    limits.add_argument("--max-recipients", type=int, default=_DEFAULTS.max_recipients)
-    limits.add_argument("--max-line-length", type=int, default=_DEFAULTS.max_line_length)
-    limits.add_argument("--command-timeout", default="5m", metavar="DURATION")
-    limits.add_argument("--data-timeout", default="10m", metavar="DURATION")
-    limits.add_argument("--max-connections", type=int, default=_DEFAULTS.max_connections)
     limits.add_argument(
-        "--max-connections-per-ip", type=int, default=_DEFAULTS.max_connections_per_ip
+        "--max-recipients",
+        type=int,
+        default=_DEFAULTS.max_recipients,
+        metavar="N",
+        help="recipients per message; more get 452 4.5.3",
+    )
+    limits.add_argument(
+        "--max-line-length",
+        type=int,
+        default=_DEFAULTS.max_line_length,
+        metavar="OCTETS",
+        help="longest line, CRLF included; longer gets 500 5.5.2",
+    )
+    limits.add_argument(
+        "--command-timeout",
+        default="5m",
+        metavar="DURATION",
+        help="how long the client may take to send a command",
+    )
+    limits.add_argument(
+        "--data-timeout",
+        default="10m",
+        metavar="DURATION",
+        help="how long DATA may stay silent",
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=int,
+        default=_DEFAULTS.max_connections,
+        metavar="N",
+        help="connections at once; more get 421 4.7.0",
+    )
+    limits.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        default=_DEFAULTS.max_connections_per_ip,
+        metavar="N",
+        help="connections at once from one address; more get 421 4.7.0",
     )
     limits.add_argument(
         "--max-junk-commands",
@@ -174,13 +216,13 @@ def add_parser(commands: Any) -> None:
         default=_DEFAULTS.max_junk_commands,
         metavar="N",
         help="commands that do not advance a transaction (NOOP, RSET, a refused RCPT...) "
-        "before 421 4.7.0 (100)",
+        "before 421 4.7.0",
     )
     limits.add_argument(
         "--max-session-time",
         default="30m",
         metavar="DURATION",
-        help="the longest a connection may last, then 421 4.4.2 (30m)",
+        help="the longest a connection may last, then 421 4.4.2",
     )
     limits.add_argument(
         "--max-mime-parts",
@@ -225,10 +267,13 @@ def add_parser(commands: Any) -> None:
 
 def settings_from(args: argparse.Namespace) -> ServeSettings:
     host, port = _host_port("--listen", args.listen)
+    if args.tls_self_signed and (args.tls_cert is not None or args.tls_key is not None):
+        raise InputError(
+            "--tls-self-signed and --tls-cert/--tls-key exclude each other: give a certificate "
+            "and its key, or --tls-self-signed for development"
+        )
     if (args.tls_cert is None) != (args.tls_key is None):
         raise InputError("--tls-cert and --tls-key go together: give both, or neither")
-    if args.tls_cert is not None and args.tls_self_signed:
-        raise InputError("--tls-self-signed makes its own certificate: drop --tls-cert/--tls-key")
     relay = parse_relay(args.relay) if args.relay else None
     lambdas = pairs("--lambda", args.lambdas)
     metrics = _host_port("--metrics", args.metrics) if args.metrics else None

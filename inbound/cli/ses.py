@@ -35,13 +35,13 @@ def add_parser(commands: Any) -> None:
     sub = parser.add_subparsers(dest="ses_command", required=True, metavar="SUBCOMMAND")
 
     export = sub.add_parser("export", help="print the SES JSON of a rule file")
-    export.add_argument("rules", type=Path, metavar="RULES")
+    export.add_argument("rules", type=Path, metavar="RULES", help="the rule file")
     export.add_argument("--lower-extensions", metavar="GUARD_FUNCTION_ARN", help=LOWER_HELP)
     export.set_defaults(run=run_export)
 
     imp = sub.add_parser("import", help="print the YAML of a live SES rule set")
     which = imp.add_mutually_exclusive_group(required=True)
-    which.add_argument("--rule-set", metavar="NAME")
+    which.add_argument("--rule-set", metavar="NAME", help="the rule set of this name")
     which.add_argument("--active", action="store_true", help="the active rule set")
     imp.add_argument("--no-filters", action="store_true", help="leave out the account's IP filters")
     add_domain_flag(imp)
@@ -52,7 +52,7 @@ def add_parser(commands: Any) -> None:
         ("apply", run_apply, "make the live rule set equal to RULES, then activate it"),
     ):
         cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("rules", type=Path, metavar="RULES")
+        cmd.add_argument("rules", type=Path, metavar="RULES", help="the rule file")
         cmd.add_argument("--rule-set", metavar="NAME", help="default: the rule file's name")
         cmd.add_argument("--lower-extensions", metavar="GUARD_FUNCTION_ARN", help=LOWER_HELP)
         cmd.add_argument(

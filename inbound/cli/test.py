@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from inbound.cli.args import add_data_limit_flags, data_limits
 from inbound.cli.scanning import add_scan_flags, measure, scanners_from
 from inbound.core.ids import MessageIdGenerator
 from inbound.core.verdicts import Verdicts
+from inbound.message.source import BytesSource
 from inbound.scan.run import Scanners
 from inbound.testing.run import LoadedCase, TestFileError, discover, load_files, run_case
 
@@ -25,6 +27,7 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print only failures")
     add_scan_flags(parser)
+    add_data_limit_flags(parser)
     parser.set_defaults(run=run)
 
 
@@ -34,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         print("inbound test: no test files (*.test.yaml) found", file=sys.stderr)
         return 2
     try:
-        files = load_files(paths)
+        files = load_files(paths, data_limits(args))
     except TestFileError as exc:
         for line in [*map(str, exc.issues), *exc.inputs]:
             print(line, file=sys.stderr)
@@ -47,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     def measured(case: LoadedCase) -> Verdicts:
         if not scanners:
             scanners.append(scanners_from(args))
-        return measure(scanners[0], case.rules, case.eml, case.connection, case.envelope)
+        source = BytesSource(case.received.data)
+        return measure(scanners[0], case.rules, source, case.connection, case.envelope)
 
     passed = failed = 0
     for loaded in files:
@@ -62,6 +66,6 @@ def run(args: argparse.Namespace) -> int:
                 failed += 1
                 print(f"  FAIL  {result.name}")
                 for failure in result.failures:
-                    print(f"          {failure}")
+                    print(failure)  # FILE:LINE: case: key: what differed (editors jump to it)
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0

@@ -46,6 +46,16 @@ def _check_cidr(value: str) -> IPv4Network | IPv6Network:
         raise ValueError(f"{value!r} is not a valid IP address or CIDR range") from None
 
 
+def network_meant(cidr: str) -> str | None:
+    """The network a CIDR with host bits set stands for (`10.0.0.1/8` -> `10.0.0.0/8`), or
+    None when it has none: such a range is valid (SES reads it so) but rarely what was meant."""
+    try:
+        ip_network(cidr)
+    except ValueError:
+        return str(ip_network(cidr, strict=False))  # valid: the model read it already
+    return None
+
+
 def _check_reply_code(value: str) -> str:
     if not _REPLY_CODE.fullmatch(value):
         raise ValueError(f"{value!r} is not a 4xx or 5xx SMTP reply code (RFC 5321 §4.2)")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from inbound.config.yamlerrors import syntax_issue
 from inbound.core.errors import ConfigError, ConfigIssue
 
 Path_ = tuple[str | int, ...]
@@ -182,12 +183,7 @@ def parse_yaml(text: str, file: str) -> tuple[object, SourceMap, list[ConfigIssu
     try:
         documents = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise ConfigError(
-            [ConfigIssue(file, line, column, "", f"invalid YAML: {problem}")]
-        ) from exc
+        raise ConfigError([syntax_issue(exc, file)]) from exc
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigIssue(file, 1, 1, "", f"invalid YAML: {exc}")]) from exc
     if len(documents) > 1:

@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
+from inbound.config.fields import network_meant
 from inbound.config.yamlsource import Path_, SourceMap, format_path, load_yaml, parse_yaml
 from inbound.core.errors import ConfigError, ConfigIssue, InputError, Severity
 from inbound.rules import ses_json
@@ -82,7 +83,8 @@ def parse_rule_set(text: str, file: str, *, extra_domains: Sequence[str] = ()) -
         ]
     if errors:
         raise ConfigError(errors)
-    return LoadedRuleSet(rule_set, sorted(_warnings(rule_set, source)), source)
+    warnings = [*_warnings(rule_set, source), *_host_bits(data, source)]
+    return LoadedRuleSet(rule_set, sorted(warnings), source)
 
 
 def _load_json(text: str, file: str) -> tuple[object, SourceMap]:
@@ -138,7 +140,10 @@ def _issue(model: type[BaseModel], data: object, source: SourceMap, err: Any) ->
     if kind == "union_tag_invalid":
         tag = str(err["ctx"]["tag"])
         tags = [t.strip(" '") for t in str(err["ctx"]["expected_tags"]).split(",")]
-        message = f"unknown action type {tag!r}{_did_you_mean(tag, tags)}"
+        message = (
+            f"unknown action type {tag!r}{_did_you_mean(tag, tags)}; "
+            f"the types are {', '.join(sorted(tags))}"
+        )
         return source.issue((*path, "type"), message)
     if kind == "union_tag_not_found":
         return source.issue(path, "missing required key 'type'")
@@ -240,8 +245,11 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...], data: object) ->
 
 
 def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    by_lower = {c.lower(): c for c in candidates}
+    # difflib's ratio for one wrong character in a short word ('s4' for 's3') is 0.5.
+    cutoff = 0.5 if len(word) <= 3 else 0.6
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=cutoff)
+    return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
 
 
 def _duplicate_names(data: object, source: SourceMap) -> Iterable[ConfigIssue]:
@@ -295,6 +303,39 @@ def _warnings(rule_set: RuleSet, source: SourceMap) -> Iterable[ConfigIssue]:
                     f"({', '.join(rule_set.domains)}): mail to it is refused with 550 5.7.1"
                 )
                 yield _warn(source, ("rules", i, "recipients", j), message)
+
+
+def _host_bits(data: object, source: SourceMap) -> Iterable[ConfigIssue]:
+    """CIDRs with host bits set, as written (the model keeps only the network they mean).
+
+    A warning, not an error: SES accepts host bits and so must a rule set exported from it;
+    but `10.0.0.1/8` is most often a typo for one address, so say what it matches."""
+    for path, cidr in _cidrs(data):
+        network = network_meant(cidr)
+        if network is not None:
+            address = cidr.partition("/")[0]
+            single = f"{address}/{128 if ':' in address else 32}"
+            message = (
+                f"{cidr!r} has host bits set: it matches the whole network {network}; "
+                f"write {network}, or {single} for the one address"
+            )
+            yield _warn(source, path, message)
+
+
+def _cidrs(data: object) -> Iterable[tuple[Path_, str]]:
+    """Every `filters[].cidr` and `client_ip` condition in the (valid) data, with its path."""
+    assert isinstance(data, dict)
+    for i, item in enumerate(data.get("filters") or []):
+        yield ("filters", i, "cidr"), str(item["cidr"])
+    for i, rule in enumerate(data.get("rules") or []):
+        for key in ("when", "unless"):
+            cidrs = (rule.get(key) or {}).get("client_ip")
+            if isinstance(cidrs, list):
+                yield from (
+                    (("rules", i, key, "client_ip", j), str(c)) for j, c in enumerate(cidrs)
+                )
+            elif cidrs is not None:
+                yield ("rules", i, key, "client_ip"), str(cidrs)
 
 
 def _pattern_domain(pattern: str) -> str | None:

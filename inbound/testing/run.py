@@ -6,6 +6,7 @@ run in seconds.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_address
@@ -18,12 +19,12 @@ from inbound.core.ids import MessageIdGenerator
 from inbound.core.message import MessageFacts
 from inbound.core.plan import Plan
 from inbound.core.verdicts import Verdicts
-from inbound.message.read import read_facts
-from inbound.message.source import FileSource
+from inbound.receive.limits import ReceiverLimits
 from inbound.rules.compiled import CompiledRuleSet
 from inbound.rules.evaluate import evaluate, results_by_function
 from inbound.rules.load import load_rule_set, read_text, validate
 from inbound.testing.model import Case, Expect, TestFile
+from inbound.testing.received import ReceivedMessage, receive_file, refuse_as_serve
 
 TEST_FILE_SUFFIXES = (".test.yaml", ".test.yml")
 
@@ -36,6 +37,28 @@ class LoadedCase:
     connection: Connection
     envelope: Envelope
     eml: Path
+    received: ReceivedMessage
+    # Where the case is written, so a failure names FILE:LINE of what it expected.
+    source: SourceMap
+    index: int
+
+    def line_of(self, key: str) -> int:
+        """The line of `expect.KEY` (of the case, if it has no such key)."""
+        return self.source.key_at(("cases", self.index, "expect", key)).line
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One expectation that did not hold: its `expect` key, what differed, and its line."""
+
+    file: str
+    line: int
+    case: str
+    key: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.case}: {self.key}: {self.text}"
 
 
 @dataclass(frozen=True)
@@ -47,7 +70,7 @@ class LoadedFile:
 @dataclass(frozen=True)
 class CaseResult:
     name: str
-    failures: list[str]
+    failures: list[Failure]
     plan: Plan
 
     @property
@@ -58,7 +81,8 @@ class CaseResult:
 @dataclass
 class _Cache:
     rules: dict[tuple[Path, tuple[str, ...]], CompiledRuleSet] = field(default_factory=dict)
-    messages: dict[Path, MessageFacts] = field(default_factory=dict)
+    messages: dict[Path, ReceivedMessage] = field(default_factory=dict)
+    limits: ReceiverLimits = field(default_factory=ReceiverLimits)
 
 
 def discover(paths: Sequence[Path]) -> list[Path]:
@@ -72,19 +96,10 @@ def discover(paths: Sequence[Path]) -> list[Path]:
     return found
 
 
-def read_message(path: Path) -> MessageFacts:
-    """The facts of an .eml file, read as the receiver reads a spooled message (same limits)."""
-    try:
-        return read_facts(FileSource(path), "everything")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
-
-
-def load_files(paths: Sequence[Path]) -> list[LoadedFile]:
-    """Load every test file, its rules and its messages; raise with every problem found."""
-    cache = _Cache()
+def load_files(paths: Sequence[Path], limits: ReceiverLimits | None = None) -> list[LoadedFile]:
+    """Load every test file, its rules and its messages (each read as `inbound serve` with
+    these DATA limits would receive it); raise with every problem found."""
+    cache = _Cache(limits=limits or ReceiverLimits())
     loaded: list[LoadedFile] = []
     issues: list[ConfigIssue] = []
     inputs: list[str] = []
@@ -127,6 +142,7 @@ def _load_file(path: Path, cache: _Cache, issues: list[ConfigIssue]) -> LoadedFi
         if case.name in names:
             issues.append(source.issue(("cases", i, "name"), f"duplicate case name {case.name!r}"))
         names.add(case.name)
+        issues.extend(_unknown_rule_names(case, i, rules, source))
         loaded = _load_case(case, i, base, rules, cache, source, issues)
         if loaded is not None:
             cases.append(loaded)
@@ -145,7 +161,7 @@ def _load_case(  # noqa: PLR0917 - private helper of _load_file, called once
     eml = (base / case.eml).resolve()
     if eml not in cache.messages:
         try:
-            cache.messages[eml] = read_message(eml)
+            cache.messages[eml] = receive_file(eml, cache.limits)
         except InputError as exc:
             issues.append(source.issue(("cases", i, "eml"), str(exc)))
             return None
@@ -154,7 +170,8 @@ def _load_case(  # noqa: PLR0917 - private helper of _load_file, called once
     except ValueError:
         issues.append(source.issue(("cases", i, "client_ip"), f"{case.client_ip!r} is not an IP"))
         return None
-    message = cache.messages[eml]
+    received = cache.messages[eml]
+    message = received.facts
     mail_from = case.mail_from if case.mail_from is not None else default_sender(message)
     return LoadedCase(
         case,
@@ -163,7 +180,25 @@ def _load_case(  # noqa: PLR0917 - private helper of _load_file, called once
         Connection(client_ip, case.helo, case.tls),
         Envelope(mail_from, tuple(case.rcpt)),
         eml,
+        received,
+        source,
+        i,
     )
+
+
+def _unknown_rule_names(
+    case: Case, i: int, rules: CompiledRuleSet, source: SourceMap
+) -> Iterable[ConfigIssue]:
+    """A rule name in `expect.rules`/`not_rules` that the rule set does not have is a mistake
+    in the test file (a `not_rules` typo would pass for ever), reported as such: exit 2."""
+    names = [rule.name for rule in rules.rules]
+    for key in ("rules", "not_rules"):
+        for j, name in enumerate(getattr(case.expect, key) or []):
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                message = f"no rule {name!r} in the rule set{hint}"
+                yield source.issue(("cases", i, "expect", key, j), message)
 
 
 def default_sender(message: MessageFacts) -> str:
@@ -189,7 +224,12 @@ def run_case(
         verdicts=case.verdicts.to_verdicts(measured),
         lambda_results=results_by_function(case.lambda_),
     )
-    return CaseResult(case.name, list(check_expectations(case.expect, plan)), plan)
+    plan = refuse_as_serve(plan, loaded.received)
+    failures = [
+        Failure(loaded.source.file, loaded.line_of(key), case.name, key, text)
+        for key, text in check_expectations(case.expect, plan)
+    ]
+    return CaseResult(case.name, failures, plan)
 
 
 def _reply_matches(expected: str, code: int, status: str) -> bool:
@@ -197,35 +237,35 @@ def _reply_matches(expected: str, code: int, status: str) -> bool:
     return int(want_code) == code and (not want_status or want_status == status)
 
 
-def check_expectations(expect: Expect, plan: Plan) -> Iterable[str]:
-    """One line per expectation that failed, saying what was expected and what was seen."""
+def check_expectations(expect: Expect, plan: Plan) -> Iterable[tuple[str, str]]:
+    """Each expectation that failed: its key, and what was expected and what was seen."""
     if expect.outcome is not None and expect.outcome != plan.outcome:
-        yield f"outcome: expected {expect.outcome}, saw {plan.outcome}"
+        yield "outcome", f"expected {expect.outcome}, saw {plan.outcome}"
     if "data_reply" in expect.model_fields_set:
         seen = plan.data_reply
         if expect.data_reply is None:
             if seen is not None:
-                yield f"data_reply: expected none, saw {seen}"
+                yield "data_reply", f"expected none, saw {seen}"
         elif seen is None or not _reply_matches(expect.data_reply, seen.code, seen.status):
             shown = seen or "none (no recipient accepted)"
-            yield f"data_reply: expected {expect.data_reply}, saw {shown}"
+            yield "data_reply", f"expected {expect.data_reply}, saw {shown}"
     ran = [run.name for run in plan.rules]
     if expect.rules is not None and expect.rules != ran:
-        yield f"rules: expected {_list(expect.rules)}, saw {_list(ran)}"
+        yield "rules", f"expected {_list(expect.rules)}, saw {_list(ran)}"
     if expect.not_rules is not None:
         unwanted = [name for name in expect.not_rules if name in ran]
         if unwanted:
-            yield f"not_rules: {_list(unwanted)} matched (saw {_list(ran)})"
+            yield "not_rules", f"{_list(unwanted)} matched (saw {_list(ran)})"
     if expect.actions is not None:
         types = [step.action.receipt_type for run in plan.rules for step in run.actions]
         if expect.actions != types:
-            yield f"actions: expected {_list(expect.actions)}, saw {_list(types)}"
+            yield "actions", f"expected {_list(expect.actions)}, saw {_list(types)}"
     for address, wanted in (expect.recipients or {}).items():
         decision = next((r for r in plan.recipients if r.address.lower() == address.lower()), None)
         if decision is None:
-            yield f"recipients: {address} was not in the envelope"
+            yield "recipients", f"{address} was not in the envelope"
         elif not _reply_matches(wanted, decision.reply.code, decision.reply.status):
-            yield f"recipients: {address} expected {wanted}, saw {decision.reply}"
+            yield "recipients", f"{address} expected {wanted}, saw {decision.reply}"
 
 
 def _list(items: Sequence[str]) -> str:

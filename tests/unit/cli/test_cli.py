@@ -36,7 +36,7 @@ def _at_root(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
 
 
-def test_evaluate_json_has_exactly_the_spec_keys(capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_json_has_the_spec_keys_then_skipped(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(
         [
             "evaluate",
@@ -64,6 +64,7 @@ def test_evaluate_json_has_exactly_the_spec_keys(capsys: pytest.CaptureFixture[s
         "dmarc_policy",
         "rules",
         "outcome",
+        "skipped",
     ]
     assert len(out["message_id"]) == 40
     assert out["connection"] == {
@@ -118,6 +119,12 @@ def test_evaluate_json_has_exactly_the_spec_keys(capsys: pytest.CaptureFixture[s
         "invocationType": "RequestResponse",
     }
     assert out["outcome"] == "accepted"
+    assert out["skipped"] == [
+        {"name": "drop-viruses", "reason": "when virus does not hold (saw virus=GRAY)"},
+        {"name": "invoices", "reason": "not evaluated: evaluation stopped"},
+        {"name": "catch-all", "reason": "not evaluated: evaluation stopped"},
+        {"name": "old-archive", "reason": "disabled"},
+    ]
 
 
 def test_evaluate_filter_refusal_in_json(capsys: pytest.CaptureFixture[str]) -> None:
@@ -289,13 +296,15 @@ def test_test_command_reports_what_failed(tmp_path: Path) -> None:
     )
     result = inbound("test", str(tmp_path))
     assert result.returncode == 1
+    where = f"{tmp_path}/x.test.yaml"
     assert result.stdout.splitlines()[1:] == [
         "  FAIL  wrong expectations",
-        "          outcome: expected rejected, saw accepted",
-        "          rules: expected [catch-all], saw [support]",
-        "          actions: expected [S3], saw [AddHeader, S3, Lambda, SNS, Stop]",
-        "          recipients: nobody@example.net expected 250, saw 550 5.7.1 Recipient address "
-        "rejected: relay access denied",
+        f"{where}:7: wrong expectations: outcome: expected rejected, saw accepted",
+        f"{where}:8: wrong expectations: rules: expected [catch-all], saw [support]",
+        f"{where}:9: wrong expectations: actions: expected [S3], "
+        "saw [AddHeader, S3, Lambda, SNS, Stop]",
+        f"{where}:10: wrong expectations: recipients: nobody@example.net expected 250, "
+        "saw 550 5.7.1 Recipient address rejected: relay access denied",
         "  PASS  right expectations",
         "1 passed, 1 failed",
     ]
