@@ -37,10 +37,7 @@ def options(parser: argparse.ArgumentParser) -> Iterator[argparse.Action]:
             yield action
 
 
-COMMANDS = [
-    (name, parser)
-    for name, parser in commands(build_parser(), "inbound")
-]
+COMMANDS = [(name, parser) for name, parser in commands(build_parser(), "inbound")]
 
 
 @pytest.mark.parametrize(("name", "parser"), COMMANDS, ids=[name for name, _ in COMMANDS])
