@@ -7,6 +7,7 @@ This module owns batching commits for asyncio tasks, through the spool's public 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -49,14 +50,24 @@ class GroupCommitter:
     async def commit(self, writer: SpoolWriter, meta: SpoolMeta) -> None:
         """Return once the message is durable and queued; raise what `SpoolWriter.commit` would.
 
-        The writer belongs to the committer from here on: a caller cancelled before its commit
-        starts has its writer aborted; one cancelled later may still have its message queued.
+        The writer belongs to the committer from here on. A caller cancelled (its client left
+        before the reply) will never answer 250, so its message must not stay queued: before
+        sealing starts it is aborted; once sealing has started the commit is let finish and
+        what it queued is withdrawn (a crash in between delivers it: at least once).
         """
         if self._thread is None or self._closed:
             raise SpoolError("the group committer is not running")
         done: Future[None] = Future()
         self._sealers.submit(self._seal, writer, meta, done)
-        await asyncio.wrap_future(done)
+        committed = asyncio.wrap_future(done)
+        try:
+            await asyncio.shield(committed)
+        except asyncio.CancelledError:
+            if not done.cancel():  # sealing or publishing: its outcome decides
+                with contextlib.suppress(Exception):
+                    await committed
+                    await asyncio.to_thread(self._spool.finish, writer.message_id)
+            raise
 
     async def close(self) -> None:
         """Stop taking commits, finish every one already taken, stop the threads."""

@@ -601,3 +601,30 @@ def test_group_committer_lifecycle(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     # The cancelled caller never answered 250, so its message was dropped, not queued.
     assert spool.queued() == sorted([first.message_id, third.message_id])
     assert entries(tmp_path / "tmp") == []
+
+
+def test_a_commit_cancelled_while_sealing_leaves_nothing_queued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The client left right after the final dot while its message was being fsynced: it never
+    # saw a 250 and will send again, so the message must not be delivered from here as well.
+    spool = Spool(tmp_path)
+    writer = spool.open_writer(IDS.next())
+    writer.write(b"Subject: hi\r\n\r\nbody\r\n")
+    gate = Gate(monkeypatch, tmp_path / "tmp" / writer.message_id)
+
+    async def main() -> None:
+        committer = GroupCommitter(spool)
+        committer.start()
+        task = asyncio.create_task(committer.commit(writer, make_meta(writer.message_id, writer.size)))
+        await until(gate.entered.is_set, "sealing has started")
+        task.cancel()
+        await asyncio.sleep(0.05)
+        gate.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await committer.close()
+
+    asyncio.run(main())
+    assert spool.queued() == []
+    assert Spool(tmp_path).recover() == 0
