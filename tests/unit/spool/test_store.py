@@ -616,7 +616,9 @@ def test_a_commit_cancelled_while_sealing_leaves_nothing_queued(
     async def main() -> None:
         committer = GroupCommitter(spool)
         committer.start()
-        task = asyncio.create_task(committer.commit(writer, make_meta(writer.message_id, writer.size)))
+        task = asyncio.create_task(
+            committer.commit(writer, make_meta(writer.message_id, writer.size))
+        )
         await until(gate.entered.is_set, "sealing has started")
         task.cancel()
         await asyncio.sleep(0.05)
