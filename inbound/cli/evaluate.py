@@ -83,7 +83,7 @@ def add_parser(commands: Any) -> None:
         action="store_true",
         help="measure the verdicts with the scanners below instead of assuming them",
     )
-    add_scan_flags(parser)
+    add_scan_flags(parser, "scanning (with --scan)")
     add_data_limit_flags(parser)
     parser.set_defaults(run=run)
 

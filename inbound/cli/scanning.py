@@ -15,8 +15,8 @@ from inbound.rules.evaluate import check_recipient, scanning_enabled
 from inbound.scan.run import Scanners
 
 
-def add_scan_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("scanning (with --scan, or cases with scan: true)")
+def add_scan_flags(parser: argparse.ArgumentParser, title: str) -> None:
+    group = parser.add_argument_group(title)
     group.add_argument("--clamd", metavar="ADDR", help="ClamAV clamd (host:port or socket)")
     group.add_argument("--spamd", metavar="ADDR", help="SpamAssassin spamd (host:port)")
     group.add_argument(

@@ -254,7 +254,7 @@ def add_parser(commands: Any) -> None:
         "--retry-delay",
         default="60s",
         metavar="DURATION",
-        help="first retry delay; doubles up to an hour",
+        help="first retry delay; doubles up to --max-retry-delay",
     )
     limits.add_argument(
         "--max-retry-delay",

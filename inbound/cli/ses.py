@@ -31,7 +31,9 @@ LOWER_HELP = (
 
 
 def add_parser(commands: Any) -> None:
-    parser = commands.add_parser("ses", help="export, import, plan or apply an SES rule set")
+    parser = commands.add_parser(
+        "ses", help="export, import, plan or apply an SES rule set; consume notifications from SQS"
+    )
     sub = parser.add_subparsers(dest="ses_command", required=True, metavar="SUBCOMMAND")
 
     export = sub.add_parser("export", help="print the SES JSON of a rule file")

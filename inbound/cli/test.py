@@ -26,7 +26,7 @@ def add_parser(commands: Any) -> None:
         help="test files or directories (default: the current directory)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print only failures")
-    add_scan_flags(parser)
+    add_scan_flags(parser, "scanning (for cases with scan: true)")
     add_data_limit_flags(parser)
     parser.set_defaults(run=run)
 

@@ -110,7 +110,8 @@ def pending_steps(walk: Evaluation, ledger: Ledger) -> list[PendingStep]:
     """What `run_message` would run next, in order, without running anything: the walk takes
     the recorded outcomes as a retry does; a step not yet succeeded is assumed to continue (a
     Lambda's answer is not known before it runs, so the steps after it depend on it). Pure
-    steps (add_header, stop) are re-applied on every attempt, never recorded: not listed."""
+    steps (add_header) are re-applied on every attempt, never recorded: not listed; `stop` is
+    recorded like any action (it may publish to its topic), and listed."""
     pending: list[PendingStep] = []
     unknown: Step | None = None
     if walk.refused is not None:
