@@ -70,7 +70,23 @@ class FileBatchWriter:
     def write_batch(self, batch: Sequence[tuple[Path, bytes]]) -> list[Exception | None]:
         """Write each `(path, content)`; one error (an `OSError`) or None per file, in order.
         A file with None is durable under its name; one with an error may be missing, or be
-        its previous version, never a part of the new one."""
+        its previous version, never a part of the new one. A path given twice is written
+        twice, in order (the second time in a batch of its own: they share a temporary file)."""
+        seen: set[Path] = set()
+        first: list[int] = []
+        again: list[int] = []
+        for i, (path, _) in enumerate(batch):
+            (again if path in seen else first).append(i)
+            seen.add(path)
+        if not again:
+            return self._write_unique(batch)
+        errors: list[Exception | None] = [None] * len(batch)
+        for which in (first, again):
+            for i, error in zip(which, self.write_batch([batch[i] for i in which]), strict=True):
+                errors[i] = error
+        return errors
+
+    def _write_unique(self, batch: Sequence[tuple[Path, bytes]]) -> list[Exception | None]:
         errors: list[Exception | None] = [None] * len(batch)
         written: list[tuple[int, int]] = []  # (index, descriptor of its temporary file)
         try:
