@@ -21,6 +21,7 @@ import errno
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 from inbound.datadir import fsync_dir, make_dirs, open_fd
 
@@ -59,10 +60,11 @@ def make_dirs_synced(directory: Path) -> None:
 
 
 class FileBatchWriter:
-    """Writes batches of whole files durably; run by one thread at a time."""
+    """Writes batches of whole files durably; run by one thread at a time. `syncfs`: the
+    call that syncs a file system (None: fsync each file; default: the C library's)."""
 
-    def __init__(self, *, syncfs: Callable[[int], None] | None = _SYNCFS) -> None:
-        self._syncfs = syncfs
+    def __init__(self, *, syncfs: Callable[[int], None] | Literal["libc"] | None = "libc") -> None:
+        self._syncfs = _SYNCFS if syncfs == "libc" else syncfs
         # Folders made (and synced) already: no `stat` of every parent for every file. One
         # removed behind our back is made again when creating a file in it fails.
         self._made: set[Path] = set()
