@@ -70,6 +70,11 @@ class Dispatcher:
         self.sns_oversize = sns_oversize
         self.clock = clock
         self._loads: Batcher[str, Loaded] = Batcher("dispatch-load", self._load_many)
+        # States saved before an action runs (a success earlier in the message must not be
+        # repeated), for every message running: one thread, one hop per batch.
+        self._states: Batcher[tuple[str, DispatchState], None] = Batcher(
+            "dispatch-state", self._save_many
+        )
 
     def load(self, message_id: str) -> Loaded:
         """Read a queued message for an attempt (blocks on the disk)."""
@@ -87,6 +92,20 @@ class Dispatcher:
             except Exception as exc:  # that attempt fails, and no other
                 loaded.append(exc)
         return loaded
+
+    def _save_many(self, saves: Sequence[tuple[str, DispatchState]]) -> list[Exception | None]:
+        errors: list[Exception | None] = []
+        for message_id, state in saves:
+            try:
+                self.spool.save_state(message_id, state)
+            except Exception as exc:  # that message's attempt fails, and no other
+                errors.append(exc)
+            else:
+                errors.append(None)
+        return errors
+
+    async def _save(self, message_id: str, state: DispatchState) -> None:
+        await self._states.submit((message_id, state))
 
     async def process(self, message_id: str) -> Outcome:
         """Run what is left of one message; say how it went (a `RunMessage`)."""
@@ -116,7 +135,7 @@ class Dispatcher:
             sns_max_bytes=self.sns_max_bytes,
             sns_oversize=self.sns_oversize,
         )
-        ledger = SpoolLedger(self.spool, message_id, state)
+        ledger = SpoolLedger(self.spool, message_id, state, save=self._save)
         result = await run_message(
             walk, subject, self.services, ledger, _ActionLog(message_id, self.metrics)
         )
