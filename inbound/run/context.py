@@ -91,7 +91,8 @@ def action_context(
             )
             cached = subject._mails[id(content)] = (content, made)
         # A copy: a function given the event (--lambda) may change it.
-        return _copy(cached[1])
+        copied: JsonObject = _copy(cached[1])
+        return copied
 
     def receipt(action: JsonObject) -> JsonObject:
         return receipt_object(

@@ -14,6 +14,7 @@ from inbound.core.message import MessageFacts
 from inbound.core.steps import Flow, Outcome, StepKey, StepRecord
 from inbound.core.verdicts import Verdicts
 from inbound.message import notification
+from inbound.message import parse as message_parse
 from inbound.rules.evaluate import evaluate, results_by_function
 from inbound.run.ledgers import MemoryLedger, SpoolLedger
 from inbound.run.runner import RunResult, run_message
@@ -171,7 +172,7 @@ def test_notifying_actions_parse_each_content_once_and_get_their_own_copy(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     parsed: list[bytes] = []
-    real = notification.parse_headers
+    real = message_parse.parse_headers
 
     def parse_headers(raw: bytes) -> MessageFacts:
         parsed.append(raw)
