@@ -39,8 +39,9 @@ class Batcher(Generic[T, R]):
 
     `work` returns one result per item, in order: a value, or an `Exception` instance, which
     that item's caller raises. An exception raised by `work` itself fails every item of the
-    batch. A caller cancelled while its item is in a batch does not undo the work: the work is
-    done, and nobody is told (callers treat cancellation as "may have happened")."""
+    batch. A caller cancelled before its batch starts has its item dropped; cancelled while its
+    batch runs, the work is done and nobody is told (a cancelled caller treats its item as
+    "may have happened")."""
 
     def __init__(
         self,
@@ -63,7 +64,11 @@ class Batcher(Generic[T, R]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._queue.put((item, loop, future))
-        self._ensure_thread()
+        try:
+            self._ensure_thread()
+        except BaseException:
+            future.cancel()  # no thread (no memory, a limit): the item is dropped, not done later
+            raise
         return await future
 
     def _ensure_thread(self) -> None:
@@ -93,6 +98,9 @@ class Batcher(Generic[T, R]):
 
     def _run(self) -> None:
         while (jobs := self._take()) is not None:
+            # A caller cancelled before its batch ran (or whose thread could not be started)
+            # is not waiting: its item is dropped, as if it had been cancelled a moment sooner.
+            jobs = [job for job in jobs if not job[2].done()]
             if not jobs:
                 continue
             items = [item for item, _, _ in jobs]

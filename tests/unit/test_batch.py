@@ -96,7 +96,7 @@ def test_work_that_raises_fails_its_whole_batch_and_the_thread_goes_on() -> None
     run(test)
 
 
-def test_a_cancelled_caller_does_not_undo_the_work_nor_disturb_the_others() -> None:
+def test_a_caller_cancelled_before_its_batch_is_dropped_and_the_others_are_not_disturbed() -> None:
     gate = Gate()
     batcher: Batcher[int, int] = Batcher("test-batch", gate)
 
@@ -107,6 +107,7 @@ def test_a_cancelled_caller_does_not_undo_the_work_nor_disturb_the_others() -> N
         third = asyncio.create_task(batcher.submit(3))
         await asyncio.sleep(0.01)
         second.cancel()
+        await asyncio.sleep(0.01)
         gate.release.set()
         assert await first == 10
         assert await third == 30
@@ -114,7 +115,29 @@ def test_a_cancelled_caller_does_not_undo_the_work_nor_disturb_the_others() -> N
             await second
 
     run(test)
-    assert gate.batches == [[1], [2, 3]]  # the cancelled item's work was still done
+    assert gate.batches == [[1], [3]]
+
+
+def test_no_thread_for_a_batch_fails_the_caller_and_its_item_is_never_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gate = Gate()
+    gate.release.set()
+    batcher: Batcher[int, int] = Batcher("test-batch", gate)
+    real_start = threading.Thread.start
+
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    async def test() -> None:
+        monkeypatch.setattr(threading.Thread, "start", no_thread)
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            await batcher.submit(1)
+        monkeypatch.setattr(threading.Thread, "start", real_start)
+        assert await batcher.submit(2) == 20
+
+    run(test)
+    assert gate.batches == [[2]]
 
 
 def test_an_idle_thread_ends_and_the_next_submit_starts_another() -> None:
