@@ -112,6 +112,8 @@ def clients() -> Iterator[list[Wire]]:
 
 
 class Transcript:
+    """What a case sent and received, in the scripts' own notation, for its failure report."""
+
     def __init__(self) -> None:
         self.lines: list[str] = []
 
