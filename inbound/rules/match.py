@@ -34,7 +34,7 @@ def parent_domains(domain: str) -> Iterable[str]:
     """`a.b.example.com` -> `b.example.com`, `example.com`, `com` (proper suffixes)."""
     rest = domain
     while "." in rest:
-        rest = rest.split(".", 1)[1]
+        rest = rest.partition(".")[2]
         yield rest
 
 
@@ -120,19 +120,39 @@ class RecipientIndex:
         parts = split_address(address)
         if parts is None:
             return ()
-        local, domain = parts
-        found: set[int] = set(self.catch_all)
+        return self.rules_at(*parts)
+
+    def rules_at(self, local: str, domain: str) -> tuple[int, ...]:
+        """`rules_for` an address already split by `split_address`."""
+        # Each bucket is ascending without repeats (built in rule order), so the usual answer,
+        # one bucket, is returned as it is; only several are merged.
         full = f"{local}@{domain}"
-        found.update(self.addresses.get(full, ()))
-        for form in local_forms(local):
-            found.update(self.addresses.get(f"{form}@{domain}", ()))
-        found.update(self.domains.get(domain, ()))
-        for parent in parent_domains(domain):
-            found.update(self.subdomains.get(parent, ()))
-        for regex, position in self.scanned:
-            if position not in found and regex.fullmatch(full):
-                found.add(position)
-        return tuple(sorted(found))
+        buckets: list[tuple[int, ...]] = []
+        if self.catch_all:
+            buckets.append(self.catch_all)
+        if (hit := self.addresses.get(full)) is not None:
+            buckets.append(hit)
+        if "+" in local:
+            for form in local_forms(local):
+                if (hit := self.addresses.get(f"{form}@{domain}")) is not None:
+                    buckets.append(hit)
+        if (hit := self.domains.get(domain)) is not None:
+            buckets.append(hit)
+        if self.subdomains:  # `parent_domains`, inline: no generator to resume
+            parent = domain
+            while "." in parent:
+                parent = parent.partition(".")[2]
+                if (hit := self.subdomains.get(parent)) is not None:
+                    buckets.append(hit)
+        if self.scanned:
+            scanned = tuple(position for regex, position in self.scanned if regex.fullmatch(full))
+            if scanned:
+                buckets.append(scanned)
+        if len(buckets) == 1:
+            return buckets[0]
+        if not buckets:
+            return ()
+        return tuple(sorted({position for bucket in buckets for position in bucket}))
 
 
 def _add(table: dict[str, list[int]], key: str, position: int) -> None:
@@ -143,4 +163,11 @@ def _add(table: dict[str, list[int]], key: str, position: int) -> None:
 
 def within_domains(domain: str, domains: frozenset[str]) -> bool:
     """A domain is ours if it is in `domains` or a subdomain of one (SPEC section 2)."""
-    return domain in domains or any(parent in domains for parent in parent_domains(domain))
+    # Inline, not through `parent_domains`: this runs for every recipient of every message.
+    rest = domain
+    while True:
+        if rest in domains:
+            return True
+        if "." not in rest:
+            return False
+        rest = rest.partition(".")[2]
