@@ -139,11 +139,11 @@ def attachments_unseen(rules: CompiledRuleSet, positions: list[int], message: Me
 
 def decide_recipients(
     rules: CompiledRuleSet, rcpt_tos: Sequence[str], *, tls: bool
-) -> tuple[tuple[RecipientDecision, ...], dict[int, list[str]]]:
+) -> tuple[tuple[RecipientDecision, ...], dict[int, tuple[str, ...]]]:
     """Each recipient's answer, a repeated accepted address counted once; and the accepted
     recipients by the position of each rule matching them, in envelope order."""
     decisions: list[RecipientDecision] = []
-    by_rule: dict[int, list[str]] = {}
+    by_rule: dict[int, tuple[str, ...]] = {}
     seen: set[str] = set()
     for address in rcpt_tos:
         decision, matched = answer_recipient(rules, address, tls=tls)
@@ -153,10 +153,9 @@ def decide_recipients(
         seen.add(key)
         decisions.append(decision)
         for position in matched:
-            if (listed := by_rule.get(position)) is None:
-                by_rule[position] = [address]
-            else:
-                listed.append(address)
+            # Tuples, as the plan lists them: most rules match one recipient of a message.
+            listed = by_rule.get(position)
+            by_rule[position] = (address,) if listed is None else (*listed, address)
     return tuple(decisions), by_rule
 
 

@@ -253,11 +253,11 @@ class Evaluation:
                         self._skips.append(RuleSkip(rule.name, position, reason))
                         continue
                 self._rule, self._steps, self._action = rule, [], 0
-                self._matched = tuple(self._by_rule[position])
+                self._matched = self._by_rule[position]
             if self._action < len(rule.actions):
                 self._waiting = Step(rule, self._action, rule.actions[self._action], self._matched)
                 return self._waiting
-            self._close(None)
+            self._close(None, False)
         return None
 
     def send(self, outcome: Outcome) -> None:
@@ -275,21 +275,22 @@ class Evaluation:
             reply = action.session_reply()
             if reply is not None:
                 self._session_bounce = (step.rule.name, step.index, reply)
-        flow = outcome.flow
-        if flow is Flow.CONTINUE and not action.stops_rule_set:
+        if action.stops_rule_set:  # whatever its outcome says
+            self._close("Stop", True)
+        elif (flow := outcome.flow) is Flow.CONTINUE:
             self._action += 1
-        elif action.stops_rule_set:
-            self._close("Stop", end=True)
         elif flow is Flow.STOP_RULE:
-            self._close("STOP_RULE")
+            self._close("STOP_RULE", False)
         else:
-            self._close("STOP_RULE_SET", end=True)
+            self._close("STOP_RULE_SET", True)
 
-    def _close(self, stop: Stop | None, *, end: bool = False) -> None:
+    def _close(self, stop: Stop | None, end: bool) -> None:
         rule = self._rule
         assert rule is not None
         self._runs.append(RuleRun(rule.name, rule.index, self._matched, tuple(self._steps), stop))
-        self._rule, self._ended = None, self._ended or end
+        self._rule = None
+        if end:
+            self._ended = True
 
     def plan(self) -> Plan:
         """The decision so far; `pending` names the step waiting for its outcome, if any."""

@@ -26,8 +26,13 @@ def split_address(address: str) -> tuple[str, str] | None:
 
 def local_forms(local: str) -> list[str]:
     """`a+x+y` -> `a+x`, `a`: the addresses whose +label forms this local part is."""
-    parts = local.split("+")
-    return [f for f in ("+".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)) if f]
+    forms: list[str] = []
+    cut = local.rfind("+")
+    while cut >= 0:
+        if cut:  # "+x" is no +label form of an empty local part
+            forms.append(local[:cut])
+        cut = local.rfind("+", 0, cut)
+    return forms
 
 
 def parent_domains(domain: str) -> Iterable[str]:
