@@ -150,9 +150,13 @@ class RecipientIndex:
                 if (hit := self.subdomains.get(parent)) is not None:
                     buckets.append(hit)
         if self.scanned:
-            scanned = tuple(position for regex, position in self.scanned if regex.fullmatch(full))
+            # In rule order, a rule's patterns together: a rule found is not tested again.
+            scanned: list[int] = []
+            for regex, position in self.scanned:
+                if (not scanned or scanned[-1] != position) and regex.fullmatch(full):
+                    scanned.append(position)
             if scanned:
-                buckets.append(scanned)
+                buckets.append(tuple(scanned))
         if len(buckets) == 1:
             return buckets[0]
         if not buckets:
