@@ -69,7 +69,8 @@ def _answer(
 ) -> tuple[RecipientDecision, tuple[int, ...]]:
     """The answer for a recipient at one of our domains that the rules at `matched` match."""
     if not matched:
-        return RecipientDecision(address, replies.MAILBOX_UNAVAILABLE, "no enabled rule matches"), ()
+        refused = RecipientDecision(address, replies.MAILBOX_UNAVAILABLE, "no enabled rule matches")
+        return refused, ()
     by_position = rules.rules
     if len(matched) == 1:  # the usual case, without a join or a generator
         rule = by_position[matched[0]]

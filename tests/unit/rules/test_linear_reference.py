@@ -166,10 +166,8 @@ def cases(draw: st.DrawFn) -> Case:
         ),
         mime_limit=draw(st.sampled_from((None, None, "more than 3 parts"))),
     )
-    verdicts = Verdicts(
-        *(draw(VERDICT_VALUES) for _ in range(5)),
-        draw(st.sampled_from((None, *DmarcPolicy))),
-    )
+    spam, virus, spf, dkim, dmarc = (draw(VERDICT_VALUES) for _ in range(5))
+    verdicts = Verdicts(spam, virus, spf, dkim, dmarc, draw(st.sampled_from((None, *DmarcPolicy))))
     return Case(
         compiled,
         Connection.of(ip, tls=draw(st.booleans())),
