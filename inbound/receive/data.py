@@ -125,13 +125,14 @@ class DataScanner:
             self._line_by_line(block)
             return
         # RFC 5321 §4.5.2 transparency: a leading dot is removed from every line.
+        original = block
         if block[:1] == b".":
             block = block[1:]
         if b"\r\n." in block:
             block = block.replace(b"\r\n.", _CRLF)
         limit = self._line_limit - 2
         if len(block) > limit and max(map(len, block.split(_CRLF))) > limit:
-            self._line_by_line(block)
+            self._line_by_line(original)
             return
         header = 0
         if self.in_header:
@@ -142,10 +143,10 @@ class DataScanner:
                 header = len(block) if blank < 0 else blank + 2
                 self.in_header = blank < 0
         if self.header_size + header > self.limits.max_header_size:
-            self._line_by_line(block)
+            self._line_by_line(original)
             return
         if self.size + len(block) > self.limits.max_message_size:
-            self._line_by_line(block)
+            self._line_by_line(original)
             return
         self.header_size += header
         self.size += len(block)
