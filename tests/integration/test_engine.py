@@ -1,0 +1,124 @@
+"""The receiver's own SMTP engine on a raw socket: how it ends a connection, pipelining, and a
+client that does not read its replies.
+
+When the server closes a connection (QUIT, a limit, a timeout), every reply it wrote must reach
+the client, even while the client is still sending: a close with unread input makes the kernel
+send a reset, which throws away the replies not yet delivered (RFC 5321 §4.1.1.10: the server
+closes only after sending its reply; the client must be able to read it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from inbound.receive.limits import ReceiverLimits
+from tests.integration.receiver import Running, in_process, settings_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+NOOPS = 50_000
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[Running]:
+    limits = ReceiverLimits(max_junk_commands=10 * NOOPS)
+    with in_process(settings_for(tmp_path, limits=limits)) as running:
+        yield running
+
+
+def send_in_background(sock: socket.socket, data: bytes) -> threading.Thread:
+    def send() -> None:
+        # The server may close first: what matters is what the client reads.
+        with contextlib.suppress(OSError):
+            sock.sendall(data)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+def read_to_the_end(sock: socket.socket) -> tuple[bytes, bool]:
+    """Everything the server sent, and whether the connection ended in a reset."""
+    received = bytearray()
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except ConnectionResetError:
+            return bytes(received), True
+        if not chunk:
+            return bytes(received), False
+        received += chunk
+
+
+def test_every_reply_is_read_although_the_client_sends_on_after_quit(receiver: Running) -> None:
+    """50,000 pipelined NOOPs whose replies the client does not read at first, a QUIT, then
+    more input: the 221 and all 50,000 replies arrive, and the connection ends with a FIN."""
+    sock = socket.create_connection(("127.0.0.1", receiver.port), timeout=30)
+    try:
+        assert sock.recv(1024).startswith(b"220 ")
+        sender = send_in_background(sock, b"NOOP\r\n" * NOOPS + b"QUIT\r\n" + b"x" * 500_000)
+        time.sleep(0.5)  # the replies fill both socket buffers
+        received, reset = read_to_the_end(sock)
+        sender.join(30)
+    finally:
+        sock.close()
+    lines = received.split(b"\r\n")
+    assert lines.count(b"250 2.0.0 OK") == NOOPS
+    assert b"221 2.0.0 Bye" in lines
+    assert not reset
+
+
+def test_the_reply_of_a_limit_is_read_although_the_client_sends_on(tmp_path: Path) -> None:
+    """The junk-command limit: its 421 arrives after the replies before it, then a FIN."""
+    limits = ReceiverLimits(max_junk_commands=NOOPS // 2)
+    with in_process(settings_for(tmp_path, limits=limits)) as running:
+        sock = socket.create_connection(("127.0.0.1", running.port), timeout=30)
+        try:
+            assert sock.recv(1024).startswith(b"220 ")
+            sender = send_in_background(sock, b"NOOP\r\n" * NOOPS + b"x" * 500_000)
+            time.sleep(0.5)
+            received, reset = read_to_the_end(sock)
+            sender.join(30)
+        finally:
+            sock.close()
+    lines = received.split(b"\r\n")
+    assert lines.count(b"250 2.0.0 OK") == NOOPS // 2
+    assert lines[-2] == b"421 4.7.0 Too many commands without a transaction"
+    assert not reset
+
+
+def test_pipelined_transactions_are_answered_in_order(receiver: Running) -> None:
+    """RFC 2920: a whole transaction in one write, twice, and the session goes on."""
+    transaction = (
+        b"MAIL FROM:<a@sender.example>\r\nRCPT TO:<bob@example.com>\r\n"
+        b"RCPT TO:<nobody@not-ours.example>\r\nDATA\r\n"
+    )
+    body = b"Subject: pipelined\r\n\r\n..dot\r\n.\r\n"
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=30) as sock:
+        assert sock.recv(1024).startswith(b"220 ")
+        sock.sendall(b"EHLO client.test\r\n" + transaction)
+        replies = b""
+        while not replies.endswith(b"<CR><LF>.<CR><LF>\r\n"):
+            chunk = sock.recv(65536)
+            assert chunk, replies
+            replies += chunk
+        sock.sendall(body + transaction)
+        while replies.count(b"354 ") < 2:
+            chunk = sock.recv(65536)
+            assert chunk, replies
+            replies += chunk
+        sock.sendall(body + b"QUIT\r\n")
+        received, reset = read_to_the_end(sock)
+    codes = [line[:3] for line in (replies + received).split(b"\r\n") if line[3:4] == b" "]
+    transaction_codes = [b"250", b"250", b"550", b"354"]
+    assert codes == [b"250", *transaction_codes, b"250", *transaction_codes, b"250", b"221"]
+    assert not reset
+    stored = list(receiver.wait_stored(2).values())
+    assert all(message.endswith(b"\r\n.dot\r\n") for message in stored)
