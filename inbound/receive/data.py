@@ -134,20 +134,21 @@ class DataScanner:
         if len(block) > limit and max(map(len, block.split(_CRLF))) > limit:
             self._line_by_line(original)
             return
-        header = 0
-        if self.in_header:
+        header, in_header = 0, self.in_header
+        if in_header:
             if block[:2] == _CRLF:
-                self.in_header = False
+                in_header = False
             else:
                 blank = block.find(b"\r\n\r\n")
                 header = len(block) if blank < 0 else blank + 2
-                self.in_header = blank < 0
+                in_header = blank < 0
         if self.header_size + header > self.limits.max_header_size:
             self._line_by_line(original)
             return
         if self.size + len(block) > self.limits.max_message_size:
             self._line_by_line(original)
             return
+        self.in_header = in_header
         self.header_size += header
         self.size += len(block)
         self._write(block)

@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from inbound.receive.data import DataOutcome, DataResult, DataScanner
 from inbound.receive.limits import ReceiverLimits
 
-LIMITS = ReceiverLimits(max_line_length=40, max_message_size=600, max_header_size=120)
-TOKENS = [b"\r\n", b"\n", b"\r", b".", b"..", b"a", b"bc", b"x" * 30, b"\r\n.\r\n", b"\r\n\r\n"]
+LIMITS = ReceiverLimits(max_line_length=40, max_message_size=600, max_header_size=60)
+TOKENS = [b"\r\n", b"\n", b"\r", b".", b"..", b"a", b"bc", b"x" * 30, b"h: " + b"h" * 20 + b"\r\n"]
+TOKENS += [b"\r\n.\r\n", b"\r\n\r\n"]
 
 
 class Collect:
@@ -162,3 +163,14 @@ def test_a_40_mb_message_is_never_held_whole() -> None:
         collect.chunks.clear()
     assert scanner.feed(b".\r\n") == 3
     assert scanner.result().outcome is DataOutcome.COMPLETE
+
+
+def test_a_header_block_over_the_limit_in_one_chunk_with_its_end() -> None:
+    """The header's end and its excess in the same chunk: still refused."""
+    stream = b"X-One: " + b"h" * 25 + b"\r\nX-Two: " + b"h" * 25 + b"\r\n\r\nbody\r\n.\r\n"
+    expected = reference(stream, LIMITS)
+    result, used, _ = scan(stream, [], LIMITS)
+    assert result is not None
+    assert expected[0] is not None
+    assert result.outcome is expected[0].outcome is DataOutcome.HEADER_TOO_BIG
+    assert used == len(stream)
