@@ -248,7 +248,6 @@ class SmtpEngine(asyncio.Protocol):
         if self.loop.time() < self._deadline:
             self._timer = self.loop.call_at(self._deadline, self._timer_fired)
             return
-        emit(log, "session.timeout", level=logging.DEBUG)
         self.on_timeout()
 
     # -- the end -------------------------------------------------------------------------
