@@ -53,6 +53,21 @@ _PARAM_REPLIES = {
 }
 
 
+def _ehlo_reply(hostname: str, max_size: int, starttls: bool) -> bytes:
+    lines = [f"250-{hostname}"]
+    if max_size:
+        lines.append(f"250-SIZE {max_size}")  # RFC 1870
+    lines += ["250-8BITMIME", "250-SMTPUTF8"]  # RFC 6152, RFC 6531
+    if starttls:
+        lines.append("250-STARTTLS")  # RFC 3207; no AUTH: an MX, not a submission server
+    lines += ["250-PIPELINING", "250 ENHANCEDSTATUSCODES"]  # RFC 2920, RFC 2034
+    return b"".join(echoed(line, status=False) for line in lines)
+
+
+# The EHLO reply of each (hostname, SIZE, STARTTLS offered), built once.
+_EHLO_REPLIES: dict[tuple[str, int, bool], bytes] = {}
+
+
 class SmtpCommands(SmtpEngine):
     """The session's state and its commands."""
 
@@ -178,16 +193,15 @@ class SmtpCommands(SmtpEngine):
         greeting = self.greeting
         greeting.extended = True
         greeting.helo = arg
-        lines = [f"250-{self.hostname}"]
         if self.limits.max_message_size:
-            lines.append(f"250-SIZE {self.limits.max_message_size}")  # RFC 1870
             greeting.mail_limit += MAIL_EXTRA_SIZE
-        lines += ["250-8BITMIME", "250-SMTPUTF8"]  # RFC 6152, RFC 6531
         greeting.mail_limit += MAIL_EXTRA_SMTPUTF8
-        if self.tls_context is not None and not greeting.tls:
-            lines.append("250-STARTTLS")  # RFC 3207; no AUTH: an MX, not a submission server
-        lines += ["250-PIPELINING", "250 ENHANCEDSTATUSCODES"]  # RFC 2920, RFC 2034
-        self.say(b"".join(echoed(line, status=False) for line in lines))
+        starttls = self.tls_context is not None and not greeting.tls
+        key = (self.hostname, self.limits.max_message_size, starttls)
+        reply = _EHLO_REPLIES.get(key)
+        if reply is None:
+            reply = _EHLO_REPLIES[key] = _ehlo_reply(*key)
+        self.say(reply)
 
     def noop(self, arg: str | None) -> None:
         self.say(say.OK)

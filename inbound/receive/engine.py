@@ -18,7 +18,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar
 
 from inbound.core import reply as replies
-from inbound.observe.log import emit
 from inbound.receive.data import DataScanner
 from inbound.receive.limits import ReceiverLimits
 from inbound.receive.session import LINE_BUFFER_LIMIT, LINE_TOO_LONG, wire

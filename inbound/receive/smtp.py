@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from ipaddress import ip_address
 from typing import Any
@@ -26,7 +27,6 @@ from inbound.receive.data import DataScanner
 from inbound.receive.limits import ReceiverLimits
 from inbound.receive.policy import MessageWriter, SessionPolicy
 from inbound.receive.session import START_DATA, Greeting, Transaction, echoed, wire
-from inbound.receive.starttls import handshake_failure
 
 log = logging.getLogger("inbound.receive")
 
@@ -269,6 +269,17 @@ class InboundSMTP(SmtpCommands):
         self.greeting = Greeting(tls=True)
         self.transaction = Transaction()
         self.command_done()
+
+
+def handshake_failure(error: Exception | None) -> str:
+    """Why a handshake failed, for the log: OpenSSL's reason code (`NO_SHARED_CIPHER`,
+    `UNSUPPORTED_PROTOCOL`...), or the kind of failure; never the error's text."""
+    if error is None:
+        return "CONNECTION_CLOSED"
+    reason = getattr(error, "reason", None) if isinstance(error, ssl.SSLError) else None
+    if isinstance(reason, str) and re.fullmatch(r"[A-Z0-9_]{1,64}", reason):
+        return reason
+    return type(error).__name__
 
 
 InboundSMTP.COMMANDS = commands(DATA=InboundSMTP.data, STARTTLS=InboundSMTP.starttls)
