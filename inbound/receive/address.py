@@ -147,7 +147,8 @@ def _dot_string(text: str) -> bool:
 def _atext(char: str) -> bool:
     if char.isascii():
         return char.isalnum() or char in _ATEXT_SPECIALS
-    return not _surrogate(char)  # UTF-8 (RFC 6531); undecodable bytes are not text
+    # UTF-8 (RFC 6531 UTF8-non-ascii), but no C1 control; undecodable bytes are not text.
+    return char.isprintable() and not _surrogate(char)
 
 
 def _surrogate(char: str) -> bool:

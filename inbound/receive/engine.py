@@ -134,6 +134,8 @@ class SmtpEngine(asyncio.Protocol):
                 self.say(LINE_TOO_LONG)
                 continue
             self.dispatch_line(line)
+        if self.eof and self._task is None and not self.closing:
+            self.close()  # the client has sent all it will: a DATA left open is abandoned
         self.flush()
         self._set_reading()
 
@@ -255,7 +257,11 @@ class SmtpEngine(asyncio.Protocol):
         """Say `reply`, then end the connection (unless it is ending already)."""
         if self.closing or self.lost:
             return
-        self.say(reply)
+        if self._before_tls:
+            # Mid-handshake the socket speaks TLS: a plaintext reply would corrupt it.
+            self._out.clear()
+        else:
+            self.say(reply)
         self.close()
 
     def close(self) -> None:
@@ -277,8 +283,10 @@ class SmtpEngine(asyncio.Protocol):
         if self._read_paused:
             self._read_paused = False
             transport.resume_reading()
-        if self.eof:
-            transport.close()  # the client has closed its side: nothing left unread
+        if self.eof or self._before_tls:
+            # The client has closed its side (nothing is left unread), or the socket is in a
+            # TLS handshake (which a half-close would only cut).
+            transport.close()
         elif transport.can_write_eof():
             transport.write_eof()
             self._linger = self.loop.call_later(LINGER_SECONDS, transport.close)

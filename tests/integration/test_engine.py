@@ -122,3 +122,19 @@ def test_pipelined_transactions_are_answered_in_order(receiver: Running) -> None
     assert not reset
     stored = list(receiver.wait_stored(2).values())
     assert all(message.endswith(b"\r\n.dot\r\n") for message in stored)
+
+
+def test_a_client_that_half_closes_after_data_is_let_go(receiver: Running) -> None:
+    """DATA then EOF, with no body: the message is abandoned and the connection ends now,
+    not after --data-timeout (10 minutes) of waiting for bytes that cannot come."""
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=10) as sock:
+        assert sock.recv(1024).startswith(b"220 ")
+        sock.sendall(
+            b"EHLO client.test\r\nMAIL FROM:<a@sender.example>\r\n"
+            b"RCPT TO:<bob@example.com>\r\nDATA\r\nSubject: cut\r\n"
+        )
+        sock.shutdown(socket.SHUT_WR)
+        received, reset = read_to_the_end(sock)  # a timeout here fails the test
+    assert received.endswith(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+    assert not reset
+    assert receiver.stored() == {}
