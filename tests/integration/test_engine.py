@@ -138,3 +138,23 @@ def test_a_client_that_half_closes_after_data_is_let_go(receiver: Running) -> No
     assert received.endswith(b"354 End data with <CR><LF>.<CR><LF>\r\n")
     assert not reset
     assert receiver.stored() == {}
+
+
+def test_a_shutdown_during_the_handshake_sends_no_plaintext(tmp_path: Path) -> None:
+    """SIGTERM's path (every session told to shut down) while a client is between `220 Ready
+    to start TLS` and its ClientHello: the socket then speaks TLS, so the 421 that an idle
+    session gets would be plaintext inside the handshake. The connection just ends."""
+    with in_process(settings_for(tmp_path, tls_self_signed=True)) as running:
+        sock = socket.create_connection(("127.0.0.1", running.port), timeout=10)
+        assert sock.recv(1024).startswith(b"220 ")
+        sock.sendall(b"EHLO client.test\r\n")
+        replies = b""
+        while not replies.endswith(b"250 ENHANCEDSTATUSCODES\r\n"):
+            replies += sock.recv(65536)
+        sock.sendall(b"STARTTLS\r\n")
+        assert sock.recv(1024) == b"220 2.0.0 Ready to start TLS\r\n"
+    try:
+        received, _ = read_to_the_end(sock)
+    finally:
+        sock.close()
+    assert received == b""
