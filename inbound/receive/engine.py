@@ -134,7 +134,7 @@ class SmtpEngine(asyncio.Protocol):
                 self.say(LINE_TOO_LONG)
                 continue
             self.dispatch_line(line)
-        if self.eof and self._task is None and not self.closing:
+        if self.eof and not (self._task is not None or self.closing or self._write_paused):
             self.close()  # the client has sent all it will: a DATA left open is abandoned
         self.flush()
         self._set_reading()
@@ -298,19 +298,17 @@ class SmtpEngine(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
-        if self.closing or (self._task is None and self.scanner is None):
-            self.stop_timer()
+        if self.closing:
             if self.transport is not None:
-                self.transport.close()
-            self.closing = True
+                self.transport.close()  # the client has read our last reply and closed
             return False
-        if self.scanner is not None and self._task is None:
-            # The client went away mid-DATA: nothing was acknowledged.
-            self.closing = True
-            self.scanner_abandoned()
-            return False
-        # A command works for the server (the commit after the end of DATA): it answers,
-        # then the session ends; commands buffered behind it are not read.
+        if self._task is not None or self._write_paused:
+            # A command works for the server (the commit after the end of DATA): it answers,
+            # then the session ends, and commands buffered behind it are not read. Replies
+            # the client has yet to read are sent, with those of the commands before its EOF.
+            return True
+        # Every complete command was answered already; a DATA left open is abandoned.
+        self.close()
         return True
 
     def connection_lost(self, error: Exception | None) -> None:

@@ -158,3 +158,26 @@ def test_a_shutdown_during_the_handshake_sends_no_plaintext(tmp_path: Path) -> N
     finally:
         sock.close()
     assert received == b""
+
+
+def test_a_client_that_half_closes_after_pipelining_gets_every_reply(receiver: Running) -> None:
+    """50,000 NOOPs and an EOF, the replies read only afterwards: while the client does not
+    read, the receiver stops reading too; its EOF ends the session once all are answered."""
+    sock = socket.create_connection(("127.0.0.1", receiver.port), timeout=30)
+    try:
+        assert sock.recv(1024).startswith(b"220 ")
+
+        def send() -> None:
+            with contextlib.suppress(OSError):
+                sock.sendall(b"NOOP\r\n" * NOOPS)
+                sock.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        time.sleep(0.5)
+        received, reset = read_to_the_end(sock)
+        sender.join(30)
+    finally:
+        sock.close()
+    assert received.split(b"\r\n").count(b"250 2.0.0 OK") == NOOPS
+    assert not reset
