@@ -110,7 +110,7 @@ class SmtpCommands(SmtpEngine):
             self.say(say.BAD_SYNTAX)
             return
         verb, arg = parsed
-        if len(line.rstrip(b"\r\n")) > say.command_limit(verb, self.greeting):
+        if say.line_length(line) > say.command_limit(verb, self.greeting):
             self.say(say.LINE_TOO_LONG)
             return
         handler = self.COMMANDS.get(verb)
