@@ -16,6 +16,9 @@ from inbound.observe.supervise import Backoff, supervise_thread
 from inbound.spool.store import Spool, SpoolError, SpoolMeta, SpoolWriteError, SpoolWriter
 
 _Sealed = tuple[SpoolWriter, Future[None]]
+# A message up to this size stays in memory until it is sealed (`SpoolWriter`): as much as the
+# write buffer of its file would hold anyway, so a thousand sessions in DATA cost no more.
+MEMORY_BYTES = 64 * 1024
 
 
 class GroupCommitter:
@@ -45,7 +48,7 @@ class GroupCommitter:
             self._thread.start()
 
     def open_writer(self, message_id: str) -> SpoolWriter:
-        return self._spool.open_writer(message_id)
+        return self._spool.open_writer(message_id, memory=MEMORY_BYTES)
 
     async def commit(self, writer: SpoolWriter, meta: SpoolMeta) -> None:
         """Return once the message is durable and queued; raise what `SpoolWriter.commit` would.

@@ -36,8 +36,8 @@ from inbound.core.ports import MessageSource
 from inbound.core.ports import RulesNotFoundError as RulesNotFoundError  # noqa: PLC0414
 from inbound.core.ports import SpoolError as SpoolError  # noqa: PLC0414 - re-export
 from inbound.core.ports import SpoolWriteError as SpoolWriteError  # noqa: PLC0414 - re-export
-from inbound.datadir import create_file, fsync_dir, make_dir, make_dirs
-from inbound.message.source import FileSource
+from inbound.datadir import create_file, fsync_dir, make_dir, make_dirs, open_fd
+from inbound.message.source import BytesSource, FileSource
 from inbound.spool.due import DueIndex
 from inbound.spool.retry import DispatchState as DispatchState  # noqa: PLC0414 - re-export
 from inbound.spool.retry import SpoolMeta as SpoolMeta  # noqa: PLC0414 - re-export
@@ -97,8 +97,9 @@ class Spool:
             raise SpoolError(f"cannot recover the spool in {self.root}: {exc}") from exc
         return len(removed)
 
-    def open_writer(self, message_id: str) -> SpoolWriter:
-        return SpoolWriter(self._tmp / _check_id(message_id), self)
+    def open_writer(self, message_id: str, *, memory: int = 0) -> SpoolWriter:
+        """A writer into tmp/ID; `memory`: bytes kept in memory until the seal (`SpoolWriter`)."""
+        return SpoolWriter(self._tmp / _check_id(message_id), self, memory=memory)
 
     def save_rules(self, text: str) -> str:
         data = text.encode("utf-8")
@@ -284,50 +285,98 @@ class Spool:
 
 
 class SpoolWriter:
-    """Streams one message into tmp/ID/; `commit` moves it, durable, to queue/ID/."""
+    """Streams one message into tmp/ID/; `commit` moves it, durable, to queue/ID/.
 
-    def __init__(self, directory: Path, spool: Spool) -> None:
+    With `memory` > 0 the first `memory` bytes are kept in memory and nothing is written before
+    the seal: a small message costs no file until it is accepted (and none at all when it is
+    refused), its checks read it from memory, and its bytes reach the disk in one write. A
+    message that grows past `memory` goes to its file from then on, in the session's writes
+    (a full disk shows inside DATA, and a big message is never held whole)."""
+
+    def __init__(self, directory: Path, spool: Spool, *, memory: int = 0) -> None:
         self.message_id, self._dir, self._spool = directory.name, directory, spool
         self._size = 0
+        self._memory = memory
+        self._buffer: bytearray | None = bytearray() if memory > 0 else None
+        self._snapshot: bytes | None = None  # the buffer as bytes, while no write changes it
         self._file: BinaryIO | None = None
+        self._made = False  # tmp/ID is ours: delete it on abort
+        self._closed = False
         # Set once sealing starts: from then on the message is the committer's, and an abort
         # from the session (a client gone right after the final dot cancels it mid-commit)
         # must not delete files a sealer thread is fsyncing or renaming into queue/.
         self._sealing = False
         self._lock = threading.Lock()
-        try:
-            make_dir(directory)
-            self._file = create_file(directory / _MESSAGE, buffering=_WRITE_BUFFER)
-        except FileExistsError as exc:  # tmp/ID is another writer's: leave it alone
-            raise SpoolWriteError(f"message {self.message_id}: is being received") from exc
-        except OSError as exc:
-            self._fail(exc, "cannot create")
+        if self._buffer is None:
+            self._create()
 
     @property
     def size(self) -> int:
         return self._size
 
+    def _make_dir(self) -> None:
+        try:
+            make_dir(self._dir)
+        except FileExistsError as exc:  # tmp/ID is another writer's: leave it alone
+            self._closed = True
+            self._buffer = self._snapshot = None
+            raise SpoolWriteError(f"message {self.message_id}: is being received") from exc
+        except OSError as exc:
+            self._fail(exc, "cannot create")
+        self._made = True
+
+    def _create(self) -> None:
+        self._make_dir()
+        try:
+            self._file = create_file(self._dir / _MESSAGE, buffering=_WRITE_BUFFER)
+        except OSError as exc:
+            self._fail(exc, "cannot create")
+
     def _fail(self, exc: OSError, doing: str) -> NoReturn:
         self._discard()
         raise SpoolWriteError(f"message {self.message_id}: {doing}: {exc.strerror}") from exc
 
-    def _opened(self) -> BinaryIO:
-        if self._file is None:
+    def _check_open(self) -> None:
+        if self._closed:
             raise SpoolError(f"message {self.message_id}: the writer is closed")
-        return self._file
 
     def write(self, chunk: bytes) -> None:
-        f = self._opened()
+        self._check_open()
+        buffer = self._buffer
+        if buffer is not None:
+            buffer += chunk
+            self._size += len(chunk)
+            self._snapshot = None
+            if len(buffer) > self._memory:
+                self._spill(buffer)
+            return
+        assert self._file is not None, "an open writer without a buffer has a file"
         try:
-            f.write(chunk)
+            self._file.write(chunk)
         except OSError as exc:
             self._fail(exc, "cannot write")
         self._size += len(chunk)
 
+    def _spill(self, buffer: bytearray) -> None:
+        """Past `memory` bytes: the file, with what was kept so far; memory no more."""
+        self._create()
+        self._buffer = None
+        assert self._file is not None
+        try:
+            self._file.write(buffer)
+        except OSError as exc:
+            self._fail(exc, "cannot write")
+
     def source(self) -> MessageSource:
         """The message as written so far, flushed, to be read before commit (e.g. scanned)."""
+        self._check_open()
+        if self._buffer is not None:
+            if self._snapshot is None:
+                self._snapshot = bytes(self._buffer)
+            return BytesSource(self._snapshot)
+        assert self._file is not None
         try:
-            self._opened().flush()
+            self._file.flush()
         except OSError as exc:
             self._fail(exc, "cannot flush")
         return FileSource(self._dir / _MESSAGE)
@@ -342,11 +391,14 @@ class SpoolWriter:
             self._discard()
 
     def _discard(self) -> None:
+        self._closed = True
+        self._buffer = self._snapshot = None
         f, self._file = self._file, None
         if f is not None:
             with contextlib.suppress(OSError):  # the bytes are being thrown away anyway
                 f.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if self._made:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
     def seal(self, meta: SpoolMeta) -> None:
         """fsync message.eml, meta.json and tmp/ID: the message is complete on disk in tmp/,
@@ -356,17 +408,22 @@ class SpoolWriter:
             self.abort()
             raise ValueError(f"meta of {meta.message_id} ({meta.size} bytes) does not match")
         with self._lock:
-            f = self._opened()  # an aborted writer is closed: nothing to seal
-            self._sealing = True
+            self._check_open()  # an aborted writer is closed: nothing to seal
+            self._sealing = self._closed = True
         try:
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
-            self._file = None
-            with create_file(self._dir / _META) as m:
-                m.write(json.dumps(meta.to_json(), indent=2).encode())
-                m.flush()
-                os.fsync(m.fileno())
+            buffer, self._buffer, self._snapshot = self._snapshot or self._buffer, None, None
+            if buffer is not None:  # nothing on disk yet: the directory, then the bytes at once
+                self._make_dir()
+                _write_file(self._dir / _MESSAGE, buffer)
+            else:
+                f, self._file = self._file, None
+                assert f is not None
+                try:
+                    f.flush()
+                    os.fsync(f.fileno())
+                finally:
+                    f.close()
+            _write_file(self._dir / _META, json.dumps(meta.to_json(), indent=2).encode())
             fsync_dir(self._dir)
         except OSError as exc:
             self._fail(exc, "cannot seal")
@@ -377,3 +434,15 @@ class SpoolWriter:
         error = self._spool.publish([self])[0]
         if error is not None:
             raise error
+
+
+def _write_file(path: Path, data: bytes | bytearray) -> None:
+    """A new file holding `data`, fsynced: raw descriptor calls, no buffered stream."""
+    fd = open_fd(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
