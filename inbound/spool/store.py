@@ -301,6 +301,7 @@ class SpoolWriter:
         self._snapshot: bytes | None = None  # the buffer as bytes, while no write changes it
         self._file: BinaryIO | None = None
         self._made = False  # tmp/ID is ours: delete it on abort
+        self._unsynced: list[int] = []  # descriptors of files written out, not yet fsynced
         self._closed = False
         # Set once sealing starts: from then on the message is the committer's, and an abort
         # from the session (a client gone right after the final dot cancels it mid-commit)
@@ -393,6 +394,9 @@ class SpoolWriter:
     def _discard(self) -> None:
         self._closed = True
         self._buffer = self._snapshot = None
+        while self._unsynced:
+            with contextlib.suppress(OSError):
+                os.close(self._unsynced.pop())
         f, self._file = self._file, None
         if f is not None:
             with contextlib.suppress(OSError):  # the bytes are being thrown away anyway
@@ -402,8 +406,14 @@ class SpoolWriter:
 
     def seal(self, meta: SpoolMeta) -> None:
         """fsync message.eml, meta.json and tmp/ID: the message is complete on disk in tmp/,
-        not yet queued (`Spool.publish` queues it). Blocks on the disk; several writers may
-        seal at once (their fsyncs share the filesystem's journal commits)."""
+        not yet queued (`Spool.publish` queues it). Blocks on the disk."""
+        self.write_out(meta)
+        self.sync()
+
+    def write_out(self, meta: SpoolMeta) -> None:
+        """The first half of `seal`: message.eml and meta.json written, not yet fsynced. A
+        group commit writes out a batch, then syncs it: the first fsync's journal commit then
+        carries every file of the batch, and the other fsyncs find little left to do."""
         if meta.message_id != self.message_id or meta.size != self._size:
             self.abort()
             raise ValueError(f"meta of {meta.message_id} ({meta.size} bytes) does not match")
@@ -414,16 +424,27 @@ class SpoolWriter:
             buffer, self._buffer, self._snapshot = self._snapshot or self._buffer, None, None
             if buffer is not None:  # nothing on disk yet: the directory, then the bytes at once
                 self._make_dir()
-                _write_file(self._dir / _MESSAGE, buffer)
+                self._unsynced.append(_write_file(self._dir / _MESSAGE, buffer))
             else:
-                f, self._file = self._file, None
+                f = self._file
                 assert f is not None
-                try:
-                    f.flush()
-                    os.fsync(f.fileno())
-                finally:
-                    f.close()
-            _write_file(self._dir / _META, json.dumps(meta.to_json(), indent=2).encode())
+                f.flush()
+                self._unsynced.append(os.dup(f.fileno()))
+                self._file = None
+                f.close()
+            data = json.dumps(meta.to_json(), indent=2).encode()
+            self._unsynced.append(_write_file(self._dir / _META, data))
+        except OSError as exc:
+            self._fail(exc, "cannot seal")
+
+    def sync(self) -> None:
+        """The second half of `seal`: the files and tmp/ID fsynced."""
+        try:
+            while self._unsynced:
+                fd = self._unsynced[-1]
+                os.fsync(fd)
+                self._unsynced.pop()
+                os.close(fd)
             fsync_dir(self._dir)
         except OSError as exc:
             self._fail(exc, "cannot seal")
@@ -436,13 +457,15 @@ class SpoolWriter:
             raise error
 
 
-def _write_file(path: Path, data: bytes | bytearray) -> None:
-    """A new file holding `data`, fsynced: raw descriptor calls, no buffered stream."""
+def _write_file(path: Path, data: bytes | bytearray) -> int:
+    """A new file holding `data`, not yet fsynced, and its open descriptor: raw descriptor
+    calls, no buffered stream."""
     fd = open_fd(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
