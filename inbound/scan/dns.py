@@ -21,8 +21,8 @@ import dns.asyncresolver
 import dns.exception
 import dns.name
 import dns.rcode
-import dns.rdataclass
 import dns.rdata
+import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.MX
 import dns.rdtypes.ANY.PTR
