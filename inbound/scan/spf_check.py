@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
@@ -25,6 +26,13 @@ from inbound.scan.dns import AnswersAtHand, DnsTemporaryError, DnsTimeoutError, 
 
 log = logging.getLogger("inbound.scan.auth")
 _T = TypeVar("_T")
+# (name, type, answer) of one answer at hand a check was made from.
+_Consulted = tuple[str, str, list[Any]]
+# Checks remembered per resolver (`_spf_at_hand`); forgotten all at once beyond this many.
+MEMO_SIZE = 4096
+_MEMO: weakref.WeakKeyDictionary[
+    AnswersAtHand, dict[tuple[str, str, str], tuple[SpfResult, tuple[_Consulted, ...]]]
+] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +78,23 @@ def _result(query: _SpfQuery) -> SpfResult:
 
 def _spf_at_hand(resolver: Resolver, ip: str, mail_from: str, helo: str) -> SpfResult | None:
     """The check from answers the resolver has at hand; None as soon as one is missing (or
-    anything fails): the thread then runs it the usual way, with the same outcome."""
+    anything fails): the thread then runs it the usual way, with the same outcome.
+
+    The check is a function of its inputs and of the answers it was given, so a result is
+    remembered with those answers, and stands while the resolver still has the same ones (a
+    zone's for ever, a cache's within their TTL): a sender's next message costs a look at
+    them, not a check."""
     if not isinstance(resolver, AnswersAtHand):
         return None
+    key = (ip, mail_from, helo)
+    memo = _MEMO.get(resolver)
+    if memo is None:
+        memo = _MEMO[resolver] = {}
+    known = memo.get(key)
+    if known is not None:
+        result, consulted = known
+        if all(resolver.answer_now(name, kind) == found for name, kind, found in consulted):
+            return result
     query = _SpfQuery(None, resolver, ip=ip, mail_from=mail_from, helo=helo)
     try:
         result = _result(query)
@@ -80,7 +102,12 @@ def _spf_at_hand(resolver: Resolver, ip: str, mail_from: str, helo: str) -> SpfR
         return None
     # pyspf swallows some exceptions whole (its exp= and strict ptr code): the flag, not the
     # exception, says whether an answer was missing.
-    return None if query.missed else result
+    if query.missed:
+        return None
+    if len(memo) >= MEMO_SIZE:
+        memo.clear()
+    memo[key] = (result, tuple(query.consulted))
+    return result
 
 
 class _SpfQuery(spf.query):  # type: ignore[misc]  # pyspf has no type hints
@@ -105,6 +132,7 @@ class _SpfQuery(spf.query):  # type: ignore[misc]  # pyspf has no type hints
         self._resolver = resolver
         self._answers: dict[tuple[str, str], list[Any]] = {}
         self.missed = False  # an answer was not at hand
+        self.consulted: list[_Consulted] = []  # the answers at hand it was given
 
     def dns(
         self, name: str, qtype: str, cnames: object = None, ignore_void: bool = False
@@ -150,6 +178,7 @@ class _SpfQuery(spf.query):  # type: ignore[misc]  # pyspf has no type hints
         if found is None:
             self.missed = True
             raise _NotAtHand(f"{name} {qtype}")
+        self.consulted.append((name, qtype, list(found)))
         if qtype == "TXT":
             return [(text.encode("utf-8"),) for text in found]
         return found

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import dkim
 import pytest
+import spf
 
 from inbound.core.verdicts import DmarcPolicy, Verdict, Verdicts
 from inbound.message.headers import DkimResult, ReceivedFacts, received_headers
@@ -568,3 +569,30 @@ def test_spf_from_answers_at_hand_needs_no_thread_and_agrees_with_the_thread(
         in_a_thread = spf(AskedOnly(zones()), pool)
     assert on_the_loop == in_a_thread
     assert on_the_loop[0] == word
+
+
+def test_a_senders_next_message_reuses_its_spf_check_while_the_answers_stand(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checks = []
+    real = spf.query.check
+
+    def counted(self: spf.query, *args: Any) -> Any:
+        checks.append(self.d)
+        return real(self, *args)
+
+    monkeypatch.setattr(spf.query, "check", counted)
+    resolver = zones()
+
+    def from_the_sender() -> AuthOutcome:
+        return check(message(), mail_from="a@spf-pass.example", helo="h", resolver=resolver)
+
+    first, second = from_the_sender(), from_the_sender()
+    assert first.details == second.details
+    assert first.details.spf == "pass"
+    assert checks == ["spf-pass.example"], "the second message reused the first's check"
+    # The answer changes (a second SPF record is a permerror, RFC 7208 §4.5): checked again.
+    resolver.add_text('spf-pass.example TXT "v=spf1 -all"', source="<change>")
+    changed = from_the_sender()
+    assert changed.details.spf == "permerror"
+    assert len(checks) == 2
