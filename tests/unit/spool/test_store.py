@@ -641,7 +641,7 @@ def test_a_small_message_touches_the_disk_only_when_committed(tmp_path: Path) ->
     a bigger one goes to its file as it arrives, so a full disk still shows inside DATA."""
     spool = Spool(tmp_path)
     small = body_of(IDS.next())
-    big = b"Subject: big\r\n\r\n" + (b"x" * 78 + b"\r\n") * (commit.MEMORY_BYTES // 40)
+    big = b"Subject: big\r\n\r\n" + (b"x" * 78 + b"\r\n") * 3000  # 240 KB
 
     async def main() -> list[str]:
         committer = GroupCommitter(spool)
@@ -667,3 +667,4 @@ def test_a_small_message_touches_the_disk_only_when_committed(tmp_path: Path) ->
     assert spool.source(big_id).read_all() == big
     assert entries(tmp_path / "queue" / small_id) == ["message.eml", "meta.json"]
     assert entries(tmp_path / "tmp") == []
+    assert len(small) <= commit.MEMORY_BYTES < len(big)
