@@ -2,7 +2,8 @@
 
 Layout under ROOT (IDs are `inbound.core.ids` message IDs, so names sort by receipt time):
 
-    ROOT/tmp/ID/                 a message being received (deleted at start-up: never acknowledged)
+    ROOT/tmp/ID/                 a message being received or sealed (deleted at start-up: never
+                                 acknowledged; a small one is in memory until sealed, `SpoolWriter`)
     ROOT/queue/ID/message.eml    the raw message bytes exactly as received (after dot-unstuffing)
     ROOT/queue/ID/meta.json      envelope, connection facts, receipt time, rule-set digest,
                                  verdicts, hostname, size
