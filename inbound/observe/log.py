@@ -134,7 +134,7 @@ def emit_fields(
         _SOURCE,
         0,
         event,
-        None,
+        (),
         None,
         extra={"event": event, "fields": dict(fields)},
     )

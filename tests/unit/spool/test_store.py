@@ -510,7 +510,8 @@ class Gate:
                 self.release.wait(timeout=30)
             real(path)
 
-        monkeypatch.setattr("inbound.spool.store.fsync_dir", fsync_dir)
+        monkeypatch.setattr("inbound.spool.store.fsync_dir", fsync_dir)  # queue/, dead/
+        monkeypatch.setattr("inbound.spool.writer.fsync_dir", fsync_dir)  # tmp/ID
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:
