@@ -130,7 +130,8 @@ class Intake(Generic[Writer]):
 
     async def open_message(self) -> tuple[str, Writer]:
         message_id = self.ids.next()
-        # A mkdir and an open: cheaper in place than the latency of a hop to a worker thread.
+        # No I/O: a message is kept in memory until it outgrows the writer's buffer (then a
+        # mkdir and an open, cheaper in place than the latency of a hop to a worker thread).
         return message_id, self.spool.open_writer(message_id)
 
     async def end_of_data(
@@ -195,7 +196,8 @@ class Intake(Generic[Writer]):
         snapshot = self.book.current
         rules = snapshot.compiled
         need = need_for(message_keys(rules, envelope.rcpt_tos))
-        # At most one write buffer is left to flush: page cache, cheaper here than in a thread.
+        # The bytes in memory, or at most one write buffer left to flush: page cache, cheaper
+        # here than in a thread.
         source = writer.source()
         scanned = await self.scanners.scan(
             source,

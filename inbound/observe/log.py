@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import sys
 import threading
@@ -23,9 +24,31 @@ from typing import Any
 
 from inbound.observe.ratelimit import RateLimitedHandler
 
+# The source file of a record `emit_fields` makes: the event names where it comes from.
+_SOURCE = "inbound"
 # asyncio's exception handler, and exceptions no one caught (threads, `__del__`, the end).
 _asyncio_log = logging.getLogger("inbound.asyncio")
 _python_log = logging.getLogger("inbound.python")
+
+
+# One encoder for every line (json.dumps with options builds one per call).
+_JSON = json.JSONEncoder(default=str, ensure_ascii=False)
+# The text of the last second a line was written in: most lines share it with the one before.
+_second: list[tuple[int, str]] = [(-1, "")]
+
+
+def _timestamp(created: float) -> str:
+    """`datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")`, the second's
+    text made once a second: the same rounding (microseconds, half to even, then cut)."""
+    whole = math.floor(created)
+    micro = round((created - whole) * 1e6)
+    if micro >= 1_000_000:
+        whole, micro = whole + 1, micro - 1_000_000
+    second, text = _second[0]
+    if second != whole:
+        text = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second[0] = (whole, text)
+    return f"{text}.{micro // 1000:03d}+00:00"
 
 
 class JsonFormatter(logging.Formatter):
@@ -36,12 +59,12 @@ class JsonFormatter(logging.Formatter):
         self.context = dict(context or {})
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(self.entry(record), default=str, ensure_ascii=False)
+        return _JSON.encode(self.entry(record))
 
     def entry(self, record: logging.LogRecord) -> dict[str, Any]:
         """The fields of one line, whatever its format."""
         entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": _timestamp(record.created),
             "level": record.levelname.lower(),
             "event": getattr(record, "event", None) or record.getMessage(),
             **self.context,
@@ -102,7 +125,20 @@ def emit(
 def emit_fields(
     logger: logging.Logger, event: str, fields: Mapping[str, object], *, level: int = logging.INFO
 ) -> None:
-    logger.log(level, event, extra={"event": event, "fields": dict(fields)})
+    if not logger.isEnabledFor(level):
+        return
+    # The record made directly: `Logger.log` would walk the stack for a caller no line shows.
+    record = logger.makeRecord(
+        logger.name,
+        level,
+        _SOURCE,
+        0,
+        event,
+        (),
+        None,
+        extra={"event": event, "fields": dict(fields)},
+    )
+    logger.handle(record)
 
 
 def configure(
@@ -131,6 +167,9 @@ def configure(
     aiosmtpd = logging.getLogger("mail.log")
     aiosmtpd.handlers[:] = [logging.NullHandler()]
     aiosmtpd.propagate = False
+    # No line shows the thread or process a record was made in (the context names a worker):
+    # not looking them up saves most of the making of a record.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     threading.excepthook = _thread_failed
     sys.unraisablehook = _unraisable
     sys.excepthook = _uncaught

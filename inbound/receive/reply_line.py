@@ -1,6 +1,6 @@
 """The wire form of a reply line: enhanced status codes added, client bytes made harmless.
 
-aiosmtpd writes some replies itself, without RFC 3463 codes, and echoes what the client sent
+Some replies are written without RFC 3463 codes, and some echo what the client sent
 (an unknown command, a VRFY argument); these functions make every such line well-formed.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 _ENHANCED = re.compile(r"^\d{3}[ -]\d\.\d{1,3}\.\d{1,3}( |$)")
-# RFC 3463 codes for aiosmtpd's own replies, which have none.
+# RFC 3463 codes for the reply lines written without one.
 _DEFAULT_STATUS = {
     "221": "2.0.0", "250": "2.0.0", "220": "2.0.0", "251": "2.1.5", "252": "2.5.0",
     "421": "4.4.2", "451": "4.3.0", "452": "4.5.3", "454": "4.7.0",

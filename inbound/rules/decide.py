@@ -8,7 +8,7 @@ no I/O, read no clock and know no action.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from inbound.core import reply as replies
 from inbound.core.envelope import Connection
@@ -33,7 +33,7 @@ def check_connection(rules: CompiledRuleSet, connection: Connection) -> Connecti
             blocked_by = blocked_by or flt.name
     if blocked_by is not None:
         return ConnectionDecision(client_ip, False, blocked_by, replies.CLIENT_REFUSED)
-    return ConnectionDecision(client_ip, accepted=True)
+    return ConnectionDecision(client_ip, True)
 
 
 def check_recipient(
@@ -41,19 +41,46 @@ def check_recipient(
 ) -> RecipientDecision:
     """The RCPT TO answer for one recipient (SPEC section 2, Recipients); `matched` are the
     positions of the rules matching it, when the caller has them already."""
+    if matched is None:
+        return answer_recipient(rules, address, tls=tls)[0]
     parts = split_address(address)
     if parts is None:
         return RecipientDecision(address, replies.BAD_RECIPIENT_SYNTAX, "no domain in address")
     if not within_domains(parts[1], rules.domains):
         return RecipientDecision(address, replies.RELAY_DENIED, f"{parts[1]} is not ours")
-    if matched is None:
-        matched = rules.index.rules_for(address)
+    return _answer(rules, address, matched, tls)[0]
+
+
+def answer_recipient(
+    rules: CompiledRuleSet, address: str, *, tls: bool
+) -> tuple[RecipientDecision, tuple[int, ...]]:
+    """`check_recipient`, with the positions of the rules the recipient goes to: those matching
+    it when it is accepted, none when it is refused."""
+    parts = split_address(address)
+    if parts is None:
+        return RecipientDecision(address, replies.BAD_RECIPIENT_SYNTAX, "no domain in address"), ()
+    if not within_domains(parts[1], rules.domains):
+        return RecipientDecision(address, replies.RELAY_DENIED, f"{parts[1]} is not ours"), ()
+    return _answer(rules, address, rules.index.rules_at(*parts), tls)
+
+
+def _answer(
+    rules: CompiledRuleSet, address: str, matched: tuple[int, ...], tls: bool
+) -> tuple[RecipientDecision, tuple[int, ...]]:
+    """The answer for a recipient at one of our domains that the rules at `matched` match."""
     if not matched:
-        return RecipientDecision(address, replies.MAILBOX_UNAVAILABLE, "no enabled rule matches")
-    names = ", ".join(rules.rules[i].name for i in matched)
-    if not tls and all(rules.rules[i].require_tls for i in matched):
-        return RecipientDecision(address, replies.TLS_REQUIRED, f"rules {names} require TLS")
-    return RecipientDecision(address, replies.RECIPIENT_OK, f"matched by {names}")
+        refused = RecipientDecision(address, replies.MAILBOX_UNAVAILABLE, "no enabled rule matches")
+        return refused, ()
+    by_position = rules.rules
+    if len(matched) == 1:  # the usual case, without a join or a generator
+        rule = by_position[matched[0]]
+        names, all_require_tls = rule.name, rule.require_tls
+    else:
+        names = ", ".join([by_position[i].name for i in matched])
+        all_require_tls = all(by_position[i].require_tls for i in matched)
+    if not tls and all_require_tls:
+        return RecipientDecision(address, replies.TLS_REQUIRED, f"rules {names} require TLS"), ()
+    return RecipientDecision(address, replies.RECIPIENT_OK, f"matched by {names}"), matched
 
 
 def scanning_enabled(rules: CompiledRuleSet, accepted: Sequence[str]) -> bool:
@@ -72,6 +99,9 @@ def message_keys(rules: CompiledRuleSet, accepted: Sequence[str]) -> frozenset[R
 
 def effective_verdicts(given: Verdicts, *, scanning: bool) -> tuple[Verdicts, tuple[str, ...]]:
     """What SES would report: spam/virus DISABLED without scanning, policy only on FAIL."""
+    policy_kept = (given.dmarc_policy is not None) is (given.dmarc is Verdict.FAIL)
+    if policy_kept and (scanning or given.spam is given.virus is Verdict.DISABLED):
+        return given, ()  # nothing to change or to note: the verdicts are frozen, so shared
     notes: list[str] = []
     spam, virus = given.spam, given.virus
     if not scanning:
@@ -109,23 +139,25 @@ def attachments_unseen(rules: CompiledRuleSet, positions: list[int], message: Me
 
 
 def decide_recipients(
-    rules: CompiledRuleSet,
-    rcpt_tos: Sequence[str],
-    matches: Mapping[str, tuple[int, ...]],
-    *,
-    tls: bool,
-) -> tuple[RecipientDecision, ...]:
-    """Each recipient's answer, a repeated accepted address counted once."""
+    rules: CompiledRuleSet, rcpt_tos: Sequence[str], *, tls: bool
+) -> tuple[tuple[RecipientDecision, ...], dict[int, tuple[str, ...]]]:
+    """Each recipient's answer, a repeated accepted address counted once; and the accepted
+    recipients by the position of each rule matching them, in envelope order."""
     decisions: list[RecipientDecision] = []
+    by_rule: dict[int, tuple[str, ...]] = {}
     seen: set[str] = set()
     for address in rcpt_tos:
-        decision = check_recipient(rules, address, tls=tls, matched=matches[address])
+        decision, matched = answer_recipient(rules, address, tls=tls)
         key = address.lower()
-        if decision.accepted and key in seen:
-            continue  # a repeated RCPT TO is one recipient
+        if key in seen and matched:
+            continue  # a repeated RCPT TO is one recipient (`matched`: it is accepted)
         seen.add(key)
         decisions.append(decision)
-    return tuple(decisions)
+        for position in matched:
+            # Tuples, as the plan lists them: most rules match one recipient of a message.
+            listed = by_rule.get(position)
+            by_rule[position] = (address,) if listed is None else (*listed, address)
+    return tuple(decisions), by_rule
 
 
 def why_not(rule: CompiledRule, facts: Facts) -> str:
@@ -140,6 +172,8 @@ def why_not(rule: CompiledRule, facts: Facts) -> str:
 def unmet_conditions(rule: CompiledRule, facts: Facts) -> str:
     """Why the rule's `when`/`unless` keep it from applying ("" if they hold)."""
     unmet = unmet_checks(rule, facts)
+    if not unmet:
+        return ""
     verb = {"when": "does not hold", "unless": "holds"}
     return "; ".join(f"{key} {c.key} {verb[key]} (saw {c.seen(facts)})" for key, c in unmet)
 

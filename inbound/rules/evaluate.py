@@ -129,8 +129,8 @@ class Evaluation:
     outcome, until `next_step` gives None; `plan` is the decision so far at any point."""
 
     __slots__ = (
-        "_accepted",
         "_action",
+        "_by_rule",
         "_candidates",
         "_decision",
         "_delivered",
@@ -138,7 +138,6 @@ class Evaluation:
         "_facts",
         "_final",
         "_matched",
-        "_matches",
         "_next",
         "_notes",
         "_recipients",
@@ -147,6 +146,7 @@ class Evaluation:
         "_session_bounce",
         "_skips",
         "_steps",
+        "_tls",
         "_waiting",
         "message_id",
         "rules",
@@ -194,13 +194,16 @@ class Evaluation:
         if not decision.accepted:
             self.verdicts = effective_verdicts(verdicts, scanning=False)[0]
             return Plan(message_id, decision, verdicts=self.verdicts)
-        matches = {address: rules.index.rules_for(address) for address in envelope.rcpt_tos}
-        self._recipients = decide_recipients(rules, envelope.rcpt_tos, matches, tls=connection.tls)
-        accepted = tuple(r.address for r in self._recipients if r.accepted)
-        candidates = sorted({i for address in accepted for i in matches[address]})
-        scanning = any(rules.rules[i].scan_enabled for i in candidates)
+        tls = connection.tls
+        self._recipients, by_rule = decide_recipients(rules, envelope.rcpt_tos, tls=tls)
+        candidates = sorted(by_rule)
+        scanning = False
+        for position in candidates:
+            if rules.rules[position].scan_enabled:
+                scanning = True
+                break
         self.verdicts, notes = effective_verdicts(verdicts, scanning=scanning)
-        if not accepted:
+        if not candidates:  # no recipient accepted
             return Plan(message_id, decision, self._recipients, None, self.verdicts, notes=notes)
         if blind := attachments_unseen(rules, candidates, message):
             # Decided here, so every entry point refuses alike: an attachment condition is
@@ -217,10 +220,10 @@ class Evaluation:
                 refused=why,
             )
         self._notes = notes
+        self._tls = tls
         self._facts = Facts(connection, envelope, message, self.verdicts)
         self._candidates = candidates
-        self._matches = matches
-        self._accepted = accepted
+        self._by_rule = by_rule
         return None
 
     @property
@@ -243,16 +246,18 @@ class Evaluation:
                 position = self._candidates[self._next]
                 self._next += 1
                 rule = self.rules.rules[position]
-                reason = why_not(rule, self._facts)
-                if reason:
-                    self._skips.append(RuleSkip(rule.name, position, reason))
-                    continue
+                # `why_not`, asked only of a rule with something to check.
+                if (rule.require_tls and not self._tls) or rule.when or rule.unless:
+                    reason = why_not(rule, self._facts)
+                    if reason:
+                        self._skips.append(RuleSkip(rule.name, position, reason))
+                        continue
                 self._rule, self._steps, self._action = rule, [], 0
-                self._matched = tuple(a for a in self._accepted if position in self._matches[a])
+                self._matched = self._by_rule[position]
             if self._action < len(rule.actions):
                 self._waiting = Step(rule, self._action, rule.actions[self._action], self._matched)
                 return self._waiting
-            self._close(None)
+            self._close(None, False)
         return None
 
     def send(self, outcome: Outcome) -> None:
@@ -270,21 +275,22 @@ class Evaluation:
             reply = action.session_reply()
             if reply is not None:
                 self._session_bounce = (step.rule.name, step.index, reply)
-        flow = outcome.flow
-        if flow is Flow.CONTINUE and not action.stops_rule_set:
+        if action.stops_rule_set:  # whatever its outcome says
+            self._close("Stop", True)
+        elif (flow := outcome.flow) is Flow.CONTINUE:
             self._action += 1
-        elif action.stops_rule_set:
-            self._close("Stop", end=True)
         elif flow is Flow.STOP_RULE:
-            self._close("STOP_RULE")
+            self._close("STOP_RULE", False)
         else:
-            self._close("STOP_RULE_SET", end=True)
+            self._close("STOP_RULE_SET", True)
 
-    def _close(self, stop: Stop | None, *, end: bool = False) -> None:
+    def _close(self, stop: Stop | None, end: bool) -> None:
         rule = self._rule
         assert rule is not None
         self._runs.append(RuleRun(rule.name, rule.index, self._matched, tuple(self._steps), stop))
-        self._rule, self._ended = None, self._ended or end
+        self._rule = None
+        if end:
+            self._ended = True
 
     def plan(self) -> Plan:
         """The decision so far; `pending` names the step waiting for its outcome, if any."""

@@ -26,15 +26,20 @@ def split_address(address: str) -> tuple[str, str] | None:
 
 def local_forms(local: str) -> list[str]:
     """`a+x+y` -> `a+x`, `a`: the addresses whose +label forms this local part is."""
-    parts = local.split("+")
-    return [f for f in ("+".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)) if f]
+    forms: list[str] = []
+    cut = local.rfind("+")
+    while cut >= 0:
+        if cut:  # "+x" is no +label form of an empty local part
+            forms.append(local[:cut])
+        cut = local.rfind("+", 0, cut)
+    return forms
 
 
 def parent_domains(domain: str) -> Iterable[str]:
     """`a.b.example.com` -> `b.example.com`, `example.com`, `com` (proper suffixes)."""
     rest = domain
     while "." in rest:
-        rest = rest.split(".", 1)[1]
+        rest = rest.partition(".")[2]
         yield rest
 
 
@@ -120,19 +125,43 @@ class RecipientIndex:
         parts = split_address(address)
         if parts is None:
             return ()
-        local, domain = parts
-        found: set[int] = set(self.catch_all)
+        return self.rules_at(*parts)
+
+    def rules_at(self, local: str, domain: str) -> tuple[int, ...]:
+        """`rules_for` an address already split by `split_address`."""
+        # Each bucket is ascending without repeats (built in rule order), so the usual answer,
+        # one bucket, is returned as it is; only several are merged.
         full = f"{local}@{domain}"
-        found.update(self.addresses.get(full, ()))
-        for form in local_forms(local):
-            found.update(self.addresses.get(f"{form}@{domain}", ()))
-        found.update(self.domains.get(domain, ()))
-        for parent in parent_domains(domain):
-            found.update(self.subdomains.get(parent, ()))
-        for regex, position in self.scanned:
-            if position not in found and regex.fullmatch(full):
-                found.add(position)
-        return tuple(sorted(found))
+        buckets: list[tuple[int, ...]] = []
+        if self.catch_all:
+            buckets.append(self.catch_all)
+        if (hit := self.addresses.get(full)) is not None:
+            buckets.append(hit)
+        if "+" in local:
+            for form in local_forms(local):
+                if (hit := self.addresses.get(f"{form}@{domain}")) is not None:
+                    buckets.append(hit)
+        if (hit := self.domains.get(domain)) is not None:
+            buckets.append(hit)
+        if self.subdomains:  # `parent_domains`, inline: no generator to resume
+            parent = domain
+            while "." in parent:
+                parent = parent.partition(".")[2]
+                if (hit := self.subdomains.get(parent)) is not None:
+                    buckets.append(hit)
+        if self.scanned:
+            # In rule order, a rule's patterns together: a rule found is not tested again.
+            scanned: list[int] = []
+            for regex, position in self.scanned:
+                if (not scanned or scanned[-1] != position) and regex.fullmatch(full):
+                    scanned.append(position)
+            if scanned:
+                buckets.append(tuple(scanned))
+        if len(buckets) == 1:
+            return buckets[0]
+        if not buckets:
+            return ()
+        return tuple(sorted({position for bucket in buckets for position in bucket}))
 
 
 def _add(table: dict[str, list[int]], key: str, position: int) -> None:
@@ -143,4 +172,11 @@ def _add(table: dict[str, list[int]], key: str, position: int) -> None:
 
 def within_domains(domain: str, domains: frozenset[str]) -> bool:
     """A domain is ours if it is in `domains` or a subdomain of one (SPEC section 2)."""
-    return domain in domains or any(parent in domains for parent in parent_domains(domain))
+    # Inline, not through `parent_domains`: this runs for every recipient of every message.
+    rest = domain
+    while True:
+        if rest in domains:
+            return True
+        if "." not in rest:
+            return False
+        rest = rest.partition(".")[2]

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import dns.asyncresolver
 import dns.exception
 import dns.name
+import dns.rcode
 import dns.rdata
+import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.MX
 import dns.rdtypes.ANY.PTR
@@ -80,6 +82,17 @@ class Resolver(Protocol):
         ...
 
 
+@runtime_checkable
+class AnswersAtHand(Protocol):
+    """A resolver that can tell, without waiting, an answer it already holds (a zone, a cache
+    within its TTL): the checks then run on the event loop, with no hop to a thread."""
+
+    def answer_now(self, name: str, kind: str) -> list[Any] | None:
+        """What the `Resolver` method for `kind` (TXT, A, AAAA, MX, PTR) would return for
+        `name`, if known now without asking anyone; None otherwise (ask it the slow way)."""
+        ...
+
+
 def reverse_name(address: str) -> str:
     """The PTR name of an address: `10.2.0.192.in-addr.arpa` for 192.0.2.10 (RFC 1035 §3.5)."""
     return dns.reversename.from_address(address).to_text(omit_final_dot=True)
@@ -120,36 +133,38 @@ class DnsPythonResolver:
         self._resolver = resolver
 
     async def txt(self, name: str) -> list[str]:
-        answer = await self._resolve(name, dns.rdatatype.TXT)
-        return [
-            _decode(b"".join(rdata.strings))
-            for rdata in answer
-            if isinstance(rdata, dns.rdtypes.ANY.TXT.TXT)
-        ]
+        return _txts(await self._resolve(name, dns.rdatatype.TXT))
 
     async def a(self, name: str) -> list[str]:
-        answer = await self._resolve(name, dns.rdatatype.A)
-        return [rdata.address for rdata in answer if isinstance(rdata, dns.rdtypes.IN.A.A)]
+        return _addresses(await self._resolve(name, dns.rdatatype.A))
 
     async def aaaa(self, name: str) -> list[str]:
-        answer = await self._resolve(name, dns.rdatatype.AAAA)
-        return [rdata.address for rdata in answer if isinstance(rdata, dns.rdtypes.IN.AAAA.AAAA)]
+        return _addresses(await self._resolve(name, dns.rdatatype.AAAA))
 
     async def mx(self, name: str) -> list[tuple[int, str]]:
-        answer = await self._resolve(name, dns.rdatatype.MX)
-        return [
-            (rdata.preference, rdata.exchange.to_text(omit_final_dot=True))
-            for rdata in answer
-            if isinstance(rdata, dns.rdtypes.ANY.MX.MX)
-        ]
+        return _exchanges(await self._resolve(name, dns.rdatatype.MX))
 
     async def ptr(self, name: str) -> list[str]:
-        answer = await self._resolve(name, dns.rdatatype.PTR)
-        return [
-            rdata.target.to_text(omit_final_dot=True)
-            for rdata in answer
-            if isinstance(rdata, dns.rdtypes.ANY.PTR.PTR)
-        ]
+        return _targets(await self._resolve(name, dns.rdatatype.PTR))
+
+    def answer_now(self, name: str, kind: str) -> list[Any] | None:
+        """An answer (NXDOMAIN and NODATA too) from the cache, within its TTL; else None."""
+        cache = self._resolver.cache
+        shape = _SHAPES.get(kind)
+        if cache is None or shape is None:
+            return None
+        try:
+            qname = dns.name.from_text(name)
+        except dns.exception.DNSException:
+            return None  # the slow way has the answer to that
+        # dnspython keeps an NXDOMAIN under the type ANY, for every type of the name.
+        missing = cache.get((qname, dns.rdatatype.ANY, dns.rdataclass.IN))
+        if missing is not None and missing.response.rcode() == dns.rcode.NXDOMAIN:
+            return []
+        answer = cache.get((qname, dns.rdatatype.from_text(kind), dns.rdataclass.IN))
+        if answer is None:
+            return None
+        return shape([] if answer.rrset is None else list(answer.rrset))
 
     async def _resolve(self, name: str, rdtype: dns.rdatatype.RdataType) -> list[dns.rdata.Rdata]:
         try:
@@ -169,6 +184,47 @@ class DnsPythonResolver:
         except dns.exception.DNSException as exc:
             raise DnsTemporaryError(f"{name} {rdtype.name}: {type(exc).__name__}") from exc
         return list(answer)
+
+
+def _txts(answer: list[dns.rdata.Rdata]) -> list[str]:
+    return [
+        _decode(b"".join(rdata.strings))
+        for rdata in answer
+        if isinstance(rdata, dns.rdtypes.ANY.TXT.TXT)
+    ]
+
+
+def _addresses(answer: list[dns.rdata.Rdata]) -> list[str]:
+    return [
+        rdata.address
+        for rdata in answer
+        if isinstance(rdata, (dns.rdtypes.IN.A.A, dns.rdtypes.IN.AAAA.AAAA))
+    ]
+
+
+def _exchanges(answer: list[dns.rdata.Rdata]) -> list[tuple[int, str]]:
+    return [
+        (rdata.preference, rdata.exchange.to_text(omit_final_dot=True))
+        for rdata in answer
+        if isinstance(rdata, dns.rdtypes.ANY.MX.MX)
+    ]
+
+
+def _targets(answer: list[dns.rdata.Rdata]) -> list[str]:
+    return [
+        rdata.target.to_text(omit_final_dot=True)
+        for rdata in answer
+        if isinstance(rdata, dns.rdtypes.ANY.PTR.PTR)
+    ]
+
+
+_SHAPES: dict[str, Callable[[list[dns.rdata.Rdata]], list[Any]]] = {
+    "TXT": _txts,
+    "A": _addresses,
+    "AAAA": _addresses,
+    "MX": _exchanges,
+    "PTR": _targets,
+}
 
 
 # --- zone files for tests -------------------------------------------------------------------
@@ -266,6 +322,18 @@ class ZoneResolver:
 
     async def ptr(self, name: str) -> list[str]:
         return await self._answer(name, "PTR")
+
+    def answer_now(self, name: str, kind: str) -> list[Any] | None:
+        """The zone's answer, unless `name` is made to fail (TIMEOUT, SERVFAIL) or `kind` is
+        not one of the zone's types."""
+        qname = _normal(name)
+        if qname in self._zone.failures or kind not in _RECORD_TYPES:
+            return None
+        self.queries.append((qname, kind))
+        values = list(self._zone.records.get((qname, kind), []))
+        if kind == "MX":
+            return [(int(p), exchange) for p, exchange in (value.split() for value in values)]
+        return values
 
     async def _answer(self, name: str, kind: str) -> list[str]:
         qname = _normal(name)

@@ -17,7 +17,7 @@ import dkim
 from inbound.core.ports import MessageSource
 from inbound.core.verdicts import Verdict
 from inbound.message.headers import DkimResult
-from inbound.message.parse import parse_message
+from inbound.message.parse import from_addresses
 from inbound.message.source import header_end
 from inbound.observe.log import emit
 from inbound.scan.checkrun import CheckRun
@@ -99,9 +99,13 @@ def _read_for_checks(source: MessageSource) -> bytes:
 def _read_message(data: bytes) -> _Message:
     end = min((i for i in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if i >= 0), default=-1)
     header = data if end < 0 else data[: end + 2]
-    addresses = parse_message(header).from_addresses
+    addresses = from_addresses(header)
     domains = dict.fromkeys(normal_domain(a.rpartition("@")[2]) for a in addresses if "@" in a)
     from_domains = tuple(d for d in domains if d)
+    if not _DKIM_HEADER.search(header):
+        # No field dkimpy could take for a signature (its names are a subset of what the
+        # pattern matches): nothing to verify, and no need to have dkimpy split every line.
+        return _Message(None, [], from_domains)
     try:
         verifier = dkim.DKIM(data)
     except Exception:  # dkimpy's header parser rejects lines it cannot read (and may crash)

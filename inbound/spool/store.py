@@ -2,7 +2,8 @@
 
 Layout under ROOT (IDs are `inbound.core.ids` message IDs, so names sort by receipt time):
 
-    ROOT/tmp/ID/                 a message being received (deleted at start-up: never acknowledged)
+    ROOT/tmp/ID/                 a message being received or sealed (deleted at start-up: never
+                                 acknowledged; a small one is in memory until sealed, `SpoolWriter`)
     ROOT/queue/ID/message.eml    the raw message bytes exactly as received (after dot-unstuffing)
     ROOT/queue/ID/meta.json      envelope, connection facts, receipt time, rule-set digest,
                                  verdicts, hostname, size
@@ -28,7 +29,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn
+from typing import Any
 
 from inbound.core.ids import is_message_id
 from inbound.core.ports import MessageNotFound as MessageNotFound  # noqa: PLC0414 - re-export
@@ -36,15 +37,17 @@ from inbound.core.ports import MessageSource
 from inbound.core.ports import RulesNotFoundError as RulesNotFoundError  # noqa: PLC0414
 from inbound.core.ports import SpoolError as SpoolError  # noqa: PLC0414 - re-export
 from inbound.core.ports import SpoolWriteError as SpoolWriteError  # noqa: PLC0414 - re-export
-from inbound.datadir import create_file, fsync_dir, make_dir, make_dirs
+from inbound.datadir import create_file, fsync_dir, make_dirs
 from inbound.message.source import FileSource
 from inbound.spool.due import DueIndex
 from inbound.spool.retry import DispatchState as DispatchState  # noqa: PLC0414 - re-export
 from inbound.spool.retry import SpoolMeta as SpoolMeta  # noqa: PLC0414 - re-export
 from inbound.spool.retry import StepRecord as StepRecord  # noqa: PLC0414 - re-export
+from inbound.spool.writer import MESSAGE as _MESSAGE
+from inbound.spool.writer import META as _META
+from inbound.spool.writer import SpoolWriter as SpoolWriter  # noqa: PLC0414 - re-export
 
-_MESSAGE, _META, _STATE = "message.eml", "meta.json", "state.json"
-_WRITE_BUFFER = 64 * 1024
+_STATE = "state.json"
 _DIRS = ("tmp", "queue", "dead", "rules")
 
 
@@ -107,8 +110,9 @@ class Spool:
             raise SpoolError(f"cannot recover the spool in {self.root}: {exc}") from exc
         return len(removed)
 
-    def open_writer(self, message_id: str) -> SpoolWriter:
-        return SpoolWriter(self._tmp / _check_id(message_id), self)
+    def open_writer(self, message_id: str, *, memory: int = 0) -> SpoolWriter:
+        """A writer into tmp/ID; `memory`: bytes kept in memory until the seal (`SpoolWriter`)."""
+        return SpoolWriter(self._tmp / _check_id(message_id), self, memory=memory)
 
     def save_rules(self, text: str) -> str:
         data = text.encode("utf-8")
@@ -305,10 +309,10 @@ class Spool:
         errors: list[SpoolWriteError | None] = []
         for writer in writers:
             try:
-                os.rename(writer._dir, self._queue / writer.message_id)
+                os.rename(writer.directory, self._queue / writer.message_id)
                 errors.append(None)
             except OSError as exc:  # that writer's caller is told, and no one else
-                writer._discard()
+                writer.discard()
                 failure = SpoolWriteError(
                     f"message {writer.message_id}: cannot queue: {exc.strerror}"
                 )
@@ -325,99 +329,3 @@ class Spool:
                     failure.__cause__ = exc
                     errors[i] = failure
         return errors
-
-
-class SpoolWriter:
-    """Streams one message into tmp/ID/; `commit` moves it, durable, to queue/ID/."""
-
-    def __init__(self, directory: Path, spool: Spool) -> None:
-        self.message_id, self._dir, self._spool = directory.name, directory, spool
-        self._size = 0
-        self._file: BinaryIO | None = None
-        # Set once sealing starts: from then on the message is the committer's, and an abort
-        # from the session (a client gone right after the final dot cancels it mid-commit)
-        # must not delete files a sealer thread is fsyncing or renaming into queue/.
-        self._sealing = False
-        self._lock = threading.Lock()
-        try:
-            make_dir(directory)
-            self._file = create_file(directory / _MESSAGE, buffering=_WRITE_BUFFER)
-        except FileExistsError as exc:  # tmp/ID is another writer's: leave it alone
-            raise SpoolWriteError(f"message {self.message_id}: is being received") from exc
-        except OSError as exc:
-            self._fail(exc, "cannot create")
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def _fail(self, exc: OSError, doing: str) -> NoReturn:
-        self._discard()
-        raise SpoolWriteError(f"message {self.message_id}: {doing}: {exc.strerror}") from exc
-
-    def _opened(self) -> BinaryIO:
-        if self._file is None:
-            raise SpoolError(f"message {self.message_id}: the writer is closed")
-        return self._file
-
-    def write(self, chunk: bytes) -> None:
-        f = self._opened()
-        try:
-            f.write(chunk)
-        except OSError as exc:
-            self._fail(exc, "cannot write")
-        self._size += len(chunk)
-
-    def source(self) -> MessageSource:
-        """The message as written so far, flushed, to be read before commit (e.g. scanned)."""
-        try:
-            self._opened().flush()
-        except OSError as exc:
-            self._fail(exc, "cannot flush")
-        return FileSource(self._dir / _MESSAGE)
-
-    def abort(self) -> None:
-        """Forget the message, best effort (recover() removes whatever is left); once sealing
-        has started this does nothing: the message may still be queued, and is then delivered
-        at least once (the client, seeing no 250, may send it again)."""
-        with self._lock:
-            if self._sealing:
-                return
-            self._discard()
-
-    def _discard(self) -> None:
-        f, self._file = self._file, None
-        if f is not None:
-            with contextlib.suppress(OSError):  # the bytes are being thrown away anyway
-                f.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-    def seal(self, meta: SpoolMeta) -> None:
-        """fsync message.eml, meta.json and tmp/ID: the message is complete on disk in tmp/,
-        not yet queued (`Spool.publish` queues it). Blocks on the disk; several writers may
-        seal at once (their fsyncs share the filesystem's journal commits)."""
-        if meta.message_id != self.message_id or meta.size != self._size:
-            self.abort()
-            raise ValueError(f"meta of {meta.message_id} ({meta.size} bytes) does not match")
-        with self._lock:
-            f = self._opened()  # an aborted writer is closed: nothing to seal
-            self._sealing = True
-        try:
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
-            self._file = None
-            with create_file(self._dir / _META) as m:
-                m.write(json.dumps(meta.to_json(), indent=2).encode())
-                m.flush()
-                os.fsync(m.fileno())
-            fsync_dir(self._dir)
-        except OSError as exc:
-            self._fail(exc, "cannot seal")
-
-    def commit(self, meta: SpoolMeta) -> None:
-        """Only after this returns may the receiver answer 250 (SPEC §7)."""
-        self.seal(meta)
-        error = self._spool.publish([self])[0]
-        if error is not None:
-            raise error

@@ -14,6 +14,7 @@ import contextlib
 import random
 import re
 import ssl
+import time
 from dataclasses import dataclass, field
 
 QUEUED = re.compile(rb"^250 2\.0\.0 Ok: queued as (\S+)$")
@@ -48,6 +49,11 @@ _ENDINGS = [b"\r\n"] * 12 + [b"\n", b"\r", b"\r\r\n", b"\n\r", b"\x00\r\n", b""]
 # Ways to make one transaction look like two (SMTP smuggling): what ends the outer body.
 _SMUGGLE_ENDS = [b"\n.\n", b"\n.\r\n", b"\r.\r", b"\r\n.\n", b"\r\n.\r", b"\n.\r", b"\r.\r\n"]
 _STARTTLS_TAIL = [0, 0, 0, 0, 20, 100, 2048, 4096, 65536]
+# RFC 5321 §4.5.3.2.6: a client waits 10 minutes for the reply to its final dot, the server
+# doing its own work then (checks, the spool's fsync). On a loaded machine a commit can take
+# several seconds; a session that gave up sooner would find its message stored without the
+# 250 it left too early to read (RFC 1047), which is the client's doing, not the server's.
+AFTER_DOT = 60.0
 
 
 @dataclass
@@ -187,6 +193,9 @@ class Transcript:
     tls: bytearray = field(default_factory=bytearray)
     handshake: bool = False
     hung: bool = False  # the server neither answered nor closed within the deadline
+    # Wall-clock times (to compare with the server's log): the last write, the client's end.
+    last_write: float = 0.0
+    ended: float = 0.0
 
     def queued(self) -> tuple[list[str], list[str]]:
         """Message IDs in `250 2.0.0 Ok: queued as` replies: (plaintext, inside TLS)."""
@@ -283,9 +292,10 @@ async def play(port: int, script: Script, seed: int, session: int, deadline: flo
                 written += chunk
                 break
             writer.write(chunk)
+            transcript.last_write = time.time()
             sent += len(chunk)
             written += chunk
-            await asyncio.wait_for(writer.drain(), 10)
+            await asyncio.wait_for(writer.drain(), AFTER_DOT if b".\r\n" in written else 10)
             if write.starttls and not transcript.handshake:
                 await wait_reply(1.0)
                 if bytes(sink).rstrip(b"\r\n").rsplit(b"\r\n", 1)[-1].startswith(b"220 "):
@@ -312,6 +322,8 @@ async def play(port: int, script: Script, seed: int, session: int, deadline: flo
             writer.write(b"QUIT\r\n")
         if writer.can_write_eof():
             writer.write_eof()
+        if b".\r\n" in written:
+            deadline = AFTER_DOT
         try:
             await asyncio.wait_for(asyncio.shield(reading), deadline)
         except TimeoutError:
@@ -323,9 +335,11 @@ async def play(port: int, script: Script, seed: int, session: int, deadline: flo
     except (ConnectionError, ssl.SSLError, OSError):
         # The server closed first (421, 502 after unknown commands): read what it sent.
         with contextlib.suppress(TimeoutError, ConnectionError, ssl.SSLError, OSError):
-            await asyncio.wait_for(asyncio.shield(reading), deadline)
+            patience = AFTER_DOT if b".\r\n" in written else deadline
+            await asyncio.wait_for(asyncio.shield(reading), patience)
     finally:
         reading.cancel()
         await asyncio.gather(reading, return_exceptions=True)
         writer.transport.abort()
+        transcript.ended = time.time()
     return transcript

@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import smtplib
 import time
@@ -52,11 +53,19 @@ class Outcome:
     hung: list[int] = field(default_factory=list)
     handshakes: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    # What each session's client last read (its end, the tails of both streams): shown for a
+    # session whose message is stored without a 250 the client saw.
+    tails: dict[int, str] = field(default_factory=dict)
 
 
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def clock(when: float) -> str:
+    """A wall-clock time as the receiver's log writes it (UTC, milliseconds)."""
+    return time.strftime("%H:%M:%S", time.gmtime(when)) + f"{when % 1:.3f}"[1:]
 
 
 def rss_kb(pid: int) -> int:
@@ -81,6 +90,11 @@ async def run_sessions(port: int, seed: int, sessions: range, outcome: Outcome) 
             outcome.plain_ids.update(plain)
             outcome.tls_ids.update(tls)
             outcome.handshakes += transcript.handshake
+            outcome.tails[index] = (
+                f"end={script.end} handshake={transcript.handshake} hung={transcript.hung} "
+                f"last write {clock(transcript.last_write)} ended {clock(transcript.ended)} "
+                f"plain={bytes(transcript.plain[-240:])!r} tls={bytes(transcript.tls[-240:])!r}"
+            )
             if transcript.hung:
                 outcome.hung.append(index)
             cut = script.end in ("abort", "cut") or transcript.hung
@@ -107,6 +121,16 @@ def spooled_ids(child: Child) -> set[str]:
         if directory.is_dir():
             ids.update(p.name for p in directory.iterdir() if not p.name.startswith("."))
     return ids
+
+
+def explain(seed: int, found: tuple[str, bytes] | None, outcome: Outcome) -> str:
+    """The session a stored message came from (its Subject names it): its writes and replies."""
+    subject = re.search(rb"Subject: fuzz (\d+)", found[1]) if found else None
+    if subject is None:
+        return "  (not stored, or no fuzz subject: its session is unknown)"
+    index = int(subject.group(1))
+    writes = [w.data[:120] for w in generate(seed, index).writes]
+    return f"  session {index}: {outcome.tails.get(index)}\n    writes: {writes}"
 
 
 def test_twenty_thousand_hostile_sessions(tmp_path: Path) -> None:
@@ -181,6 +205,7 @@ def test_twenty_thousand_hostile_sessions(tmp_path: Path) -> None:
     unacknowledged = sorted((set(stored) | spooled | spooled_ids(child)) - seen)
     if unacknowledged:
         problems.append(f"stored without a 250 a client saw: {unacknowledged[:MAX_SHOWN]}")
+        problems += [explain(seed, stored.get(i), outcome) for i in unacknowledged[:MAX_SHOWN]]
     insecure = sorted(
         {i for i, (prefix, _) in stored.items() if prefix == "secure"} - outcome.tls_ids
     )

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from inbound.core.message import Attachment, Header, MessageFacts, MimeLimits
-from inbound.message.parse import parse_message
+from inbound.message.parse import from_addresses, parse_message
 
 MAX_PARTS = MimeLimits().max_parts
 MAX_DEPTH = MimeLimits().max_depth
@@ -514,3 +514,65 @@ def test_mail_shaped_bytes_never_raise(raw: bytes) -> None:
 @given(st.binary(max_size=2_000))
 def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
     assert parse_message(raw).size == len(raw)
+
+
+FROM_BLOCKS = [
+    b"",
+    b"From: alice@sender.example\r\n",
+    b"From: Alice <alice@sender.example>\r\nTo: bob@example.com\r\n\r\n",
+    b"fROM:   a@x.example,\r\n\t b@y.example (B)\r\nSubject: hi\r\n",
+    b'From: one@a.example\r\nFrom: "Two, T" <two@b.example>\r\n',
+    b"From: ceo@bank.example <x@evil.example>\r\n",
+    b"From: a@x.example b@y.example\r\n",
+    b"From: Team: a@x.example, b@y.example;\r\n",
+    b"From: =?utf-8?q?Al=C3=AFce?= <alice@sender.example>\r\n",
+    b"From:\r\n alice@sender.example\r\n",
+    b"From: <>\r\n",
+    b"Subject: no from\r\n",
+    # Not plain: the email parser reads these (8-bit, a bare LF, an mbox line, a space before
+    # the colon, a fold first, a line that is no field), and both ways must agree.
+    b"From: J\xc3\xb6rg <jorg@sender.example>\r\n",
+    b"From: alice@sender.example\nTo: bob@example.com\n",
+    b"From alice@sender.example Mon Nov 23 10:00:00 2026\r\nFrom: a@x.example\r\n",
+    b"From : alice@sender.example\r\n",
+    b" folded@first.example\r\nFrom: a@x.example\r\n",
+    b"From: a@x.example\r\nnot a field\r\nFrom: b@y.example\r\n",
+    b"From: a@x.example",
+]
+
+
+@pytest.mark.parametrize("block", FROM_BLOCKS)
+def test_from_addresses_are_those_of_the_whole_parse(block: bytes) -> None:
+    assert from_addresses(block) == parse_message(block).from_addresses
+
+
+_PIECES = st.sampled_from(
+    [
+        b"From:",
+        b"from: ",
+        b"To:",
+        b"X:",
+        b"From ",
+        b" ",
+        b"\t",
+        b"a@x.example",
+        b"<b@y.example>",
+        b'"Q, R"',
+        b"(c)",
+        b",",
+        b";",
+        b":",
+        b"=?utf-8?q?=C3=A9?=",
+        b"\xc3\xa9",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b"@",
+    ]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_PIECES, max_size=24).map(b"".join))
+def test_from_addresses_agree_with_the_whole_parse_on_any_block(block: bytes) -> None:
+    assert from_addresses(block) == parse_message(block).from_addresses

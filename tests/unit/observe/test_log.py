@@ -8,7 +8,12 @@ import os
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from inbound.observe import log as log_module
 from tests.conftest import ROOT
 
 PROGRAM = textwrap.dedent(
@@ -84,3 +89,17 @@ def test_only_json_lines_reach_stderr_and_floods_are_counted() -> None:
     assert never_retrieved[0]["where"][-1] == "<string>:19 fails"
     assert any(e["event"] == "library.logged" and e["logger"] == "py.warnings" for e in events)
     assert [e["error_type"] for e in events if e["event"] == "process.failed"] == ["SystemError"]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.one_of(
+        st.floats(min_value=0, max_value=4e9, allow_nan=False),
+        st.integers(0, 4_000_000_000).map(lambda s: s + 0.9999995),
+        st.integers(0, 4_000_000_000).map(lambda s: s + 0.0005),
+    )
+)
+def test_the_timestamp_of_a_line_is_isoformat_to_the_millisecond(created: float) -> None:
+    expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+    assert log_module._timestamp(created) == expected
+    assert log_module._timestamp(created) == expected  # the second's text, remembered

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import dkim
 import pytest
+import spf
 
 from inbound.core.verdicts import DmarcPolicy, Verdict, Verdicts
 from inbound.message.headers import DkimResult, ReceivedFacts, received_headers
@@ -510,3 +511,88 @@ def test_a_large_unsigned_message_file_gets_its_verdicts_from_the_header(
     assert outcome.dkim is G
     assert outcome.details.from_domain == "reject.example"
     assert (outcome.dmarc, outcome.dmarc_policy) == (F, DmarcPolicy.REJECT)
+
+
+class NoThreads(Executor):
+    """An executor that runs nothing: what would need a thread fails the check."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        raise RuntimeError("no thread for this")
+
+
+class AskedOnly:
+    """The zone's answers, only ever awaited: no answer at hand, so SPF takes its thread."""
+
+    def __init__(self, zone: ZoneResolver) -> None:
+        self.zone = zone
+
+    async def txt(self, name: str) -> list[str]:
+        return await self.zone.txt(name)
+
+    async def a(self, name: str) -> list[str]:
+        return await self.zone.a(name)
+
+    async def aaaa(self, name: str) -> list[str]:
+        return await self.zone.aaaa(name)
+
+    async def mx(self, name: str) -> list[tuple[int, str]]:
+        return await self.zone.mx(name)
+
+    async def ptr(self, name: str) -> list[str]:
+        return await self.zone.ptr(name)
+
+
+# Not those that time out or fail at the server: those answers are never at hand.
+AT_HAND_CASES = [c for c in SPF_CASES if c.id not in ("temperror_timeout", "temperror_servfail")]
+
+
+@pytest.mark.parametrize(("mail_from", "helo", "client_ip", "word", "verdict"), AT_HAND_CASES)
+def test_spf_from_answers_at_hand_needs_no_thread_and_agrees_with_the_thread(
+    mail_from: str, helo: str, client_ip: str, word: str, verdict: Verdict
+) -> None:
+    def spf(resolver: Resolver, executor: Executor) -> tuple[str, str]:
+        outcome = asyncio.run(
+            authenticate(
+                message(),
+                client_ip=client_ip,
+                helo=helo,
+                mail_from=mail_from,
+                resolver=resolver,
+                timeout=2,
+                executor=executor,
+            )
+        )
+        return outcome.details.spf, outcome.details.spf_explanation
+
+    on_the_loop = spf(zones(), NoThreads())
+    with ThreadPoolExecutor(2) as pool:
+        in_a_thread = spf(AskedOnly(zones()), pool)
+    assert on_the_loop == in_a_thread
+    assert on_the_loop[0] == word
+
+
+def test_a_senders_next_message_reuses_its_spf_check_while_the_answers_stand(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checks = []
+    real = spf.query.check
+
+    def counted(self: spf.query, *args: Any) -> Any:
+        checks.append(self.d)
+        return real(self, *args)
+
+    monkeypatch.setattr(spf.query, "check", counted)
+    resolver = zones()
+
+    def from_the_sender() -> AuthOutcome:
+        return check(message(), mail_from="a@spf-pass.example", helo="h", resolver=resolver)
+
+    first, second = from_the_sender(), from_the_sender()
+    assert first.details == second.details
+    assert first.details.spf == "pass"
+    assert checks == ["spf-pass.example"], "the second message reused the first's check"
+    # The answer changes (a second SPF record is a permerror, RFC 7208 §4.5): checked again.
+    resolver.add_text('spf-pass.example TXT "v=spf1 -all"', source="<change>")
+    changed = from_the_sender()
+    assert changed.details.spf == "permerror"
+    assert len(checks) == 2

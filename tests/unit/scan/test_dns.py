@@ -264,3 +264,54 @@ def test_dnspython_answers_are_cached_for_their_ttl() -> None:
             await asyncio.sleep(0)
 
     assert asyncio.run(run()) == [("spf.example", "TXT"), ("host.example", "A")]
+
+
+def test_dnspython_answers_at_hand_are_those_in_its_cache() -> None:
+    """What the cache holds is answered without waiting (SPF then runs on the event loop); the
+    rest is None: asked the usual way."""
+
+    async def run() -> list[object]:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: FakeServer(TABLE), local_addr=("127.0.0.1", 0)
+        )
+        try:
+            port = transport.get_extra_info("sockname")[1]
+            resolver = DnsPythonResolver(2.0, nameservers=["127.0.0.1"], port=port)
+            before = resolver.answer_now("spf.example", "TXT")
+            await resolver.txt("spf.example")
+            await resolver.mx("mail.example")
+            await resolver.txt("nodata.example")
+            await resolver.txt("missing.example")
+            return [
+                before,
+                sorted(resolver.answer_now("spf.example", "TXT") or []),
+                resolver.answer_now("mail.example", "MX"),
+                resolver.answer_now("nodata.example", "TXT"),
+                resolver.answer_now("missing.example", "TXT"),
+                resolver.answer_now("host.example", "A"),
+            ]
+        finally:
+            transport.close()
+            await asyncio.sleep(0)
+
+    assert asyncio.run(run()) == [
+        None,
+        ["other", "v=spf1 ip4:192.0.2.0/24 -all"],
+        [(10, "mx1.mail.example")],
+        [],
+        [],
+        None,
+    ]
+
+
+def test_zone_answers_at_hand_but_not_its_failures() -> None:
+    resolver = ZoneResolver(
+        'spf.example TXT "v=spf1 -all"\nmail.example MX 10 mx.mail.example\n'
+        "slow.example TIMEOUT\nbroken.example SERVFAIL\n"
+    )
+    assert resolver.answer_now("SPF.example.", "TXT") == ["v=spf1 -all"]
+    assert resolver.answer_now("mail.example", "MX") == [(10, "mx.mail.example")]
+    assert resolver.answer_now("none.example", "A") == []
+    assert resolver.answer_now("slow.example", "TXT") is None
+    assert resolver.answer_now("broken.example", "TXT") is None

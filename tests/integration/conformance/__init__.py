@@ -1,0 +1,1 @@
+"""The SMTP conformance list: `.smtp` session scripts and their grammar (script.py)."""
