@@ -6,6 +6,9 @@ run at once, and whether a message that failed is deferred on `RetryPolicy`'s sc
 dead-lettered. Due times come from the spool's due index, never from reading state files. The
 clock and the sleep are given to it, so tests run it on a fake clock. It must not run actions
 or read messages: one attempt is the `RunMessage` it is given (the dispatcher).
+
+Finished messages leave the queue in batches (`inbound.batch`): whatever finished while the
+previous batch was being removed goes in one thread hop and one fsync of queue/.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from inbound.batch import Batcher
 from inbound.core.errors import ActionError
 from inbound.observe.log import emit
 from inbound.observe.metrics import DispatchMetrics
@@ -94,6 +98,7 @@ class Scheduler:
         self._changed: set[str] | None = None
         self._wake = asyncio.Event()
         self._dead = 0
+        self._finishes: Batcher[str, None] = Batcher("dispatch-finish", self._finish_many)
 
     @property
     def in_flight(self) -> int:
@@ -258,7 +263,7 @@ class Scheduler:
         """Finish, defer or dead-letter the message; when it is due next, if it is."""
         meta, state = outcome.meta, outcome.state
         if isinstance(outcome, Delivered):
-            await asyncio.to_thread(self.spool.finish, message_id)
+            await self._finishes.submit(message_id)
             self._forget(message_id)
             age = (self.clock() - meta.received_at).total_seconds()
             self.metrics.dispatch_latency.observe(max(age, 0.0))
@@ -296,6 +301,9 @@ class Scheduler:
             retry_in=retry_in,
         )
         return when
+
+    def _finish_many(self, message_ids: Sequence[str]) -> list[Exception | None]:
+        return list(self.spool.finish_many(message_ids))
 
     def _touch(self, message_id: str) -> None:
         if self._changed is not None:

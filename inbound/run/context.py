@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from inbound.actions.base import ActionContext, JsonObject
 from inbound.core.services import BounceRequest
@@ -51,10 +52,24 @@ class RunSubject:
     sns_max_bytes: int = SNS_MAX_BYTES
     sns_oversize: str = "bounce"
     headers: bytes = field(init=False)
+    # The `mail` object of each content the actions saw (by identity: add_header makes a new
+    # one), so a message with several notifying actions has its header block parsed once.
+    _mails: dict[int, tuple[bytes, JsonObject]] = field(
+        init=False, default_factory=dict, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         end = self.base.find(b"\r\n\r\n")
         object.__setattr__(self, "headers", self.base[: end + 2] if end >= 0 else self.base)
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of a JSON value (dicts, lists and scalars), much cheaper than `deepcopy`."""
+    if isinstance(value, dict):
+        return {key: _copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy(item) for item in value]
+    return value
 
 
 def action_context(
@@ -66,12 +81,18 @@ def action_context(
     def mail() -> JsonObject:
         if subject.ses_mail is not None and content is subject.base:
             return dict(subject.ses_mail)  # SES's own object for SES's bytes
-        return mail_object(
-            message_id=subject.message_id,
-            timestamp=subject.received_at,
-            source=subject.mail_from,
-            raw=content,
-        )
+        cached = subject._mails.get(id(content))
+        if cached is None or cached[0] is not content:
+            made = mail_object(
+                message_id=subject.message_id,
+                timestamp=subject.received_at,
+                source=subject.mail_from,
+                raw=content,
+            )
+            cached = subject._mails[id(content)] = (content, made)
+        # A copy: a function given the event (--lambda) may change it.
+        copied: JsonObject = _copy(cached[1])
+        return copied
 
     def receipt(action: JsonObject) -> JsonObject:
         return receipt_object(

@@ -5,7 +5,8 @@ All three implement `inbound.core.steps.Ledger` (get, put, flush of `StepRecord`
 version is read as it was meant: a restart after an upgrade repeats no succeeded action.
 
 - `SpoolLedger` (`inbound serve`): the message's `DispatchState` in the spool, every record
-  (failed ones too, with their attempts); `flush` saves it when a success is not on disk yet.
+  (failed ones too, with their attempts); `flush` saves it when a success is not on disk yet
+  (through `save`, which the dispatcher batches with other messages' saves).
 - `S3Ledger` (the SES Lambda handler, `ses consume`): `{"messageId", "steps": {KEY: result}}`
   in the bucket the message came from; only successes are kept.
 - `MemoryLedger` (tests, and anything that needs no durability).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from inbound.core.ports import SpoolPort
@@ -46,11 +48,18 @@ class SpoolLedger:
     """The steps of one spooled message, in its `DispatchState` (keys "RULE:ACTION")."""
 
     def __init__(
-        self, spool: SpoolPort[SpoolMeta, DispatchState], message_id: str, state: DispatchState
+        self,
+        spool: SpoolPort[SpoolMeta, DispatchState],
+        message_id: str,
+        state: DispatchState,
+        *,
+        save: Callable[[str, DispatchState], Awaitable[None]] | None = None,
     ) -> None:
         self.spool = spool
         self.message_id = message_id
         self.state = state
+        # Saves the state durably, returning once it is on disk; default: a thread of its own.
+        self._save = save
         # A success not on disk yet: saved before the next action runs, so a retry never
         # repeats it; after the last action the message is finished instead (a crash in
         # between repeats that action: at least once, SPEC section 7).
@@ -65,7 +74,10 @@ class SpoolLedger:
 
     async def flush(self) -> None:
         if self._unsaved:
-            await asyncio.to_thread(self.spool.save_state, self.message_id, self.state)
+            if self._save is not None:
+                await self._save(self.message_id, self.state)
+            else:
+                await asyncio.to_thread(self.spool.save_state, self.message_id, self.state)
             self._unsaved = False
 
 

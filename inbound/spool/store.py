@@ -62,6 +62,16 @@ def _write_durably(directory: Path, name: str, data: bytes) -> None:
     fsync_dir(directory)
 
 
+def _remove(directory: Path) -> None:
+    """Remove a message's folder: its files, then itself (`rmtree` for anything else)."""
+    try:
+        for name in os.listdir(directory):
+            os.unlink(directory / name)
+        os.rmdir(directory)
+    except OSError:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def _check_id(message_id: str) -> str:
     # Checking the shape means no ID can name a path outside the spool ("../x", "a/b").
     if not is_message_id(message_id):
@@ -219,17 +229,51 @@ class Spool:
 
     def finish(self, message_id: str) -> None:
         """Delivered: remove the message (from queue/, or from dead/ when an operator purges)."""
-        home, gone = self._home(message_id), self._tmp / message_id
-        # Rename first so queue/ never holds a half-deleted message; recover() empties tmp/.
-        # Only the entry's leaving `home`'s folder must be durable: in tmp/ it is garbage.
-        shutil.rmtree(gone, ignore_errors=True)
-        try:
-            home.rename(gone)
-            fsync_dir(home.parent)
-        except OSError as exc:
-            raise SpoolWriteError(f"message {message_id}: cannot finish: {exc.strerror}") from exc
-        shutil.rmtree(gone, ignore_errors=True)
-        self.forget_due(message_id)
+        error = self.finish_many([message_id])[0]
+        if error is not None:
+            raise error
+
+    def finish_many(self, message_ids: Sequence[str]) -> list[SpoolError | None]:
+        """`finish` for several messages, with one fsync of each folder they leave (the
+        dispatcher's group commit); one error (or None) per message, in order."""
+        errors: list[SpoolError | None] = []
+        left: dict[Path, list[int]] = {}  # folder -> the messages that left it
+        gone: list[Path] = []
+        for i, message_id in enumerate(message_ids):
+            try:
+                home = self._home(message_id)
+                moved = self._tmp / message_id
+                # Rename first so queue/ never holds a half-deleted message; recover() empties
+                # tmp/. Only the entry's leaving `home`'s folder must be durable: in tmp/ it is
+                # garbage.
+                try:
+                    home.rename(moved)
+                except OSError:  # tmp/ID left by an earlier finish cut short: clear it, again
+                    shutil.rmtree(moved, ignore_errors=True)
+                    home.rename(moved)
+            except SpoolError as exc:
+                errors.append(exc)
+                continue
+            except OSError as exc:
+                errors.append(
+                    SpoolWriteError(f"message {message_id}: cannot finish: {exc.strerror}")
+                )
+                continue
+            errors.append(None)
+            left.setdefault(home.parent, []).append(i)
+            gone.append(moved)
+        for folder, which in left.items():
+            try:
+                fsync_dir(folder)
+            except OSError as exc:
+                for i in which:
+                    errors[i] = SpoolWriteError(
+                        f"message {message_ids[i]}: cannot finish: {exc.strerror}"
+                    )
+        for moved in gone:
+            _remove(moved)
+            self.forget_due(moved.name)
+        return errors
 
     def dead_letter(self, message_id: str, reason: str) -> None:
         home = self._home(message_id, self._queue)

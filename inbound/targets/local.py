@@ -4,26 +4,31 @@ Everything lands under DATA_DIR, and no path can leave it: buckets and prefixes 
 when the rules load, and every path is checked again here. Files are written durably
 (temporary file, fsync, rename) so a retry after a crash finds whole files only, and JSON lines
 are appended whole or not at all; all of it private to the receiver's user (`inbound.datadir`).
+
+S3 objects are written in batches by one thread (`inbound.batch`, `inbound.targets.files`):
+every object stored while the previous batch was being written goes in the next, made durable
+together. A store returns only once its batch is durable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
+from inbound.batch import Batcher
 from inbound.config.fields import function_name, topic_name
 from inbound.core.errors import PermanentActionError, TransientActionError
 from inbound.core.ids import MessageIdGenerator
 from inbound.core.services import BounceRequest
-from inbound.datadir import create_file, fsync_dir, make_dirs, open_fd
+from inbound.datadir import fsync_dir, open_fd
 from inbound.message.notification import sns_envelope
+from inbound.targets.files import FileBatchWriter, make_dirs_synced, write_at
 
 LambdaFunction = Callable[[dict[str, object], object], object]
 # SES waits 30 s for a RequestResponse invocation (LambdaAction).
@@ -45,16 +50,20 @@ class LocalTargets:
         self.lambda_timeout = lambda_timeout
         self._ids = MessageIdGenerator()
         self._locks: dict[Path, asyncio.Lock] = {}
+        writer = FileBatchWriter()
+        self._writes: Batcher[tuple[Path, bytes], None] = Batcher(
+            "local-s3-write", lambda batch: _write_objects(batch, writer), max_batch=64
+        )
 
     def _inside(self, *parts: str) -> Path:
         # Buckets, prefixes and topic names were validated when the rules loaded; this is the
-        # second line of defence, without a file-system call on the event loop.
-        path = self.root.joinpath(*parts)
-        if any(part in ("..", "") for part in Path(*parts).parts) or not path.is_relative_to(
-            self.root
-        ):
-            raise PermanentActionError(f"{'/'.join(parts)!r} leaves the data directory")
-        return path
+        # second line of defence, without a file-system call on the event loop (and with
+        # string operations: pathlib's parsing was a tenth of a dispatch's cost).
+        relative = "/".join(parts)
+        pieces = relative.split("/")
+        if relative.startswith("/") or ".." in pieces or "\0" in relative:
+            raise PermanentActionError(f"{relative!r} leaves the data directory")
+        return self.root / "/".join(piece for piece in pieces if piece not in ("", "."))
 
     async def store(
         self,
@@ -66,7 +75,7 @@ class LocalTargets:
         iam_role_arn: str | None,
     ) -> None:
         path = self._inside("s3", bucket, key.lstrip("/"))
-        await asyncio.to_thread(_write_file, path, content)
+        await self._writes.submit((path, content))
 
     async def publish(self, topic_arn: str, notification: dict[str, object]) -> None:
         envelope = sns_envelope(
@@ -112,24 +121,16 @@ class LocalTargets:
 # "survives a power loss": file contents, the rename and every new directory entry are synced.
 
 
-def _make_dirs(directory: Path) -> None:
-    """`mkdir -p` (0700, SPEC section 7 Files), syncing the parent of every directory it makes."""
-    for created in make_dirs(directory):
-        fsync_dir(created.parent)
-
-
-def _write_file(path: Path, content: bytes) -> None:
-    try:
-        _make_dirs(path.parent)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with create_file(tmp) as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except OSError as exc:
-        raise TransientActionError(f"cannot write {path.name}: {exc.strerror}") from exc
+def _write_objects(
+    batch: Sequence[tuple[Path, bytes]], writer: FileBatchWriter
+) -> list[Exception | None]:
+    errors = writer.write_batch(batch)
+    for i, error in enumerate(errors):
+        if isinstance(error, OSError):
+            failure = TransientActionError(f"cannot write {batch[i][0].name}: {error.strerror}")
+            failure.__cause__ = error
+            errors[i] = failure
+    return errors
 
 
 # A JSON-lines file holds whole lines only. An append cut short (ENOSPC, EDQUOT, EIO, a crash)
@@ -143,7 +144,7 @@ _SCAN = 64 * 1024
 
 def _append_line(path: Path, line: bytes) -> None:
     try:
-        _make_dirs(path.parent)
+        make_dirs_synced(path.parent)
         new = not path.exists()
         fd = open_fd(path, os.O_RDWR | os.O_CREAT)
         try:
@@ -159,7 +160,7 @@ def _append_line(path: Path, line: bytes) -> None:
 def _append_whole(fd: int, line: bytes) -> None:
     end = _whole_lines(fd)
     try:
-        _write_at(fd, line, end)
+        write_at(fd, line, end)
         os.fsync(fd)
     except OSError:
         # If even this fails, the next append cuts the partial line before it writes.
@@ -187,13 +188,3 @@ def _whole_lines(fd: int) -> int:
         os.ftruncate(fd, end)
         os.fsync(fd)
     return end
-
-
-def _write_at(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        # A short write (the disk filling up) is followed by the write that fails.
-        written = os.pwrite(fd, view, offset)
-        if written == 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        view, offset = view[written:], offset + written

@@ -13,6 +13,8 @@ from inbound.core.errors import TransientActionError
 from inbound.core.message import MessageFacts
 from inbound.core.steps import Flow, Outcome, StepKey, StepRecord
 from inbound.core.verdicts import Verdicts
+from inbound.message import notification
+from inbound.message import parse as message_parse
 from inbound.rules.evaluate import evaluate, results_by_function
 from inbound.run.ledgers import MemoryLedger, SpoolLedger
 from inbound.run.runner import RunResult, run_message
@@ -152,3 +154,40 @@ def test_replayed_outcomes_parse_the_recorded_disposition() -> None:
     assert action.replay("STOP_RULE_SET") == Outcome(Flow.STOP_RULE_SET, "STOP_RULE_SET")
     assert action.replay("__pause__") == Outcome(Flow.CONTINUE, "__pause__")
     assert rules.rules[0].actions[0].replay(None) == Outcome()
+
+
+TOPIC = "arn:aws:sns:us-east-1:123456789012:t"
+NOTIFYING = f"""\
+  - name: notify
+    actions:
+      - {{type: s3, bucket: mail, prefix: a/, topic_arn: "{TOPIC}"}}
+      - {{type: lambda, function_arn: "{FUNCTION.format(name="meddle")}", invocation_type: event}}
+      - {{type: sns, topic_arn: "{TOPIC}"}}
+      - {{type: add_header, name: X-Seen, value: "yes"}}
+      - {{type: sns, topic_arn: "{TOPIC}"}}
+"""
+
+
+def test_notifying_actions_parse_each_content_once_and_get_their_own_copy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parsed: list[bytes] = []
+    real = message_parse.parse_headers
+
+    def parse_headers(raw: bytes) -> MessageFacts:
+        parsed.append(raw)
+        return real(raw)
+
+    monkeypatch.setattr(notification, "parse_headers", parse_headers)
+
+    def meddle(event: dict[str, object]) -> None:
+        event["Records"][0]["ses"]["mail"]["headers"].clear()  # type: ignore[index]
+
+    fakes = MemoryServices(functions={"meddle": meddle})
+    result = run(NOTIFYING, fakes, MemoryLedger())
+    assert result.failed is None
+    # Four notifications (s3's topic, the Lambda event, two SNS): the header block of the
+    # message as received, then of the message with X-Seen, each parsed once.
+    assert parsed == [RAW, b"X-Seen: yes\r\n" + RAW]
+    mails = [notification["mail"] for _, notification in fakes.topics.published]
+    assert [m["headers"][0]["name"] for m in mails] == ["From", "From", "X-Seen"]  # type: ignore[index]

@@ -305,6 +305,44 @@ def test_finish_removes_the_message(tmp_path: Path) -> None:
         spool.meta(done)
 
 
+def test_finishing_many_syncs_queue_once_and_fails_only_the_missing_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path)
+    done = [spool_one(spool) for _ in range(5)]
+    waiting = spool_one(spool)
+    synced: list[Path] = []
+    real = datadir.fsync_dir
+
+    def fsync_dir(path: Path) -> None:
+        synced.append(path)
+        real(path)
+
+    monkeypatch.setattr("inbound.spool.store.fsync_dir", fsync_dir)
+    missing = IDS.next()
+    errors = spool.finish_many([*done[:2], missing, *done[2:]])
+    assert [type(e) for e in errors] == [type(None)] * 2 + [MessageNotFound] + [type(None)] * 3
+    assert synced == [tmp_path / "queue"]  # one fsync for the batch, not one per message
+    assert spool.queued() == [waiting]
+    assert entries(tmp_path / "tmp") == []
+
+
+def test_a_failing_sync_of_a_finish_batch_fails_every_message_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path)
+    done = [spool_one(spool) for _ in range(3)]
+
+    def fsync_dir(path: Path) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr("inbound.spool.store.fsync_dir", fsync_dir)
+    errors = spool.finish_many(done)
+    # Each caller is told (the scheduler forgets the message until a rescan): the rename may
+    # not survive a crash, and the message is then delivered again (at least once).
+    assert all(isinstance(e, SpoolWriteError) for e in errors)
+
+
 def test_dead_letter_then_retry(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     message_id = spool_one(spool)
