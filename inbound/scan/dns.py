@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
@@ -250,11 +251,14 @@ class _Zone:
 
 
 class ZoneResolver:
-    """Answers from zone text; `queries` records each question as (name, type), in order."""
+    """Answers from zone text; `queries` records the last `QUERY_HISTORY` questions as
+    (name, type), in order (bounded: `inbound serve --dns-zone` may run for months)."""
+
+    QUERY_HISTORY = 1000
 
     def __init__(self, zone_text: str = "", *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.timeout = timeout
-        self.queries: list[tuple[str, str]] = []
+        self.queries: deque[tuple[str, str]] = deque(maxlen=self.QUERY_HISTORY)
         self._zone = _Zone()
         if zone_text:
             self.add_text(zone_text, source="<text>")

@@ -80,7 +80,22 @@ def test_zone_records_every_question() -> None:
     resolver = ZoneResolver(ZONE)
     ask(lambda: resolver.txt("Host.Example."))
     ask(lambda: resolver.mx("mail.example"))
-    assert resolver.queries == [("host.example", "TXT"), ("mail.example", "MX")]
+    assert list(resolver.queries) == [("host.example", "TXT"), ("mail.example", "MX")]
+
+
+def test_a_long_running_zone_keeps_only_its_last_questions() -> None:
+    """`inbound serve --dns-zone` answers every message's SPF and DMARC questions: its record of
+    them must not grow with the receiver's uptime."""
+    resolver = ZoneResolver(ZONE)
+    names = [f"q{n}.example" for n in range(ZoneResolver.QUERY_HISTORY + 10)]
+
+    async def every() -> None:
+        for name in names:
+            await resolver.txt(name)
+
+    asyncio.run(every())
+    assert len(resolver.queries) == ZoneResolver.QUERY_HISTORY
+    assert resolver.queries[-1] == (f"q{ZoneResolver.QUERY_HISTORY + 9}.example", "TXT")
 
 
 @pytest.mark.parametrize("method", ["txt", "a", "aaaa", "mx", "ptr"])
