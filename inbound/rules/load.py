@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from inbound.config.fields import network_meant
+from inbound.config.fields import check_domain, network_meant
 from inbound.config.yamlsource import Path_, SourceMap, format_path, load_yaml, parse_yaml
 from inbound.core.errors import ConfigError, ConfigIssue, InputError, Severity
 from inbound.rules import ses_json
@@ -58,13 +58,17 @@ def parse_rule_set(text: str, file: str, *, extra_domains: Sequence[str] = ()) -
     """Validate rule-set text (YAML or SES JSON); `file` names it in error messages."""
     early: list[ConfigIssue] = []
     path = Path(file)
+    derived = False  # domains taken from an SES rule set's recipients, not written in the file
     if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
         data, source = _load_json(text, file)
         data, source, early = ses_json.to_native(data, source, stem=path.stem)
         if isinstance(data, dict) and not data.get("domains"):
             data["domains"] = ses_json.derive_domains(data)
+            derived = True
     else:
         data, source, early = parse_yaml(text, file)
+    written = data.get("domains") if isinstance(data, dict) and not derived else None
+    own_domains = len(written) if isinstance(written, list) else 0
     if extra_domains and isinstance(data, dict):
         known = data.get("domains")
         data["domains"] = [*(known if isinstance(known, list) else []), *extra_domains]
@@ -83,7 +87,11 @@ def parse_rule_set(text: str, file: str, *, extra_domains: Sequence[str] = ()) -
         ]
     if errors:
         raise ConfigError(errors)
-    warnings = [*_warnings(rule_set, source), *_host_bits(data, source)]
+    warnings = [
+        *_warnings(rule_set, source),
+        *_host_bits(data, source),
+        *_repeated_domains(data, source, own_domains),
+    ]
     return LoadedRuleSet(rule_set, sorted(warnings), source)
 
 
@@ -320,6 +328,21 @@ def _host_bits(data: object, source: SourceMap) -> Iterable[ConfigIssue]:
                 f"write {network}, or {single} for the one address"
             )
             yield _warn(source, path, message)
+
+
+def _repeated_domains(data: object, source: SourceMap, own: int) -> Iterable[ConfigIssue]:
+    """A domain the file lists twice (as written or once normalised): kept once, and said, as
+    it is most often a typo for another domain. Not for `--domain` naming one of the file's."""
+    assert isinstance(data, dict)
+    first: dict[str, int] = {}
+    for i, written in enumerate(data["domains"][:own]):
+        domain = check_domain(written)  # valid: the model accepted it
+        if domain in first:
+            line = source.value_at(("domains", first[domain])).line
+            message = f"domain {written!r} is listed twice (first at line {line}): kept once"
+            yield _warn(source, ("domains", i), message)
+        else:
+            first[domain] = i
 
 
 def _cidrs(data: object) -> Iterable[tuple[Path_, str]]:

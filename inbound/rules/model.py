@@ -129,10 +129,16 @@ class Filter(_Strict):
     cidr: Cidr
 
 
+def _once_each(domains: list[str]) -> list[str]:
+    """A domain named twice (`Example.com` and `example.com.`, or a file's and `--domain`'s)
+    is one domain: kept once, where it came first (the load warns for the file's own)."""
+    return list(dict.fromkeys(domains))
+
+
 class RuleSet(_Strict):
     version: Literal[1] = 1
     name: Name
-    domains: Annotated[list[Domain], Field(min_length=1)]
+    domains: Annotated[list[Domain], Field(min_length=1), AfterValidator(_once_each)]
     filters: list[Filter] = []
     rules: list[Rule] = []
 

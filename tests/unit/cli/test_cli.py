@@ -412,6 +412,15 @@ def test_check_ok_prints_a_summary() -> None:
     assert result.stdout.startswith("rules/example.yaml: ok: rule set 'example', 5 rules")
 
 
+def test_check_domain_naming_one_of_the_files_is_one_domain(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: 1\nname: t\ndomains: [example.com]\nrules: []\n")
+    result = inbound("check", str(rules), "--domain", "EXAMPLE.com", "--domain", "example.org")
+    assert result.returncode == 0, result.stderr
+    assert "domains example.com, example.org\n" in result.stdout
+    assert result.stderr == ""  # no warning: naming a domain again on the command line is fine
+
+
 SES_RULES = """\
 version: 1
 name: main
