@@ -307,8 +307,12 @@ def _delete(spool: Spool, data_dir: Path, message_ids: list[str]) -> int:
         for message_id, place in where.items():
             when = due.get(message_id)
             if serving and place == "queued" and (when is None or when <= now + SAFE_MARGIN):
+                # Say when: "due now" for one due in 6 s sent users looking for a bug.
+                soon = (
+                    "due now" if when is None or when <= now else f"due in {_seconds(when - now)}"
+                )
                 print(
-                    f"{message_id}: not deleted: it is due now and the running inbound serve "
+                    f"{message_id}: not deleted: it is {soon} and the running inbound serve "
                     "may be dispatching it (wait until it is deferred or dead-lettered, "
                     "or stop the server)",
                     file=sys.stderr,
@@ -321,6 +325,10 @@ def _delete(spool: Spool, data_dir: Path, message_ids: list[str]) -> int:
     finally:
         if lock is not None:
             lock.close()
+
+
+def _seconds(delay: timedelta) -> str:
+    return f"{max(1, round(delay.total_seconds()))} s"
 
 
 def _duration(flag: str, value: str) -> timedelta:
