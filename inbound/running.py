@@ -21,11 +21,11 @@ from typing import IO, TYPE_CHECKING, Literal, Protocol
 from inbound.core.errors import ConfigError, InputError
 from inbound.dispatch import Dispatcher
 from inbound.intake import Intake
-from inbound.observe.log import emit_fields
+from inbound.observe.log import emit, emit_fields
 from inbound.observe.metrics import DispatchMetrics
 from inbound.observe.supervise import supervise
 from inbound.receive.server import SmtpServer
-from inbound.rules.book import RuleBook
+from inbound.rules.book import RuleBook, RuleSnapshot
 from inbound.schedule import Scheduler
 from inbound.spool.commit import GroupCommitter
 from inbound.spool.store import Spool, SpoolWriter
@@ -124,6 +124,7 @@ class App:
             "rules_digest": self.book.current.digest[:12],
         }
         emit_fields(log, "server.started", fields)
+        announce_warnings(self.book.current)
 
     def dispatch(self, stop: asyncio.Event) -> asyncio.Task[None]:
         """The scheduler running the dispatcher, until `stop` is set (restarted, backed off,
@@ -153,5 +154,19 @@ def reload_rules(book: RuleBook, context: Mapping[str, object] | None = None) ->
         fields["errors"] = [str(exc)]
     else:
         emit_fields(log, "rules.reloaded", {"rules_digest": snapshot.digest[:12], **fields})
+        announce_warnings(snapshot)
         return
     emit_fields(log, "rules.reload_failed", fields, level=logging.ERROR)
+
+
+def announce_warnings(snapshot: RuleSnapshot) -> None:
+    """What `inbound check` warns about in the rules now in force, one line each: an operator
+    who never ran `check` sees them in the log (they do not stop the rules loading)."""
+    for warning in snapshot.warnings:
+        emit(
+            log,
+            "rules.warning",
+            level=logging.WARNING,
+            rules_digest=snapshot.digest[:12],
+            warning=warning,
+        )

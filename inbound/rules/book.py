@@ -21,6 +21,9 @@ from inbound.rules.load import parse_rule_set, read_text
 class RuleSnapshot:
     digest: str
     compiled: CompiledRuleSet
+    # What `inbound check` would warn about (a CIDR with host bits, a domain listed twice),
+    # as it prints them: `serve` logs them when it loads the rules, as `check` prints them.
+    warnings: tuple[str, ...] = ()
 
 
 def digest_of(text: str) -> str:
@@ -48,9 +51,10 @@ class RuleBook:
     def reload(self) -> RuleSnapshot:
         """Load the file again; on any error raise it and keep the rules in force."""
         text = read_text(self.path)
-        compiled = self._compile(text, str(self.path))
+        loaded = parse_rule_set(text, str(self.path), extra_domains=self._extra_domains)
+        compiled = CompiledRuleSet.build(loaded.rule_set)
         digest = self._save_text(text)
-        snapshot = RuleSnapshot(digest, compiled)
+        snapshot = RuleSnapshot(digest, compiled, tuple(str(w) for w in loaded.warnings))
         with self._lock:
             self._snapshots[digest] = snapshot
             self.current = snapshot

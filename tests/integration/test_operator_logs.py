@@ -9,17 +9,20 @@ Everything is read from outside: a real `inbound serve` child's stderr and its `
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import ssl
 import struct
 import urllib.request
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.receiver import (
+    RULES,
     Child,
     events_of,
     free_port,
@@ -235,3 +238,29 @@ def test_a_failed_tls_handshake_is_one_quiet_line_with_the_peer_and_the_reason(
     assert line["level"] in {"info", "warning"}
     # Nothing at error level came with it (asyncio's or the session's own).
     assert not [e for e in log_events(server.log) if e["level"] == "error"]
+
+
+def test_what_check_warns_about_is_logged_at_start_and_on_reload(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES.replace("domains: [", "domains: [Example.COM, "))
+    server = start_child(tmp_path)
+    try:
+        started = wait_for(lambda: events_of(server, "rules.warning"), "rules.warning at start")
+        assert [e["warning"] for e in started] == [
+            f"{rules}:3:24: warning: domains[1]: domain 'example.com' is listed twice "
+            "(first at line 3): kept once"
+        ]
+        assert started[0]["level"] == "warning"
+        rules.write_text(
+            RULES.replace(
+                "domains: [", "filters: [{name: f, policy: allow, cidr: 10.0.0.1/8}]\ndomains: ["
+            )
+        )
+        server.signal(signal.SIGHUP)
+        again = wait_for(
+            lambda: [e for e in events_of(server, "rules.warning") if "host bits" in e["warning"]],
+            "rules.warning on reload",
+        )
+        assert again[0]["warning"].startswith(f"{rules}:3:")
+    finally:
+        server.kill()
