@@ -276,6 +276,12 @@ class SmtpCommands(SmtpEngine):
             reply = _PARAM_REPLIES.get(params)
             self.say(reply if reply is not None else self._syntax("MAIL FROM: <address>"))
             return
+        if path.local_only:
+            # RFC 5321 §4.1.2: a reverse path is a Mailbox, local part "@" domain; only a
+            # recipient <Postmaster> may lack the domain (§4.1.1.3). Checked after the
+            # parameters, so "MAIL FROM: Name <address>" stays a 501 5.5.4 for its syntax.
+            self.say(wire(replies.BAD_SENDER_SYNTAX))
+            return
         transaction.mail_from = path.address
         transaction.mail_options = path.params.upper().split()
         transaction.smtputf8 = params.smtputf8
