@@ -34,6 +34,9 @@ MAILBOX_UNAVAILABLE = SmtpReply(550, "5.1.1", "Recipient address rejected: mailb
 RELAY_DENIED = SmtpReply(550, "5.7.1", "Recipient address rejected: relay access denied")
 BAD_RECIPIENT_SYNTAX = SmtpReply(501, "5.1.3", "Bad recipient address syntax")
 BAD_SENDER_SYNTAX = SmtpReply(501, "5.1.7", "Bad sender address syntax")
+# RFC 6531 §3.4: an address beyond ASCII needs MAIL's SMTPUTF8 parameter; RFC 5248 X.6.7
+# ("non-ASCII addresses not permitted for that sender/recipient"); Postfix's text.
+UNDECLARED_SMTPUTF8 = SmtpReply(553, "5.6.7", "Must declare SMTPUTF8 to send unicode address")
 # RFC 3207 §4: the text SES and Postfix use.
 TLS_REQUIRED = SmtpReply(530, "5.7.0", "Must issue a STARTTLS command first")
 CLIENT_REFUSED = SmtpReply(554, "5.7.1", "Access denied")

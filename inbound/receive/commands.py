@@ -282,6 +282,10 @@ class SmtpCommands(SmtpEngine):
             # parameters, so "MAIL FROM: Name <address>" stays a 501 5.5.4 for its syntax.
             self.say(wire(replies.BAD_SENDER_SYNTAX))
             return
+        if not (params.smtputf8 or path.address.isascii()):
+            # RFC 6531 §3.4: without SMTPUTF8 the envelope is ASCII (RFC 5321 §4.1.2).
+            self.say(wire(replies.UNDECLARED_SMTPUTF8))
+            return
         transaction.mail_from = path.address
         transaction.mail_options = path.params.upper().split()
         transaction.smtputf8 = params.smtputf8
@@ -317,6 +321,10 @@ class SmtpCommands(SmtpEngine):
             return
         if params:
             self.say(say.RCPT_PARAMS_UNKNOWN)
+            return
+        if not (transaction.smtputf8 or path.address.isascii()):
+            # RFC 6531 §3.4: a recipient beyond ASCII needs a MAIL that said SMTPUTF8.
+            self.say(wire(replies.UNDECLARED_SMTPUTF8))
             return
         self.say(echoed(str(self.recipient(path.address))))
 
