@@ -54,6 +54,8 @@ MIME_TOO_COMPLEX = SmtpReply(
 INTERNAL_ERROR = SmtpReply(451, "4.3.0", "Temporary server error, please try again later")
 # AUTH is not offered (an MX, not a submission server): RFC 5321 §4.2.4.
 NOT_IMPLEMENTED = SmtpReply(502, "5.5.1", "Command not implemented")
+# RFC 5321 §4.3.2: HELP on a topic the server has no help for.
+NO_HELP = SmtpReply(504, "5.5.4", "No help on that topic")
 TLS_ACTIVE = SmtpReply(503, "5.5.1", "TLS already active")
 TLS_SYNTAX = SmtpReply(501, "5.5.4", "Syntax: STARTTLS")
 TLS_READY = SmtpReply(220, "2.0.0", "Ready to start TLS")

@@ -233,14 +233,18 @@ class SmtpCommands(SmtpEngine):
         self.say(say.NO_EXPN)
 
     def help(self, arg: str | None) -> None:
-        code = 250
-        if arg:
-            syntax = say.HELP_SYNTAX.get(arg.upper())
-            if syntax is not None:
-                self.say(echoed("250 Syntax: " + syntax))
-                return
-            code = 501
-        self.say(echoed(f"{code} {say.HELP_LIST}"))
+        # RFC 5321 §4.1.1.8, §4.3.2: 214 with the commands, or with the syntax of the one
+        # asked about; 504 for a topic without help (STARTTLS has none when not offered).
+        offered = self.tls_context is not None
+        if not arg:
+            self.say(say.HELP_LIST_TLS if offered else say.HELP_LIST)
+            return
+        topic = arg.upper()
+        reply = say.HELP_TOPICS.get(topic)
+        if reply is None or (topic == "STARTTLS" and not offered):
+            self.say(wire(replies.NO_HELP))
+            return
+        self.say(reply)
 
     def auth(self, arg: str | None) -> None:
         # No AUTH on an MX (it is not advertised): RFC 5321 §4.2.4.
