@@ -66,6 +66,8 @@ SHUTTING_DOWN = SmtpReply(421, "4.3.2", "Service shutting down, try again later"
 TOO_MANY_CONNECTIONS = SmtpReply(421, "4.7.0", "Too many connections, try again later")
 # Postfix's smtpd_junk_command_limit: NOOP, RSET, a refused MAIL... without a transaction.
 TOO_MANY_JUNK_COMMANDS = SmtpReply(421, "4.7.0", "Too many commands without a transaction")
+# The fifth unknown verb: RFC 5321 §3.8, a server closes on its own only after a 421.
+TOO_MANY_UNKNOWN_COMMANDS = SmtpReply(421, "4.7.0", "Too many unrecognized commands, closing")
 # --max-session-time; RFC 3463 X.4.2 as for the other timeouts (RFC 5321 §4.5.3.2).
 SESSION_TIME_EXCEEDED = SmtpReply(421, "4.4.2", "Session time limit exceeded, closing connection")
 

@@ -42,7 +42,7 @@ from inbound.receive.session import (
 
 log = logging.getLogger("inbound.receive")
 
-# Unknown verbs before "502 5.5.1 Too many unrecognized commands, goodbye." and the end.
+# The fifth unknown verb gets "421 4.7.0" and the session ends (RFC 5321 §3.8): aiosmtpd's count.
 UNKNOWN_LIMIT = 5
 
 _PARAM_REPLIES = {
@@ -117,7 +117,7 @@ class SmtpCommands(SmtpEngine):
         if handler is None:
             self._unknown += 1
             if self._unknown >= UNKNOWN_LIMIT:
-                self.close_saying(say.TOO_MANY_UNKNOWN)
+                self.close_saying(wire(replies.TOO_MANY_UNKNOWN_COMMANDS))
                 return
             self.say(echoed(f'500 Error: command "{verb}" not recognized'))
             return
