@@ -34,6 +34,9 @@ MAILBOX_UNAVAILABLE = SmtpReply(550, "5.1.1", "Recipient address rejected: mailb
 RELAY_DENIED = SmtpReply(550, "5.7.1", "Recipient address rejected: relay access denied")
 BAD_RECIPIENT_SYNTAX = SmtpReply(501, "5.1.3", "Bad recipient address syntax")
 BAD_SENDER_SYNTAX = SmtpReply(501, "5.1.7", "Bad sender address syntax")
+# RFC 6531 §3.4: an address beyond ASCII needs MAIL's SMTPUTF8 parameter; RFC 5248 X.6.7
+# ("non-ASCII addresses not permitted for that sender/recipient"); Postfix's text.
+UNDECLARED_SMTPUTF8 = SmtpReply(553, "5.6.7", "Must declare SMTPUTF8 to send unicode address")
 # RFC 3207 §4: the text SES and Postfix use.
 TLS_REQUIRED = SmtpReply(530, "5.7.0", "Must issue a STARTTLS command first")
 CLIENT_REFUSED = SmtpReply(554, "5.7.1", "Access denied")
@@ -51,6 +54,8 @@ MIME_TOO_COMPLEX = SmtpReply(
 INTERNAL_ERROR = SmtpReply(451, "4.3.0", "Temporary server error, please try again later")
 # AUTH is not offered (an MX, not a submission server): RFC 5321 §4.2.4.
 NOT_IMPLEMENTED = SmtpReply(502, "5.5.1", "Command not implemented")
+# RFC 5321 §4.3.2: HELP on a topic the server has no help for.
+NO_HELP = SmtpReply(504, "5.5.4", "No help on that topic")
 TLS_ACTIVE = SmtpReply(503, "5.5.1", "TLS already active")
 TLS_SYNTAX = SmtpReply(501, "5.5.4", "Syntax: STARTTLS")
 TLS_READY = SmtpReply(220, "2.0.0", "Ready to start TLS")
@@ -61,6 +66,8 @@ SHUTTING_DOWN = SmtpReply(421, "4.3.2", "Service shutting down, try again later"
 TOO_MANY_CONNECTIONS = SmtpReply(421, "4.7.0", "Too many connections, try again later")
 # Postfix's smtpd_junk_command_limit: NOOP, RSET, a refused MAIL... without a transaction.
 TOO_MANY_JUNK_COMMANDS = SmtpReply(421, "4.7.0", "Too many commands without a transaction")
+# The fifth unknown verb: RFC 5321 §3.8, a server closes on its own only after a 421.
+TOO_MANY_UNKNOWN_COMMANDS = SmtpReply(421, "4.7.0", "Too many unrecognized commands, closing")
 # --max-session-time; RFC 3463 X.4.2 as for the other timeouts (RFC 5321 §4.5.3.2).
 SESSION_TIME_EXCEEDED = SmtpReply(421, "4.4.2", "Session time limit exceeded, closing connection")
 

@@ -23,10 +23,13 @@ _MAX_DOMAIN = 255
 
 @dataclass(frozen=True, slots=True)
 class Path:
-    """A parsed path: `address` is "" for the null path `<>`; `params` is what followed it."""
+    """A parsed path: `address` is "" for the null path `<>`; `params` is what followed it;
+    `local_only` when the mailbox is a local part without a domain (only a recipient
+    `<Postmaster>` may be one, RFC 5321 §4.1.1.3)."""
 
     address: str
     params: str
+    local_only: bool = False
 
 
 def parse_path(arg: str) -> Path | None:
@@ -49,14 +52,21 @@ def parse_path(arg: str) -> Path | None:
             if colon < 0 or not all(_route_hop(hop) for hop in inner[:colon].split(",")):
                 return None
             inner = inner[colon + 1 :]
-        mailbox = parse_mailbox(inner)
-        return None if mailbox is None else Path(mailbox, rest.strip(" "))
+        return _path(inner, rest)
     # No brackets: a client's bare mailbox, up to the first space.
     bare, _, rest = text.partition(" ")
     if ">" in bare:
         return None
-    mailbox = parse_mailbox(bare)
-    return None if mailbox is None else Path(mailbox, rest.strip(" "))
+    return _path(bare, rest)
+
+
+def _path(mailbox: str, rest: str) -> Path | None:
+    parts = _mailbox(mailbox)
+    if parts is None:
+        return None
+    local, whole = parts
+    params = rest.strip(" ")
+    return Path(local, params, local_only=True) if whole is None else Path(whole, params)
 
 
 def _closing_bracket(text: str) -> int:
@@ -85,6 +95,16 @@ def parse_mailbox(text: str) -> str | None:
     """`Local-part "@" ( Domain / address-literal )`, the local part unquoted where quoting is
     not needed (as the mail system compares it); the bare local part "postmaster" too (RFC 5321
     §4.1.1.3). None if it does not parse."""
+    parts = _mailbox(text)
+    if parts is None:
+        return None
+    local, mailbox = parts
+    return local if mailbox is None else mailbox
+
+
+def _mailbox(text: str) -> tuple[str, str | None] | None:
+    """(the local part, the whole mailbox or None when it has no domain); None if `text` does
+    not parse."""
     if text.startswith('"'):
         end = _quoted_end(text)
         if end < 0 or (end < len(text) and text[end] != "@"):
@@ -99,12 +119,13 @@ def parse_mailbox(text: str) -> str | None:
         if not _dot_string(local):
             return None
     if domain is None:
-        # A local part alone: "Postmaster" must be accepted (RFC 5321 §4.1.1.3); others are
-        # left to the policy to refuse, as the receiver always did.
-        return local
+        # A local part alone: "Postmaster" must be accepted as a recipient (RFC 5321
+        # §4.1.1.3); other recipients are left to the policy to refuse, as the receiver always
+        # did, and a sender without a domain is refused by MAIL.
+        return local, None
     if not (_domain(domain) or _address_literal(domain)):
         return None
-    return f"{local}@{domain}"
+    return local, f"{local}@{domain}"
 
 
 def _quoted_end(text: str) -> int:

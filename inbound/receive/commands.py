@@ -42,7 +42,7 @@ from inbound.receive.session import (
 
 log = logging.getLogger("inbound.receive")
 
-# Unknown verbs before "502 5.5.1 Too many unrecognized commands, goodbye." and the end.
+# The fifth unknown verb gets "421 4.7.0" and the session ends (RFC 5321 §3.8): aiosmtpd's count.
 UNKNOWN_LIMIT = 5
 
 _PARAM_REPLIES = {
@@ -117,7 +117,7 @@ class SmtpCommands(SmtpEngine):
         if handler is None:
             self._unknown += 1
             if self._unknown >= UNKNOWN_LIMIT:
-                self.close_saying(say.TOO_MANY_UNKNOWN)
+                self.close_saying(wire(replies.TOO_MANY_UNKNOWN_COMMANDS))
                 return
             self.say(echoed(f'500 Error: command "{verb}" not recognized'))
             return
@@ -233,14 +233,18 @@ class SmtpCommands(SmtpEngine):
         self.say(say.NO_EXPN)
 
     def help(self, arg: str | None) -> None:
-        code = 250
-        if arg:
-            syntax = say.HELP_SYNTAX.get(arg.upper())
-            if syntax is not None:
-                self.say(echoed("250 Syntax: " + syntax))
-                return
-            code = 501
-        self.say(echoed(f"{code} {say.HELP_LIST}"))
+        # RFC 5321 §4.1.1.8, §4.3.2: 214 with the commands, or with the syntax of the one
+        # asked about; 504 for a topic without help (STARTTLS has none when not offered).
+        offered = self.tls_context is not None
+        if not arg:
+            self.say(say.HELP_LIST_TLS if offered else say.HELP_LIST)
+            return
+        topic = arg.upper()
+        reply = say.HELP_TOPICS.get(topic)
+        if reply is None or (topic == "STARTTLS" and not offered):
+            self.say(wire(replies.NO_HELP))
+            return
+        self.say(reply)
 
     def auth(self, arg: str | None) -> None:
         # No AUTH on an MX (it is not advertised): RFC 5321 §4.2.4.
@@ -275,6 +279,16 @@ class SmtpCommands(SmtpEngine):
         if isinstance(params, ParamError):
             reply = _PARAM_REPLIES.get(params)
             self.say(reply if reply is not None else self._syntax("MAIL FROM: <address>"))
+            return
+        if path.local_only:
+            # RFC 5321 §4.1.2: a reverse path is a Mailbox, local part "@" domain; only a
+            # recipient <Postmaster> may lack the domain (§4.1.1.3). Checked after the
+            # parameters, so "MAIL FROM: Name <address>" stays a 501 5.5.4 for its syntax.
+            self.say(wire(replies.BAD_SENDER_SYNTAX))
+            return
+        if not (params.smtputf8 or path.address.isascii()):
+            # RFC 6531 §3.4: without SMTPUTF8 the envelope is ASCII (RFC 5321 §4.1.2).
+            self.say(wire(replies.UNDECLARED_SMTPUTF8))
             return
         transaction.mail_from = path.address
         transaction.mail_options = path.params.upper().split()
@@ -311,6 +325,10 @@ class SmtpCommands(SmtpEngine):
             return
         if params:
             self.say(say.RCPT_PARAMS_UNKNOWN)
+            return
+        if not (transaction.smtputf8 or path.address.isascii()):
+            # RFC 6531 §3.4: a recipient beyond ASCII needs a MAIL that said SMTPUTF8.
+            self.say(wire(replies.UNDECLARED_SMTPUTF8))
             return
         self.say(echoed(str(self.recipient(path.address))))
 

@@ -25,14 +25,21 @@ MAIL_EXTRA_SMTPUTF8 = 10
 # end, then answered "500 Command line too long".
 LINE_BUFFER_LIMIT = 1001
 
-# HELP's answers (RFC 5321 §4.1.1.8): the commands whose syntax the receiver has always shown.
+# HELP's answers (RFC 5321 §4.1.1.8, §4.3.2: 214): the commands the receiver implements, and
+# the syntax of each. EXPN and AUTH are known verbs but not implemented (502): no help on them.
 HELP_SYNTAX = {
-    "HELP": "HELP [command]",
-    "NOOP": "NOOP [ignored]",
+    "DATA": "DATA",
+    "EHLO": "EHLO <domain>",
+    "HELO": "HELO <domain>",
+    "HELP": "HELP [<command>]",
+    "MAIL": "MAIL FROM:<address> [SIZE=<size>] [BODY=7BIT|8BITMIME] [SMTPUTF8]",
+    "NOOP": "NOOP [<string>]",
     "QUIT": "QUIT",
+    "RCPT": "RCPT TO:<address>",
+    "RSET": "RSET",
+    "STARTTLS": "STARTTLS",
     "VRFY": "VRFY <address>",
 }
-HELP_LIST = "Supported commands: " + " ".join(sorted(HELP_SYNTAX))
 
 
 @dataclass(slots=True)
@@ -113,7 +120,6 @@ OK = echoed("250 OK")
 BYE = echoed("221 Bye")
 BAD_SYNTAX = echoed("500 Error: bad syntax")
 LINE_TOO_LONG = echoed("500 Command line too long")
-TOO_MANY_UNKNOWN = echoed("502 5.5.1 Too many unrecognized commands, goodbye.")
 SEND_HELO = echoed("503 Error: send HELO first")
 NEED_MAIL = echoed("503 Error: need MAIL command")
 NEED_RCPT = echoed("503 Error: need RCPT command")
@@ -121,6 +127,10 @@ NESTED_MAIL = echoed("503 Error: nested MAIL command")
 DATA_SYNTAX = echoed("501 Syntax: DATA")
 START_DATA = echoed("354 End data with <CR><LF>.<CR><LF>")
 VRFY_SYNTAX = echoed("501 Syntax: VRFY <address>")
+HELP_TOPICS = {verb: echoed(f"214 2.0.0 Syntax: {syntax}") for verb, syntax in HELP_SYNTAX.items()}
+# STARTTLS is listed only where it is offered (a certificate is configured).
+HELP_LIST = echoed("214 2.0.0 Commands: " + " ".join(v for v in HELP_SYNTAX if v != "STARTTLS"))
+HELP_LIST_TLS = echoed("214 2.0.0 Commands: " + " ".join(HELP_SYNTAX))
 CANNOT_VRFY = echoed("252 Cannot VRFY user, but will accept message and attempt delivery")
 NO_EXPN = echoed("502 EXPN not implemented")
 SIZE_TOO_BIG = echoed("552 Error: message size exceeds fixed maximum message size")

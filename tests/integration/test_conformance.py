@@ -7,15 +7,11 @@ any SMTP engine of the receiver must pass them unchanged. One receiver is starte
 `settings:` line and reused by every case that names the same settings. STARTTLS handshakes are
 real (the receiver's self-signed certificate). A failure shows the case as written and the
 transcript of what was sent and received.
-
-divergences.smtp holds what today's engine does against the RFCs or SPEC (each case says which
-section): those run only with INBOUND_CONFORMANCE_DIVERGENCES=1, and fail until fixed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -43,7 +39,6 @@ from tests.integration.wire import PlaintextAfterStarttlsError, Wire
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
 SCRIPTS = Path(__file__).parent / "conformance"
-DIVERGENCES = SCRIPTS / "divergences.smtp"
 RULES = (SCRIPTS / "rules.yaml").read_text()
 # How long a reply may take; every timeout a case sets is well below it.
 REPLY_DEADLINE = 5.0
@@ -52,16 +47,12 @@ _LIMIT_FIELDS = {f.name for f in fields(ReceiverLimits)}
 
 
 def _cases() -> list[object]:
-    """Every case of every script. The known divergences are parsed (a broken script is still
-    an error) but played only when asked for: not collected at all otherwise, since a test
-    skipped in CI would hide whether it still fails."""
-    run_divergences = os.environ.get("INBOUND_CONFORMANCE_DIVERGENCES") == "1"
-    params: list[object] = []
-    for path in sorted(SCRIPTS.glob("*.smtp")):
-        cases = parse(path)
-        if path != DIVERGENCES or run_divergences:
-            params += [pytest.param(case, id=case.id) for case in cases]
-    return params
+    """Every case of every script."""
+    return [
+        pytest.param(case, id=case.id)
+        for path in sorted(SCRIPTS.glob("*.smtp"))
+        for case in parse(path)
+    ]
 
 
 CASES = _cases()
@@ -207,7 +198,7 @@ def test_session(case: Case, receivers: Callable[[Case], Running], clients: list
 
 def test_the_list_is_long_enough_and_every_verb_is_in_it() -> None:
     """Issue 13: at least 150 sessions, every verb among the commands sent."""
-    cases = [case for path in SCRIPTS.glob("*.smtp") if path != DIVERGENCES for case in parse(path)]
+    cases = [case for path in SCRIPTS.glob("*.smtp") for case in parse(path)]
     assert len(cases) >= 150, len(cases)
     sent = b"\n".join(
         step.data.upper() for case in cases for step in case.steps if isinstance(step, Send)

@@ -97,7 +97,8 @@ def test_commands_pipelined_after_the_limit_are_not_run(receiver: Running) -> No
         + MESSAGE
     )
     replies = [raw.reply() for _ in range(101)]
-    assert all(r.startswith("250 ") for r in replies[:100]), replies[:100]
+    assert all(r.startswith("250 ") for r in replies[:50]), replies[:50]  # RSET
+    assert all(r.startswith("214 ") for r in replies[50:100]), replies[50:100]  # HELP
     assert replies[100] == JUNK_LIMIT
     assert raw.reply() == "<closed>"
     raw.close()
@@ -207,7 +208,7 @@ def test_the_flags_of_inbound_serve(tmp_path: Path) -> None:
     try:
         raw = Raw(child.port).greeted()
         assert raw.command("NOOP") == "250 2.0.0 OK"
-        assert raw.command("HELP NOOP").startswith("250 ")
+        assert raw.command("HELP NOOP").startswith("214 ")
         assert raw.command("NOOP") == JUNK_LIMIT
         raw.close()
         started = time.monotonic()
