@@ -117,7 +117,7 @@ class SmtpCommands(SmtpEngine):
         if handler is None:
             self._unknown += 1
             if self._unknown >= UNKNOWN_LIMIT:
-                self.close_saying(wire(replies.TOO_MANY_UNKNOWN_COMMANDS))
+                self.limited(replies.TOO_MANY_UNKNOWN_COMMANDS, "unknown_commands")
                 return
             self.say(echoed(f'500 Error: command "{verb}" not recognized'))
             return

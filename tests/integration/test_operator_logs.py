@@ -264,3 +264,14 @@ def test_what_check_warns_about_is_logged_at_start_and_on_reload(tmp_path: Path)
         assert again[0]["warning"].startswith(f"{rules}:3:")
     finally:
         server.kill()
+
+
+def test_a_session_closed_for_unknown_verbs_says_so(child: tuple[Child, int]) -> None:
+    server, _ = child
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        file = sock.makefile("rb")
+        assert file.readline().startswith(b"220")
+        sock.sendall(b"".join(b"FOO%d\r\n" % n for n in range(5)))
+        replies = file.read().decode().splitlines()
+    assert replies[-1].startswith("421 4.7.0 "), replies
+    assert one(server, "session.limited", reason="unknown_commands")["client_ip"] == "127.0.0.1"
