@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from inbound.core.errors import InputError
+from inbound.core.errors import InputError, read_user_file
 from inbound.datadir import create_file, make_dirs
 
 
@@ -36,14 +36,7 @@ def load_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
 
 
 def _read(flag: str, path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{flag} {path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{flag} {path}: is a directory, not a file") from None
-    except OSError as exc:
-        raise InputError(f"{flag} {path}: cannot read: {exc.strerror}") from None
+    return read_user_file(path, f"{flag} {path}")
 
 
 def _check_certificate(path: Path, data: bytes) -> None:

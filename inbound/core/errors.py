@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 
 
 class Severity(Enum):
@@ -66,3 +67,17 @@ class PermanentActionError(ActionError):
     """Retrying cannot help: a missing bucket, a denied permission, an invalid parameter."""
 
     transient = False
+
+
+def read_user_file(path: Path, name: str | None = None) -> bytes:
+    """The bytes of a file the user named; missing, a directory or unreadable is an
+    `InputError` that names it as `name` (default: the path, e.g. "--tls-cert PATH")."""
+    what = str(path) if name is None else name
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{what}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{what}: is a directory, not a file") from None
+    except OSError as exc:
+        raise InputError(f"{what}: cannot read: {exc.strerror}") from None

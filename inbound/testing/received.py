@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from inbound.core.errors import InputError
+from inbound.core.errors import read_user_file
 from inbound.core.message import MessageFacts
 from inbound.core.plan import Plan
 from inbound.core.reply import SmtpReply
@@ -57,14 +57,7 @@ def read_bytes(path: Path) -> bytes:
     """The bytes of `path`, or of standard input for `-`; unreadable is an `InputError`."""
     if path == STDIN:
         return sys.stdin.buffer.read()
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, not a file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    return read_user_file(path)
 
 
 def as_sent(data: bytes) -> bytes:
