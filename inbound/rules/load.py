@@ -303,6 +303,9 @@ def _warnings(rule_set: RuleSet, source: SourceMap) -> Iterable[ConfigIssue]:
             count = len(rule.recipients)
             message = f"{count} recipients: SES allows {SES_MAX_RECIPIENTS} per rule"
             yield _warn(source, ("rules", i, "recipients"), message)
+        for j, action in enumerate(rule.actions):
+            for where, message in action.config_warnings():
+                yield _warn(source, ("rules", i, "actions", j, *where), message)
         for j, pattern in enumerate(rule.recipients):
             domain = _pattern_domain(pattern)
             if domain is not None and not _within(domain, domains):

@@ -91,6 +91,7 @@ from inbound.ses.event import (
     verdicts_of,
 )
 from inbound.targets.aws import AwsTargets, aws_session
+from inbound.targets.http import WebhookHttp
 
 # Re-exported: the handler's callers catch these without knowing where events are parsed.
 __all__ = ["Receipt", "SesEventError", "lambda_handler", "parse_event", "verdicts_of"]
@@ -187,7 +188,11 @@ def _targets() -> AwsTargets:
     with _lock:
         targets = _clients.get("targets")
         if targets is None:
-            targets = _clients["targets"] = AwsTargets()
+            # Webhooks trust the system store, plus INBOUND_WEBHOOK_CA's certificates if set
+            # (the handler's twin of `inbound serve --webhook-ca`).
+            ca = os.environ.get("INBOUND_WEBHOOK_CA") or None
+            http = WebhookHttp(ca_file=None if ca is None else Path(ca))
+            targets = _clients["targets"] = AwsTargets(http=http)
     assert isinstance(targets, AwsTargets)
     return targets
 
