@@ -108,9 +108,7 @@ def test_raw_format_arrives_as_received_and_signed(tmp_path: Path, hook: Hook) -
         verify(request.headers, changed)
 
 
-def test_ses_format_is_the_received_notification_with_content(
-    tmp_path: Path, hook: Hook
-) -> None:
+def test_ses_format_is_the_received_notification_with_content(tmp_path: Path, hook: Hook) -> None:
     with serve(tmp_path, rules(hook.url(), fmt="ses")) as running:
         message_id = queued_id(running.port, subject="ses shaped")
         (request,) = hook.wait(1)
