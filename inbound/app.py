@@ -13,6 +13,7 @@ import asyncio
 import fcntl
 import importlib
 import logging
+import os
 import shutil
 import socket
 import ssl
@@ -42,7 +43,7 @@ from inbound.receive.connections import ConnectionCounter, SharedConnections
 from inbound.receive.limits import ReceiverLimits
 from inbound.receive.server import SmtpServer
 from inbound.rules.book import RuleBook
-from inbound.rules.load import load_rule_set
+from inbound.rules.load import environment_issues, load_rule_set
 from inbound.running import AcceptSignals, App, Receiving, Role
 from inbound.scan.clamd import ClamdScanner
 from inbound.scan.dns import DnsPythonResolver, Resolver, ZoneResolver
@@ -236,6 +237,8 @@ def rule_book(settings: ServeSettings, spool: Spool) -> RuleBook:
         save_text=spool.save_rules,
         load_text=spool.load_rules,
         extra_domains=settings.domains,
+        # A webhook's unset secret_env fails the start (exit 2) or the reload, not each message.
+        check=lambda loaded: environment_issues(loaded, os.environ),
     )
 
 

@@ -102,6 +102,10 @@ class ActionModel(BaseModel):
         """Likely mistakes `inbound check` warns about: (path within the action, message)."""
         return []
 
+    def environment_issues(self, env: Mapping[str, str]) -> list[tuple[tuple[str | int, ...], str]]:
+        """What this action needs from the environment and does not find in `env`."""
+        return []
+
     def session_reply(self) -> SmtpReply | None:
         """The reply to DATA if this action runs before any delivering action (bounce)."""
         return None

@@ -111,6 +111,10 @@ def _check_headers(value: dict[str, str]) -> dict[str, str]:
 class SecretMissingError(PermanentActionError):
     """`secret_env` names a variable that is not set (or holds no usable secret)."""
 
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"webhook {where}: {reason}")
+        self.reason = reason
+
 
 class WebhookAction(ActionModel):
     receipt_type = "Webhook"
@@ -161,6 +165,13 @@ class WebhookAction(ActionModel):
             warnings.append((("url",), "http:// sends the mail unencrypted: use https://"))
         return warnings
 
+    def environment_issues(self, env: Mapping[str, str]) -> list[tuple[tuple[str | int, ...], str]]:
+        try:
+            self.secret_key(env)
+        except SecretMissingError as exc:
+            return [(("secret_env",), exc.reason)]
+        return []
+
     # -- one attempt ------------------------------------------------------------------------
 
     def secret_key(self, env: Mapping[str, str]) -> bytes | None:
@@ -170,13 +181,13 @@ class WebhookAction(ActionModel):
         secret = env.get(self.secret_env)
         if secret is None:
             raise SecretMissingError(
-                f"webhook {endpoint(self.url)}: secret_env {self.secret_env} is not set"
+                endpoint(self.url), f"environment variable {self.secret_env} is not set"
             )
         try:
             return signing_key(secret)
         except SecretError as exc:
             raise SecretMissingError(
-                f"webhook {endpoint(self.url)}: secret_env {self.secret_env}: {exc}"
+                endpoint(self.url), f"environment variable {self.secret_env}: {exc}"
             ) from None
 
     async def body(self, ctx: ActionContext, services: Services) -> tuple[bytes, str]:

@@ -83,8 +83,8 @@ def verify(request_headers: dict[str, str], body: bytes) -> None:
 
 def dead_reason(running: Running, message_id: str) -> str:
     path = running.data_dir / "spool" / "dead" / message_id / "state.json"
-    found = wait_for(lambda: path.is_file() and path, f"dead letter {message_id}")
-    return str(json.loads(found.read_text())["dead_reason"])
+    wait_for(path.is_file, f"dead letter {message_id}")
+    return str(json.loads(path.read_text())["dead_reason"])
 
 
 def test_raw_format_arrives_as_received_and_signed(tmp_path: Path, hook: Hook) -> None:
