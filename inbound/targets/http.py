@@ -26,7 +26,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import urllib3
-from urllib3.exceptions import HTTPError, SSLError, TimeoutError
+from urllib3.exceptions import HTTPError, NewConnectionError, SSLError, TimeoutError
 
 from inbound.core.errors import InputError, TransientActionError, read_user_file
 from inbound.core.services import HttpRequest, HttpResponse
@@ -121,6 +121,9 @@ def _post(pools: urllib3.PoolManager, request: HttpRequest) -> HttpResponse:
             retries=False,
             preload_content=False,
         )
+    except NewConnectionError as exc:
+        # Before TimeoutError: urllib3 makes it a subclass of ConnectTimeoutError.
+        raise TransientActionError(f"webhook {where}: {_connection_reason(exc)}") from None
     except TimeoutError:
         raise TransientActionError(
             f"webhook {where}: no answer within {request.timeout:g}s"
