@@ -155,7 +155,7 @@ class WebhookAction(ActionModel):
         if self.secret_env is None:
             warnings.append(
                 (
-                    ("url",),
+                    (),
                     "no secret_env: requests are not signed, so the endpoint cannot "
                     "tell them from forged ones",
                 )
