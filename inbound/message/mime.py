@@ -61,7 +61,8 @@ class PartSpan:
     end: int
     whole: bool
     nested: bool
-    # Ended at a delimiter line, whose leading line break is not the body's (RFC 2046 §5.1.1).
+    # A part of a multipart: its last line break belongs to the delimiter line after it, even
+    # when a missing close delimiter left it at the end of the message (RFC 2046 §5.1.1).
     at_boundary: bool
 
 
@@ -147,8 +148,8 @@ class _Walker:
 
     def _span(self, part: Message, start: int, *, whole: bool) -> None:
         if self.spans:
-            nested, ended = bool(self.open_messages), not self.r.at_end()
-            self.found.spans.append(PartSpan(part, start, self.r.offset, whole, nested, ended))
+            nested, delimited = bool(self.open_messages), self.r.at_delimiter()
+            self.found.spans.append(PartSpan(part, start, self.r.offset, whole, nested, delimited))
 
     def _headers(self, depth: int, default_type: str) -> Message:
         lines: list[bytes] = []

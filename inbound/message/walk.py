@@ -49,9 +49,16 @@ class LineReader:
         """Where the reader is in the stream (the line at hand starts here, if peeked)."""
         return self.dropped + self.pos
 
-    def at_end(self) -> bool:
-        """True at the true end of the stream (not a false end of input)."""
-        return self.eof and self.pos >= len(self.buf)
+    def at_delimiter(self) -> bool:
+        """True at a multipart's delimiter line in force, or at the end of the input inside a
+        multipart: either way the line break before it is the delimiter's (RFC 2046 §5.1.1)."""
+        if self._peeked is None:
+            self._peeked = self._next_line()
+        line = self._peeked[0]
+        return any(
+            separator is not None and (line is None or pattern.match(line))
+            for pattern, separator in self.endings
+        )
 
     @contextlib.contextmanager
     def ending_at(self, pattern: re.Pattern[bytes], separator: bytes | None) -> Iterator[None]:
