@@ -114,7 +114,7 @@ def parse_for_webhook(content: bytes, *, limits: MimeLimits) -> ParsedMessage:
         except PartError as error:
             attachments.append(_attachment(span.part, bytes(body), str(error)))
     if walk.limit is not None:
-        rest = bytes(view[walk.unread_from or len(content) :])
+        rest = bytes(view[len(content) if walk.unread_from is None else walk.unread_from :])
         why = f"{walk.limit}: the rest of the message, as received"
         attachments.append(_blob(None, "application/octet-stream", None, rest, why))
     return ParsedMessage(

@@ -96,8 +96,8 @@ def walk_mime(
         walker.part(0, "text/plain")
     except _Beyond as beyond:
         walker.found.limit = beyond.limit
-        if spans:  # a message/* part left open is unread from its start
-            walker.found.unread_from = min([walker.r.offset, *walker.open_messages])
+        if spans:  # from the part the limit stopped at, or the message/* part it is in
+            walker.found.unread_from = min([walker.entered, *walker.open_messages])
     return walker.found
 
 
@@ -111,9 +111,11 @@ class _Walker:
         self.found = MimeWalk(Message())
         self.spans = False
         self.open_messages: list[int] = []  # where each message/* part being walked starts
+        self.entered = 0  # where the last part entered starts (its header block)
 
     def part(self, depth: int, default_type: str) -> None:
         """One part, from its header block to its end (EOF or an enclosing boundary)."""
+        self.entered = self.r.offset
         self.parts += 1
         if self.parts > self.limits.max_parts:
             raise _Beyond(f"more than {self.limits.max_parts} MIME parts")

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import inbound.message.walk
 from inbound.core.message import MimeLimits
-from inbound.message.mime import walk_mime
+from inbound.message.mime import MAX_HEADER_BYTES, walk_mime
 from inbound.message.parsed import (
     AttachmentStore,
     ParsedMessage,
@@ -279,6 +279,35 @@ def test_the_bytes_past_a_mime_limit_are_sent_as_received() -> None:
     assert raw.endswith(last.content)
     assert message.text is not None
     assert message.text.count("hi") == 999
+
+
+FILLER = b"X-Filler: " + b"y" * 70 + b"\r\n"
+HUGE_BLOCK = FILLER * (MAX_HEADER_BYTES // len(FILLER) + 1)
+
+
+def test_a_part_whose_header_block_is_over_the_limit_is_sent_from_its_first_line() -> None:
+    raw = (
+        b"Subject: s\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+        b"--b\r\nContent-Type: text/plain\r\n\r\nfirst\r\n"
+        b"--b\r\nContent-Disposition: attachment; filename=x.exe\r\n" + HUGE_BLOCK
+        + b"\r\nMZ\r\n--b--\r\n"
+    )  # fmt: skip
+    message = parsed(raw)
+    assert message.text == "first"
+    [rest] = message.attachments
+    assert rest.error == (
+        f"a MIME header block over {MAX_HEADER_BYTES} bytes: the rest of the message, as received"
+    )
+    assert rest.content.startswith(b"Content-Disposition: attachment; filename=x.exe\r\n")
+    assert raw.endswith(rest.content)
+
+
+def test_a_message_whose_own_header_block_is_over_the_limit_is_sent_whole() -> None:
+    raw = b"Subject: s\r\n" + HUGE_BLOCK + b"\r\nbody\r\n"
+    message = parsed(raw)
+    assert message.subject == "s"
+    [rest] = message.attachments
+    assert rest.content == raw
 
 
 # -- rendering -------------------------------------------------------------------------------
