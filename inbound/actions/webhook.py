@@ -31,9 +31,11 @@ from inbound.actions.base import ActionContext, ActionModel, JsonObject
 from inbound.actions.s3 import BucketName
 from inbound.config.fields import HeaderName, HeaderValue
 from inbound.core.errors import PermanentActionError, TransientActionError
+from inbound.core.message import MimeLimits
 from inbound.core.services import HttpRequest, HttpResponse, Services
 from inbound.core.steps import Outcome
-from inbound.message.notification import encode_content
+from inbound.message.notification import encode_content, ses_timestamp
+from inbound.message.parsed import AttachmentStore, parse_for_webhook, render_parsed
 from inbound.message.signing import SecretError, signed_headers, signing_key, webhook_id
 from inbound.targets.http import endpoint
 
@@ -215,7 +217,27 @@ class WebhookAction(ActionModel):
         return notification
 
     async def parsed_payload(self, ctx: ActionContext, services: Services) -> JsonObject:
-        raise PermanentActionError("format: parsed is not available yet")
+        """SPEC 3b's `parsed` JSON of the message as this action sees it; attachments not
+        inlined are stored in `attachments_bucket` (deterministic keys: a retry overwrites)."""
+        parsed = parse_for_webhook(ctx.content, limits=MimeLimits())
+        store = None
+        if self.attachments_bucket is not None:
+            store = AttachmentStore(services.blobs, self.attachments_bucket)
+        verdicts = ctx.verdicts
+        received = ctx.received_at or datetime.now(UTC)
+        return await render_parsed(
+            parsed,
+            message_id=ctx.message_id,
+            timestamp=ses_timestamp(received),
+            rule=ctx.rule,
+            mail_from=ctx.mail_from,
+            rcpt_to=ctx.recipients,
+            verdicts=verdicts.as_json(),
+            dmarc_policy=None if verdicts.dmarc_policy is None else verdicts.dmarc_policy.value,
+            attachments=self.attachments,
+            max_inline_bytes=self.max_inline_bytes,
+            store=store,
+        )
 
     async def request(
         self, ctx: ActionContext, services: Services, *, key: bytes | None, now: int

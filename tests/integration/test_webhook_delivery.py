@@ -7,12 +7,15 @@ from __future__ import annotations
 import base64
 import contextlib
 import email
+import hashlib
 import json
 import smtplib
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from email.message import EmailMessage
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -196,3 +199,47 @@ def test_a_server_that_never_answers_is_transient_after_the_timeout(
     # timeout: 2s, then the 0.2 s retry delay.
     assert 1.9 <= second.at - first.at < 10
     assert first.headers["webhook-id"] == second.headers["webhook-id"]
+
+
+def test_parsed_format_with_attachments_inline_and_stored(tmp_path: Path, hook: Hook) -> None:
+    """The `parsed` payload through `inbound serve`: a small attachment inline, a larger one
+    stored in `attachments_bucket` (the local target's file:// URL) with its SHA-256."""
+    small, large = b"small attachment\n", bytes(range(256)) * 40
+    message = EmailMessage()
+    message["From"] = "Zoë <zoe@sender.example>"
+    message["To"] = "support@example.com"
+    message["Subject"] = "Ça va? invoice attached"
+    message.set_content("Hello, app.\n")
+    message.add_alternative("<p>Hello, app.</p>", subtype="html")
+    message.add_attachment(small, maintype="text", subtype="plain", filename="note.txt")
+    message.add_attachment(
+        large, maintype="application", subtype="octet-stream", filename="data.bin"
+    )
+    extra = "\n        max_inline_bytes: 1000\n        attachments_bucket: hook-files"
+    with serve(tmp_path, rules(hook.url(), fmt="parsed", extra=extra)) as running:
+        with smtplib.SMTP("127.0.0.1", running.port, timeout=10) as client:
+            client.send_message(message, "zoe@sender.example", ["support@example.com"])
+        (request,) = hook.wait(1)
+        running.wait_idle()
+    assert request.headers["content-type"] == "application/json"
+    payload = Webhook(SECRET).verify(request.body, request.headers)
+    assert payload["rule"] == "app"
+    assert payload["from"] == {"name": "Zoë", "address": "zoe@sender.example"}
+    assert payload["subject"] == "Ça va? invoice attached"
+    assert payload["envelope"] == {
+        "mail_from": "zoe@sender.example",
+        "rcpt_to": ["support@example.com"],
+    }
+    assert payload["text"].strip() == "Hello, app."
+    assert "<p>Hello, app.</p>" in payload["html"]
+    inline, stored = payload["attachments"]
+    assert inline["filename"] == "note.txt"
+    assert base64.b64decode(inline["content"]) == small
+    assert stored["filename"] == "data.bin"
+    assert stored["size"] == len(large)
+    assert "content" not in stored
+    url = urlsplit(stored["url"])
+    assert url.scheme == "file"
+    fetched = Path(unquote(url.path)).read_bytes()
+    assert hashlib.sha256(fetched).hexdigest() == stored["sha256"]
+    assert fetched == large
