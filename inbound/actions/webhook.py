@@ -56,7 +56,8 @@ RESERVED_HEADERS = frozenset(
         "webhook-signature",
     }
 )
-MAX_TIMEOUT = 300.0
+# SIGTERM lets the attempts in flight finish (inbound.schedule): a timeout bounds the wait.
+MAX_TIMEOUT = 60.0
 # 4xx statuses worth retrying (SPEC 3b): Request Timeout, Conflict, Too Early, Too Many Requests.
 TRANSIENT_4XX = frozenset({408, 409, 425, 429})
 # Where a Retry-After is honoured: RFC 6585 §4 (429) and RFC 9110 §15.6.4 (503).

@@ -11,6 +11,8 @@ query string (it may carry a token) and never the body.
 Connections are reused: one urllib3 `PoolManager` keeps a pool per host. The blocking calls run
 on this client's own threads, never on the event loop, and never on asyncio's default executor:
 a slow endpoint (up to its `timeout`) must not hold up the spool's file work that runs there.
+They are daemon threads: a request in flight never delays the exit after SIGTERM (the message
+stays in the spool and is posted again).
 The local and the AWS target sets both post through this client (`targets.local`,
 `targets.aws`). It must not know the webhook's formats, signatures or outcome table.
 """
@@ -21,8 +23,10 @@ import asyncio
 import builtins
 import ssl
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import urllib3
@@ -41,6 +45,35 @@ MAX_DRAIN = 64 * 1024
 # Added to a request's timeout for the deadline of the whole call, thread hop included:
 # urllib3's own timeout normally fires first and says more.
 DEADLINE_SLACK = 5.0
+
+
+T = TypeVar("T")
+
+
+class DaemonThreads(Executor):
+    """At most `limit` calls at once, each on a daemon thread of its own (a thread per call
+    costs microseconds next to an HTTP exchange). `ThreadPoolExecutor`'s threads are joined at
+    interpreter exit, so a hung endpoint would hold a stopping process for its whole timeout."""
+
+    def __init__(self, limit: int) -> None:
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+
+        def run() -> None:
+            with self._slots:  # waits on this thread, never the caller's
+                if not future.set_running_or_notify_cancel():
+                    return
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:  # handed to the awaiting caller
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+
+        threading.Thread(target=run, name="inbound-webhook", daemon=True).start()
+        return future
 
 
 def endpoint(url: str) -> str:
@@ -68,29 +101,25 @@ class WebhookHttp:
     def __init__(self, *, ca_file: Path | None = None, max_threads: int = MAX_THREADS) -> None:
         self.ca_file = ca_file
         self._context = tls_context(ca_file)
-        self._max_threads = max_threads
         self._lock = threading.Lock()
         self._pools: urllib3.PoolManager | None = None
-        self._threads: ThreadPoolExecutor | None = None
+        self._threads = DaemonThreads(max_threads)
 
-    def _started(self) -> tuple[urllib3.PoolManager, ThreadPoolExecutor]:
+    def _started(self) -> urllib3.PoolManager:
         with self._lock:
-            if self._pools is None or self._threads is None:
+            if self._pools is None:
                 self._pools = urllib3.PoolManager(
                     num_pools=MAX_HOSTS,
                     maxsize=POOL_SIZE,
                     ssl_context=self._context,
                     retries=False,
                 )
-                self._threads = ThreadPoolExecutor(
-                    self._max_threads, thread_name_prefix="inbound-webhook"
-                )
-            return self._pools, self._threads
+            return self._pools
 
     async def post(self, request: HttpRequest) -> HttpResponse:
-        pools, threads = self._started()
+        pools = self._started()
         loop = asyncio.get_running_loop()
-        call = loop.run_in_executor(threads, _post, pools, request)
+        call = loop.run_in_executor(self._threads, _post, pools, request)
         try:
             return await asyncio.wait_for(call, request.timeout + DEADLINE_SLACK)
         except builtins.TimeoutError:
@@ -99,12 +128,11 @@ class WebhookHttp:
             ) from None
 
     def close(self) -> None:
+        """Close the kept connections (a new request opens new ones)."""
         with self._lock:
             if self._pools is not None:
                 self._pools.clear()
-            if self._threads is not None:
-                self._threads.shutdown(wait=False)
-            self._pools = self._threads = None
+            self._pools = None
 
 
 def _post(pools: urllib3.PoolManager, request: HttpRequest) -> HttpResponse:

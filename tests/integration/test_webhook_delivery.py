@@ -30,7 +30,9 @@ SECRET = "whsec_" + base64.b64encode(b"a test key of 32 bytes, no more.").decode
 FAST = RetryPolicy(max_age=timedelta(seconds=60), base_delay=0.2, max_delay=5.0)
 
 
-def rules(url: str, *, fmt: str = "raw", secret: bool = True, extra: str = "") -> str:
+def rules(
+    url: str, *, fmt: str = "raw", secret: bool = True, extra: str = "", timeout: str = "2s"
+) -> str:
     secret_line = "\n        secret_env: TEST_WEBHOOK_SECRET" if secret else ""
     return f"""\
 version: 1
@@ -43,7 +45,7 @@ rules:
       - type: webhook
         url: "{url}"
         format: {fmt}
-        timeout: 2s{secret_line}
+        timeout: {timeout}{secret_line}
         headers: {{X-Tenant: acme}}{extra}
 """
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from standardwebhooks.webhooks import Webhook
 from inbound.tls import self_signed_context
 from tests.integration.receiver import Child, in_process, settings_for, start_child, wait_for
 from tests.integration.test_webhook_delivery import FAST, SECRET, queued_id, rules
-from tests.integration.webhook_server import free_port, webhook_server
+from tests.integration.webhook_server import Answer, free_port, webhook_server
 
 pytestmark = pytest.mark.integration
 
@@ -111,3 +112,31 @@ def test_an_unusable_webhook_ca_is_exit_2(tmp_path: Path) -> None:
         start_child(tmp_path, "--webhook-ca", str(bad))
     log = next(tmp_path.glob("serve-*.log")).read_text()
     assert f"--webhook-ca {bad}: no PEM CA certificate in it" in log
+
+
+def test_sigterm_waits_for_a_hung_webhook_only_up_to_its_timeout(tmp_path: Path) -> None:
+    """SIGTERM lets the attempt in flight end (inbound.schedule): a webhook that never answers
+    ends at its timeout, the process exits 0, and the message is posted after the restart."""
+    with webhook_server() as hook:
+        hook.answer(Answer(hang=True))
+        (tmp_path / "rules.yaml").write_text(rules(hook.url(), timeout="3s"))
+        child = start_child(tmp_path, *RETRY_FLAGS)
+        try:
+            message_id = queued_id(child.port)
+            hook.wait(1)
+            started = time.monotonic()
+            child.signal(signal.SIGTERM)
+            assert child.process.wait(20) == 0
+            assert time.monotonic() - started < 3 + 5
+        finally:
+            if child.process.poll() is None:
+                child.kill()
+        assert (child.data_dir / "spool" / "queue" / message_id).is_dir()
+        again = start_child(tmp_path, *RETRY_FLAGS)
+        try:
+            second = hook.wait(2)[1]
+            wait_for(lambda: not (again.data_dir / "spool" / "queue" / message_id).exists(), "done")
+        finally:
+            again.signal(signal.SIGTERM)
+            again.process.wait(20)
+    assert second.headers["webhook-id"] == f"{message_id}-0-0"

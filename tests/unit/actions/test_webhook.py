@@ -60,9 +60,9 @@ def errors_of(action: str) -> list[str]:
             "10s, 500ms or 1m",
         ),
         (
-            '{type: webhook, url: "https://app.example.com/x", timeout: 10m}',
-            "rules.yaml:7:68: rules[0].actions[0].timeout: '10m': must be more than 0 and at "
-            "most 300s",
+            '{type: webhook, url: "https://app.example.com/x", timeout: 2m}',
+            "rules.yaml:7:68: rules[0].actions[0].timeout: '2m': must be more than 0 and at "
+            "most 60s",
         ),
         (
             '{type: webhook, url: "https://u:p@app.example.com/x"}',
