@@ -140,3 +140,13 @@ cases:
     )
     shown = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("    ")]
     assert [s["url"] for s in shown] == ["https://app.example.com/hooks"]
+
+
+def test_ses_export_refuses_the_webhook_by_name(tmp_path: Path) -> None:
+    rules, _ = files(tmp_path, "https://app.example.com/hooks")
+    result = inbound("ses", "export", str(rules))
+    assert result.returncode == 2
+    assert (
+        f"{rules}: rule 'app': action 2 (webhook) has no SES equivalent: it runs only in "
+        "`inbound serve` or in the inbound Lambda handler" in result.stderr
+    )

@@ -4,14 +4,17 @@ schedule that honours it (SPEC section 3b)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from inbound.actions.webhook import check_response, retry_after
+from inbound.actions.base import ActionContext
+from inbound.actions.webhook import WebhookAction, check_response, retry_after
 from inbound.core.errors import (
     ConfigError,
     InputError,
@@ -19,10 +22,14 @@ from inbound.core.errors import (
     TransientActionError,
 )
 from inbound.core.services import HttpResponse
+from inbound.core.steps import StepKey
+from inbound.core.verdicts import Verdicts
 from inbound.message.signing import SecretError, signed_headers, signing_key, webhook_id
 from inbound.rules.load import environment_issues, parse_rule_set
+from inbound.run.context import RunSubject, action_context
 from inbound.spool.retry import next_attempt_at
 from inbound.targets.http import WebhookHttp
+from inbound.targets.memory import MemoryServices
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 BODY = b'{"subject": "caf\xc3\xa9"}'
@@ -232,3 +239,31 @@ def test_the_ca_file_must_hold_a_certificate(tmp_path: Path) -> None:
         WebhookHttp(ca_file=empty)
     with pytest.raises(InputError, match="no such file"):
         WebhookHttp(ca_file=tmp_path / "missing.pem")
+
+
+def context(content: bytes) -> ActionContext:
+    subject = RunSubject(
+        message_id="m1",
+        mail_from="a@sender.example",
+        base=content,
+        received_at=NOW,
+        processing_ms=lambda: 5,
+    )
+    return action_context(
+        subject, content, ("b@example.com",), Verdicts(), rule="app", step=StepKey(1, 2)
+    )
+
+
+def test_ses_format_is_base64_when_the_message_is_not_utf8() -> None:
+    action = WebhookAction.model_validate(
+        {"type": "webhook", "url": "https://a.example/x", "format": "ses"}
+    )
+    latin1 = b"From: a@sender.example\r\nSubject: caf\xe9\r\n\r\ncaf\xe9\r\n"
+    request = asyncio.run(
+        action.request(context(latin1), MemoryServices().services, key=None, now=7)
+    )
+    notification = json.loads(request.body)
+    assert notification["receipt"]["action"]["encoding"] == "BASE64"
+    assert base64.b64decode(notification["content"]) == latin1
+    assert dict(request.headers)["webhook-id"] == "m1-1-2"
+    assert dict(request.headers)["webhook-timestamp"] == "7"
