@@ -49,6 +49,9 @@ class BlobStore(Protocol):
     ) -> None:
         """Put `content` at `key` in `bucket` (overwriting: keys are deterministic)."""
 
+    async def url(self, bucket: str, key: str, *, expires_in: int) -> str:
+        """A URL that GETs the object at `key` for `expires_in` seconds (webhook attachments)."""
+
 
 class Topic(Protocol):
     async def publish(self, topic_arn: str, notification: dict[str, object]) -> None:

@@ -22,7 +22,7 @@ from inbound.core.message import Attachment, MimeLimits
 from inbound.message.text import DECODE_ERRORS, decode_words, unfold
 from inbound.message.walk import LineReader, WalkCancelled
 
-__all__ = ["MimeWalk", "WalkCancelled", "attachment_of", "walk_mime"]
+__all__ = ["MimeWalk", "PartSpan", "WalkCancelled", "attachment_of", "bounded_fields", "walk_mime"]
 
 # A header block larger than this stops the walk: no legitimate mail has one, and the fields
 # after it could hide an attachment. The top one is cut there by the session (`--max-header-size`).
@@ -52,6 +52,21 @@ class _Beyond(Exception):  # noqa: N818 - internal: unwinds the walk at a limit
 
 
 @dataclass
+class PartSpan:
+    """Where a part's body lies in the stream (`walk_mime(spans=True)`), for readers of bodies:
+    a leaf, or a message/* part taken whole (`whole`: its own parts come before it, `nested`)."""
+
+    part: Message
+    start: int
+    end: int
+    whole: bool
+    nested: bool
+    # A part of a multipart: its last line break belongs to the delimiter line after it, even
+    # when a missing close delimiter left it at the end of the message (RFC 2046 §5.1.1).
+    at_boundary: bool
+
+
+@dataclass
 class MimeWalk:
     """What the walk saw: the top header block, attachments in document order, defects."""
 
@@ -60,6 +75,10 @@ class MimeWalk:
     defects: set[str] = field(default_factory=set)
     # Which limit stopped the walk ("more than 1000 MIME parts"); None: every part was seen.
     limit: str | None = None
+    # With `spans=True`: the parts' bodies, and where the bytes no span covers begin when a
+    # limit stopped the walk.
+    spans: list[PartSpan] = field(default_factory=list)
+    unread_from: int | None = None
 
 
 def walk_mime(
@@ -68,13 +87,17 @@ def walk_mime(
     *,
     headers_only: bool = False,
     stop: Callable[[], bool] | None = None,
+    spans: bool = False,
 ) -> MimeWalk:
     """Walk the message in `stream`; raises `WalkCancelled` when `stop()` is true."""
     walker = _Walker(LineReader(stream, stop), limits, headers_only)
+    walker.spans = spans
     try:
         walker.part(0, "text/plain")
     except _Beyond as beyond:
         walker.found.limit = beyond.limit
+        if spans:  # from the part the limit stopped at, or the message/* part it is in
+            walker.found.unread_from = min([walker.entered, *walker.open_messages])
     return walker.found
 
 
@@ -86,9 +109,13 @@ class _Walker:
         self.parts = 0
         self.header_total = 0
         self.found = MimeWalk(Message())
+        self.spans = False
+        self.open_messages: list[int] = []  # where each message/* part being walked starts
+        self.entered = 0  # where the last part entered starts (its header block)
 
     def part(self, depth: int, default_type: str) -> None:
         """One part, from its header block to its end (EOF or an enclosing boundary)."""
+        self.entered = self.r.offset
         self.parts += 1
         if self.parts > self.limits.max_parts:
             raise _Beyond(f"more than {self.limits.max_parts} MIME parts")
@@ -97,23 +124,34 @@ class _Walker:
         part = self._headers(depth, default_type)
         if depth == 0 and self.headers_only:
             return
-        if part.get_content_type() == "message/delivery-status":
-            self._delivery_status(depth)  # RFC 3464: header blocks, each a part of its own
-        elif part.get_content_maintype() == "message":
-            self.part(depth + 1, "text/plain")  # message/rfc822 and kin: one whole message
+        start = self.r.offset
+        if part.get_content_maintype() == "message":
+            self.open_messages.append(start)
+            if part.get_content_type() == "message/delivery-status":
+                self._delivery_status(depth)  # RFC 3464: header blocks, each a part of its own
+            else:
+                self.part(depth + 1, "text/plain")  # message/rfc822 and kin: one whole message
+            self.open_messages.pop()
+            self._span(part, start, whole=True)
         elif part.get_content_maintype() == "multipart":
             if not self._multipart(part, depth):  # no parts after all: a leaf, as compat32 has it
                 if depth == 0:
                     self.found.defects.add("MultipartInvariantViolationDefect")
-                self._leaf(part)
+                self._leaf(part, start)
         else:
-            self._leaf(part)
             self.r.skip_body()
+            self._leaf(part, start)
 
-    def _leaf(self, part: Message) -> None:
+    def _leaf(self, part: Message, start: int) -> None:
         attachment = attachment_of(part)
         if attachment is not None:
             self.found.attachments.append(attachment)
+        self._span(part, start, whole=False)
+
+    def _span(self, part: Message, start: int, *, whole: bool) -> None:
+        if self.spans:
+            nested, delimited = bool(self.open_messages), self.r.at_delimiter()
+            self.found.spans.append(PartSpan(part, start, self.r.offset, whole, nested, delimited))
 
     def _headers(self, depth: int, default_type: str) -> Message:
         lines: list[bytes] = []
@@ -208,13 +246,7 @@ class _Walker:
 
 def attachment_of(part: Message) -> Attachment | None:
     """An `Attachment` for a leaf part with a filename or `Content-Disposition: attachment`."""
-    # Parameters are read from a copy of the unfolded UTF-8 fields, so a raw 8-bit filename
-    # survives; the stdlib undoes RFC 2231 (filename*=utf-8''...) and continuations.
-    fields = Message()
-    for name in ("Content-Type", "Content-Disposition"):
-        value = _first(part, name)
-        if value is not None:
-            fields[name] = ";".join(value[:MAX_PARAMS_CHARS].split(";", MAX_PARAMS)[:MAX_PARAMS])
+    fields = bounded_fields(part)
     try:
         filename = decode_words(fields.get_filename() or "") or None
     except DECODE_ERRORS:
@@ -225,6 +257,18 @@ def attachment_of(part: Message) -> Attachment | None:
     if not _MIME_TYPE.fullmatch(content_type):
         content_type = "application/octet-stream" if filename else part.get_default_type()
     return Attachment(filename=filename, content_type=content_type)
+
+
+def bounded_fields(part: Message) -> Message:
+    """A part's Content-Type and Content-Disposition, as much of each as parameters are read
+    from (`MAX_PARAMS_CHARS`), unfolded UTF-8 so a raw 8-bit filename survives; the stdlib
+    undoes RFC 2231 (filename*=utf-8''...) and continuations when they are read."""
+    fields = Message()
+    for name in ("Content-Type", "Content-Disposition"):
+        value = _first(part, name)
+        if value is not None:
+            fields[name] = ";".join(value[:MAX_PARAMS_CHARS].split(";", MAX_PARAMS)[:MAX_PARAMS])
+    return fields
 
 
 def _first(part: Message, name: str) -> str | None:

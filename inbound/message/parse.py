@@ -101,23 +101,31 @@ def _addresses(headers: tuple[Header, ...], name: str) -> tuple[str, ...]:
 
 
 def _addr_specs(value: str) -> list[str]:
-    specs: list[str] = []
+    return [spec for _, spec in mailboxes(value)]
+
+
+def mailboxes(value: str) -> list[tuple[str, str]]:
+    """(display name, addr-spec) of each address in an address-list field's unfolded value,
+    the name as written (RFC 2047 words not decoded, "" when none); never raises."""
+    pairs: list[tuple[str, str]] = []
     for entry in _ENTRY.findall(value):
         found = _getaddresses(entry)
-        if found is None or len(found) > 1 or any(_cut(spec) for spec in found):
+        if found is None or len(found) > 1 or any(_cut(spec) for _, spec in found):
             # Not RFC 5322: "a@x b@y" (no comma), a flood the parser gives up on, or a display
             # name that is itself an address, as in the phishing classic "ceo@bank.example
             # <x@evil.example>". The address is what is in angle brackets, as mail readers show
-            # it; without any, each word holding an "@".
-            words = _ANGLE_ADDR.findall(entry) or [w for w in entry.split() if "@" in w]
-            found = [spec for word in words for spec in _getaddresses(word) or ()]
-        specs.extend(spec for spec in found if spec and not _cut(spec))
-    return specs
+            # it, and the name what is before them; without any, each word holding an "@".
+            angles = _ANGLE_ADDR.findall(entry)
+            name = entry.partition("<")[0].strip(' \t"') if len(angles) == 1 else ""
+            words = angles or [w for w in entry.split() if "@" in w]
+            found = [(name, spec) for word in words for _, spec in _getaddresses(word) or ()]
+        pairs.extend((name, spec) for name, spec in found if spec and not _cut(spec))
+    return pairs
 
 
-def _getaddresses(value: str) -> list[str] | None:
+def _getaddresses(value: str) -> list[tuple[str, str]] | None:
     try:
-        return [addr.strip() for _, addr in getaddresses([value])]
+        return [(name, addr.strip()) for name, addr in getaddresses([value])]
     except _ADDRESS_ERRORS:
         return None
 

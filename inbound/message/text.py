@@ -51,13 +51,13 @@ def decode_words(text: str) -> str:
         for chunk, charset in decode_header(head):
             if isinstance(chunk, str):  # no encoded word after all
                 return text
-            pieces.append(chunk.decode(_codec(charset) if charset else plain))
+            pieces.append(chunk.decode(codec_of(charset) if charset else plain))
     except DECODE_ERRORS:
         return text
     return "".join(pieces) + text[end:]
 
 
-def _codec(charset: str) -> str:
+def codec_of(charset: str) -> str:
     """The codec for a MIME charset label; LookupError when Python has none."""
     name = codecs.lookup(charset.partition("*")[0]).name  # RFC 2231 allows "utf-8*en"
     return _SUPERSETS.get(name, name)

@@ -34,6 +34,8 @@ class LineReader:
         self.stop = stop
         self.buf = b""
         self.pos = 0
+        # Bytes of the stream dropped from the front of `buf`: `offset` is where `pos` is.
+        self.dropped = 0
         self.eof = False
         # False when `pos` may be inside a line (a long one, or a skip that stopped mid-way).
         self.at_line_start = True
@@ -41,6 +43,22 @@ class LineReader:
         self.endings: list[tuple[re.Pattern[bytes], bytes | None]] = []
         self._search: re.Pattern[bytes] | None = None
         self._peeked: tuple[bytes | None, int | None] | None = None
+
+    @property
+    def offset(self) -> int:
+        """Where the reader is in the stream (the line at hand starts here, if peeked)."""
+        return self.dropped + self.pos
+
+    def at_delimiter(self) -> bool:
+        """True at a multipart's delimiter line in force, or at the end of the input inside a
+        multipart: either way the line break before it is the delimiter's (RFC 2046 §5.1.1)."""
+        if self._peeked is None:
+            self._peeked = self._next_line()
+        line = self._peeked[0]
+        return any(
+            separator is not None and (line is None or pattern.match(line))
+            for pattern, separator in self.endings
+        )
 
     @contextlib.contextmanager
     def ending_at(self, pattern: re.Pattern[bytes], separator: bytes | None) -> Iterator[None]:
@@ -178,6 +196,7 @@ class LineReader:
         if self.stop is not None and self.stop():
             raise WalkCancelled
         chunk = self.stream.read(CHUNK)
+        self.dropped += self.pos
         self.buf = self.buf[self.pos :] + chunk
         self.pos = 0
         self._peeked = None

@@ -117,6 +117,17 @@ class AwsTargets:
         parts = max(1, -(-len(content) // self.multipart_threshold))
         await self._call(put, self._deadline() * parts)
 
+    async def url(self, bucket: str, key: str, *, expires_in: int) -> str:
+        # Signed locally (no request), on the configured endpoint (MinIO, moto server); it may
+        # still fetch credentials, so it runs as any call does. S3 caps SigV4 URLs at 7 days,
+        # and temporary credentials end them sooner.
+        def sign() -> str:
+            params = {"Bucket": bucket, "Key": key}
+            client = self._client("s3")
+            return str(client.generate_presigned_url("get_object", params, expires_in))
+
+        return await self._call(sign, self._deadline())
+
     async def publish(self, topic_arn: str, notification: dict[str, object]) -> None:
         # Compact and non-ASCII kept as is, as SES publishes (and as the local target writes).
         message = json.dumps(notification, separators=(",", ":"), ensure_ascii=False)
@@ -186,6 +197,8 @@ class AwsTargets:
             connect_timeout=self.connect_timeout,
             read_timeout=read,
             retries={"max_attempts": 1, "mode": "standard"},
+            # Presigned URLs too (botocore presigns with SigV2 otherwise, which S3 retires).
+            signature_version="s3v4" if service == "s3" else None,
         )
 
     def _client(self, service: str) -> Any:

@@ -77,6 +77,10 @@ class LocalTargets:
         path = self._inside("s3", bucket, key.lstrip("/"))
         await self._writes.submit((path, content))
 
+    async def url(self, bucket: str, key: str, *, expires_in: int) -> str:
+        # The file itself: readable by the receiver's user only, and valid as long as it is.
+        return self._inside("s3", bucket, key.lstrip("/")).as_uri()
+
     async def publish(self, topic_arn: str, notification: dict[str, object]) -> None:
         envelope = sns_envelope(
             topic_arn=topic_arn,

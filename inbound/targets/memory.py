@@ -49,6 +49,10 @@ class MemoryBlobStore(_Fake):
         self._called()
         self.objects[(bucket, key)] = content
 
+    async def url(self, bucket: str, key: str, *, expires_in: int) -> str:
+        self._called()
+        return f"memory://{bucket}/{key}"
+
 
 @dataclass
 class MemoryTopic(_Fake):
