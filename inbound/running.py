@@ -133,8 +133,8 @@ class App:
         assert scheduler is not None, "only a dispatching process dispatches"
         return asyncio.create_task(supervise("dispatcher", lambda: scheduler.run(stop), stop=stop))
 
-    def reload(self) -> None:
-        reload_rules(self.book)
+    def reload(self, *, announce: bool = True) -> None:
+        reload_rules(self.book, announce=announce)
 
     def close(self) -> None:
         if self.run_dir is not None:
@@ -143,8 +143,12 @@ class App:
             self.lock.close()
 
 
-def reload_rules(book: RuleBook, context: Mapping[str, object] | None = None) -> None:
-    """SIGHUP: the new rules, or the old ones kept and the errors logged (with `context`)."""
+def reload_rules(
+    book: RuleBook, context: Mapping[str, object] | None = None, *, announce: bool = True
+) -> None:
+    """SIGHUP: the new rules, or the old ones kept and the errors logged (with `context`);
+    with `announce`, what `inbound check` warns about in the new rules (once per receiver:
+    a worker of `--workers` leaves that to its supervisor)."""
     fields = dict(context or {})
     try:
         snapshot = book.reload()
@@ -154,7 +158,8 @@ def reload_rules(book: RuleBook, context: Mapping[str, object] | None = None) ->
         fields["errors"] = [str(exc)]
     else:
         emit_fields(log, "rules.reloaded", {"rules_digest": snapshot.digest[:12], **fields})
-        announce_warnings(snapshot)
+        if announce:
+            announce_warnings(snapshot)
         return
     emit_fields(log, "rules.reload_failed", fields, level=logging.ERROR)
 

@@ -128,7 +128,8 @@ class _Worker:
         os.set_blocking(self._notices, False)
 
     def reload(self) -> None:
-        self.app.reload()
+        # The supervisor reloads too and logs the new rules' warnings once for all.
+        self.app.reload(announce=False)
 
     def stop(self) -> None:
         self.stopping.set()

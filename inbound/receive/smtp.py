@@ -26,7 +26,16 @@ from inbound.receive.connections import ConnectionCounter
 from inbound.receive.data import DataScanner
 from inbound.receive.limits import ReceiverLimits
 from inbound.receive.policy import MessageWriter, SessionPolicy
-from inbound.receive.session import START_DATA, Greeting, Transaction, echoed, wire
+from inbound.receive.session import (
+    DATA_SYNTAX,
+    NEED_RCPT,
+    SEND_HELO,
+    START_DATA,
+    Greeting,
+    Transaction,
+    echoed,
+    wire,
+)
 
 log = logging.getLogger("inbound.receive")
 
@@ -136,11 +145,11 @@ class InboundSMTP(SmtpCommands):
 
     def data(self, arg: str | None) -> None:
         if self.greeting.helo is None:
-            self.say(echoed("503 Error: send HELO first"))
+            self.say(SEND_HELO)
         elif not self.transaction.rcpt_tos:
-            self.say(echoed("503 Error: need RCPT command"))
+            self.say(NEED_RCPT)
         elif arg:
-            self.say(echoed("501 Syntax: DATA"))
+            self.say(DATA_SYNTAX)
         else:
             self._answering_data = True
             self.run(self._open_message())

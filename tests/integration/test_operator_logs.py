@@ -240,10 +240,13 @@ def test_a_failed_tls_handshake_is_one_quiet_line_with_the_peer_and_the_reason(
     assert not [e for e in log_events(server.log) if e["level"] == "error"]
 
 
-def test_what_check_warns_about_is_logged_at_start_and_on_reload(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one-process", "workers"])
+def test_what_check_warns_about_is_logged_once_at_start_and_on_reload(
+    tmp_path: Path, workers: list[str]
+) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES.replace("domains: [", "domains: [Example.COM, "))
-    server = start_child(tmp_path)
+    server = start_child(tmp_path, *workers)
     try:
         started = wait_for(lambda: events_of(server, "rules.warning"), "rules.warning at start")
         assert [e["warning"] for e in started] == [
@@ -262,6 +265,12 @@ def test_what_check_warns_about_is_logged_at_start_and_on_reload(tmp_path: Path)
             "rules.warning on reload",
         )
         assert again[0]["warning"].startswith(f"{rules}:3:")
+        # Every process reloads, but the warnings are the rules', not a process's: once (the
+        # supervisor's), after every process has logged its `rules.reloaded`.
+        reloads = 1 + (int(workers[1]) if workers else 0)
+        wait_for(lambda: len(events_of(server, "rules.reloaded")) >= reloads, "every reload")
+        warned = [e for e in events_of(server, "rules.warning") if "host bits" in e["warning"]]
+        assert len(warned) == 1, warned
     finally:
         server.kill()
 
