@@ -112,6 +112,25 @@ def test_model_errors_name_file_line_column_and_field(action: str, expected: str
     assert errors_of(action) == [expected]
 
 
+def test_max_inline_bytes_takes_sizes() -> None:
+    for written, size in (
+        ("1048576", 1048576),
+        ("1 MB", 1048576),
+        ("512KB", 524288),
+        ("1MiB", 1048576),
+    ):
+        text = rule_set(
+            f'{{type: webhook, url: "https://a.example/x", max_inline_bytes: {written}}}'
+        )
+        (rule,) = parse_rule_set(text, "r.yaml").rule_set.rules
+        assert rule.actions[0].max_inline_bytes == size
+    (error,) = errors_of('{type: webhook, url: "https://a.example/x", max_inline_bytes: big}')
+    assert error == (
+        "rules.yaml:7:71: rules[0].actions[0].max_inline_bytes: 'big' is not a size like "
+        "1048576, 512KB or 1MB"
+    )
+
+
 def test_url_attachments_need_a_bucket() -> None:
     (error,) = errors_of('{type: webhook, url: "https://a.example/x", attachments: url}')
     assert error.endswith("attachments: url needs attachments_bucket (where they are stored)")
