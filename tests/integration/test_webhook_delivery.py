@@ -206,7 +206,7 @@ def test_a_server_that_never_answers_is_transient_after_the_timeout(
 def test_parsed_format_with_attachments_inline_and_stored(tmp_path: Path, hook: Hook) -> None:
     """The `parsed` payload through `inbound serve`: a small attachment inline, a larger one
     stored in `attachments_bucket` (the local target's file:// URL) with its SHA-256."""
-    small, large = b"small attachment\n", bytes(range(256)) * 40
+    small, large = b"small attachment\n", bytes(range(256)) * 6000  # over 1 MB: parsed off the loop
     message = EmailMessage()
     message["From"] = "Zoë <zoe@sender.example>"
     message["To"] = "support@example.com"
