@@ -123,7 +123,9 @@ def test_max_inline_bytes_takes_sizes() -> None:
             f'{{type: webhook, url: "https://a.example/x", max_inline_bytes: {written}}}'
         )
         (rule,) = parse_rule_set(text, "r.yaml").rule_set.rules
-        assert rule.actions[0].max_inline_bytes == size
+        (action,) = rule.actions
+        assert isinstance(action, WebhookAction)
+        assert action.max_inline_bytes == size
     (error,) = errors_of('{type: webhook, url: "https://a.example/x", max_inline_bytes: big}')
     assert error == (
         "rules.yaml:7:71: rules[0].actions[0].max_inline_bytes: 'big' is not a size like "
