@@ -25,6 +25,7 @@ from inbound.core.services import HttpResponse
 from inbound.core.steps import StepKey
 from inbound.core.verdicts import Verdicts
 from inbound.message.signing import SecretError, signed_headers, signing_key, webhook_id
+from inbound.rules.book import RuleBook
 from inbound.rules.load import environment_issues, parse_rule_set
 from inbound.run.context import RunSubject, action_context
 from inbound.spool.retry import next_attempt_at
@@ -288,3 +289,22 @@ def test_ses_format_is_base64_when_the_message_is_not_utf8() -> None:
     assert base64.b64decode(notification["content"]) == latin1
     assert dict(request.headers)["webhook-id"] == "m1-1-2"
     assert dict(request.headers)["webhook-timestamp"] == "7"
+
+
+def test_a_reload_with_an_unset_secret_env_keeps_the_rules_in_force(tmp_path: Path) -> None:
+    env: dict[str, str] = {}
+    path = tmp_path / "rules.yaml"
+    path.write_text(rule_set("{type: s3, bucket: mail}"))
+    book = RuleBook(
+        path,
+        save_text=lambda text: text[-12:],
+        load_text=lambda digest: "",
+        check=lambda loaded: environment_issues(loaded, env),
+    )
+    before = book.current
+    path.write_text(rule_set('{type: webhook, url: "https://a.example/x", secret_env: HOOK_S}'))
+    with pytest.raises(ConfigError, match="environment variable HOOK_S is not set"):
+        book.reload()
+    assert book.current is before
+    env["HOOK_S"] = "whsec_c2VjcmV0"
+    assert book.reload() is book.current is not before
