@@ -13,6 +13,7 @@ import asyncio
 import fcntl
 import importlib
 import logging
+import os
 import shutil
 import socket
 import ssl
@@ -42,7 +43,7 @@ from inbound.receive.connections import ConnectionCounter, SharedConnections
 from inbound.receive.limits import ReceiverLimits
 from inbound.receive.server import SmtpServer
 from inbound.rules.book import RuleBook
-from inbound.rules.load import load_rule_set
+from inbound.rules.load import environment_issues, load_rule_set
 from inbound.running import AcceptSignals, App, Receiving, Role
 from inbound.scan.clamd import ClamdScanner
 from inbound.scan.dns import DnsPythonResolver, Resolver, ZoneResolver
@@ -53,6 +54,7 @@ from inbound.spool.commit import GroupCommitter
 from inbound.spool.retry import RetryPolicy
 from inbound.spool.store import Spool
 from inbound.targets.aws import NO_REGION, AwsTargets, aws_session
+from inbound.targets.http import WebhookHttp
 from inbound.targets.local import LambdaFunction, LocalTargets
 from inbound.targets.relay import RelayMailer, RelaySender
 from inbound.tls import load_tls_context, self_signed_context
@@ -95,6 +97,8 @@ class ServeSettings:
     mime_limits: MimeLimits = field(default_factory=MimeLimits)
     # The log's format on stderr: JSON lines, or text lines for a terminal (--log-format).
     log_format: Literal["json", "text"] = "json"
+    # CA certificates trusted for webhook HTTPS besides the system store (--webhook-ca).
+    webhook_ca: Path | None = None
 
 
 def load_functions(mapping: Mapping[str, str]) -> dict[str, LambdaFunction]:
@@ -176,13 +180,14 @@ def build_services(settings: ServeSettings, book: RuleBook, *, announce: bool = 
     or AWS); `--relay` chooses the mailer. Code may choose each apart (`Services(...)`)."""
     s = settings
     base: LocalTargets | AwsTargets
+    http = WebhookHttp(ca_file=s.webhook_ca)  # the same for both target sets
     if s.targets == "aws":
         session = aws_session()
         if session.region_name is None:  # at start, not as dead letters later
             raise InputError(NO_REGION)
-        base = AwsTargets(session=session)
+        base = AwsTargets(session=session, http=http)
     else:
-        base = LocalTargets(s.data_dir, functions=load_functions(s.lambdas))
+        base = LocalTargets(s.data_dir, functions=load_functions(s.lambdas), http=http)
     if s.relay is not None:
         host, port = s.relay
         relay = RelaySender(host, port, local_hostname=s.hostname)
@@ -232,6 +237,8 @@ def rule_book(settings: ServeSettings, spool: Spool) -> RuleBook:
         save_text=spool.save_rules,
         load_text=spool.load_rules,
         extra_domains=settings.domains,
+        # A webhook's unset secret_env fails the start (exit 2) or the reload, not each message.
+        check=lambda loaded: environment_issues(loaded, os.environ),
     )
 
 

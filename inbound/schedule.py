@@ -272,7 +272,9 @@ class Scheduler:
         error, now = outcome.error, self.clock()
         state.attempts += 1
         state.last_error = str(error)
-        when = self.policy.next_attempt(meta, state, now) if error.transient else None
+        when = None
+        if error.transient:
+            when = self.policy.next_attempt(meta, state, now, error.retry_after)
         if when is None:
             why = "permanent failure" if not error.transient else "retries expired"
             reason = f"{why}: {error}"

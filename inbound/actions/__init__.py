@@ -19,6 +19,7 @@ from inbound.actions.connect import ConnectAction
 from inbound.actions.s3 import S3Action
 from inbound.actions.sns import SnsAction
 from inbound.actions.stop import StopAction
+from inbound.actions.webhook import WebhookAction
 from inbound.actions.workmail import WorkmailAction
 
 ACTION_TYPES: tuple[type[ActionModel], ...] = (
@@ -30,6 +31,7 @@ ACTION_TYPES: tuple[type[ActionModel], ...] = (
     StopAction,
     WorkmailAction,
     ConnectAction,
+    WebhookAction,
 )
 
 
@@ -57,6 +59,7 @@ __all__ = [
     "SesMapping",
     "SnsAction",
     "StopAction",
+    "WebhookAction",
     "WorkmailAction",
     "action_union",
 ]

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import ClassVar, get_args
 
 from pydantic import BaseModel, ConfigDict
 
 from inbound.core.reply import SmtpReply
 from inbound.core.services import BounceRequest, Services
-from inbound.core.steps import CONTINUE, Outcome
+from inbound.core.steps import CONTINUE, Outcome, StepKey
+from inbound.core.verdicts import Verdicts
 
 JsonObject = dict[str, object]
 
@@ -47,6 +49,12 @@ class ActionContext:
     # ... they bounce, as SES does ("bounce"), or the notification goes without `content`
     # ("omit-content": consumers fetch the message from an S3 action's object).
     sns_oversize: str = "bounce"
+    # The step: its rule's name and its place in the rule set (a webhook's stable id).
+    rule: str = ""
+    step: StepKey = field(default_factory=lambda: StepKey(0, 0))
+    # The verdicts evaluation decided with, and when the message was received.
+    verdicts: Verdicts = field(default_factory=Verdicts)
+    received_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,14 @@ class ActionModel(BaseModel):
         """Whether evaluation can go on only with what running this action gave back (a
         request_response Lambda). The decision in the session stops before such a step."""
         return False
+
+    def config_warnings(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Likely mistakes `inbound check` warns about: (path within the action, message)."""
+        return []
+
+    def environment_issues(self, env: Mapping[str, str]) -> list[tuple[tuple[str | int, ...], str]]:
+        """What this action needs from the environment and does not find in `env`."""
+        return []
 
     def session_reply(self) -> SmtpReply | None:
         """The reply to DATA if this action runs before any delivering action (bounce)."""

@@ -32,6 +32,10 @@ def _check_prefix(value: str) -> str:
     return value
 
 
+# A valid S3 bucket name (the webhook action's `attachments_bucket` too).
+BucketName = Annotated[str, AfterValidator(_check_bucket)]
+
+
 class S3Action(ActionModel):
     receipt_type = "S3"
     ses = SesMapping(
@@ -48,7 +52,7 @@ class S3Action(ActionModel):
     delivers = True
 
     type: Literal["s3"]
-    bucket: Annotated[str, AfterValidator(_check_bucket)]
+    bucket: BucketName
     prefix: Annotated[str, AfterValidator(_check_prefix)] = ""
     kms_key_arn: KmsKeyArn | None = None
     iam_role_arn: IamRoleArn | None = None

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
+from datetime import UTC, datetime
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
@@ -13,9 +16,11 @@ from pydantic import ValidationError
 from inbound.cli.args import add_data_limit_flags, add_domain_flag, data_limits, pairs
 from inbound.cli.render import plan_json, plan_trace
 from inbound.cli.scanning import add_scan_flags, measure, scanners_from
+from inbound.cli.serve import default_hostname
 from inbound.core.envelope import Connection, Envelope
 from inbound.core.errors import InputError
 from inbound.core.ids import MessageIdGenerator
+from inbound.core.plan import Plan
 from inbound.message.source import BytesSource
 from inbound.rules.compiled import CompiledRuleSet
 from inbound.rules.evaluate import evaluate, results_by_function
@@ -23,6 +28,7 @@ from inbound.rules.load import load_rule_set
 from inbound.testing.model import VerdictInput
 from inbound.testing.received import receive_file, refuse_as_serve
 from inbound.testing.run import default_sender
+from inbound.testing.webhooks import WebhookPreview, preview_webhooks, webhook_urls
 
 
 def add_parser(commands: Any) -> None:
@@ -124,8 +130,45 @@ def run(args: argparse.Namespace) -> int:
         lambda_results=results_by_function(lambda_results),
     )
     plan = refuse_as_serve(plan, received)
+    webhooks = show_webhooks(plan, received.data, envelope, connection)
     if args.json:
-        print(json.dumps(plan_json(plan, rules), indent=2, ensure_ascii=False))
+        shown = plan_json(plan, rules)
+        if webhooks:
+            shown["webhooks"] = [preview.as_json() for preview in webhooks]
+        print(json.dumps(shown, indent=2, ensure_ascii=False))
     else:
         print(plan_trace(plan, rules))
+        for preview in webhooks:
+            print(describe_webhook(preview))
     return 0
+
+
+def show_webhooks(
+    plan: Plan, data: bytes, envelope: Envelope, connection: Connection
+) -> list[WebhookPreview]:
+    """The webhook requests the plan would send (signed when their secret_env is set)."""
+    if not webhook_urls(plan):
+        return []
+    now = datetime.now(UTC)
+    return asyncio.run(
+        preview_webhooks(
+            plan,
+            data,
+            envelope=envelope,
+            connection=connection,
+            hostname=default_hostname(),
+            env=os.environ,
+            now=now,
+        )
+    )
+
+
+def describe_webhook(preview: WebhookPreview) -> str:
+    request = preview.request
+    signed = "signed" if preview.unsigned is None else f"unsigned: {preview.unsigned}"
+    if not any(name == "webhook-signature" for name, _ in request.headers) and not preview.unsigned:
+        signed = "unsigned: no secret_env"
+    return (
+        f"webhook {preview.rule} (step {preview.step}): POST {request.url}, "
+        f"{len(request.body)} bytes, {signed} (--json shows the request)"
+    )

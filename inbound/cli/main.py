@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from inbound import __version__
-from inbound.cli import check, evaluate, serve, spool, test
+from inbound.cli import check, evaluate, serve, spool, test, webhook
 from inbound.cli import ses as ses_cli
 from inbound.cli.args import Parser, check_data_dir
 from inbound.core.errors import ConfigError, InboundError
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(commands)
     spool.add_parser(commands)
     ses_cli.add_parser(commands)
+    webhook.add_parser(commands)
     return parser
 
 

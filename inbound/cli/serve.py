@@ -112,6 +112,12 @@ def add_parser(commands: Any) -> None:
     )
     p.add_argument("--relay", metavar="HOST:PORT", help="outbound relay for bounce DSNs")
     p.add_argument(
+        "--webhook-ca",
+        type=Path,
+        metavar="FILE",
+        help="PEM CA certificates trusted for webhook HTTPS, besides the system store",
+    )
+    p.add_argument(
         "--sns-oversize",
         choices=["bounce", "omit-content"],
         default="bounce",
@@ -327,6 +333,7 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
         relay=relay,
         workers=args.workers,
         mime_limits=MimeLimits(args.max_mime_parts, args.max_mime_depth),
+        webhook_ca=args.webhook_ca,
     )
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from inbound.cli.args import add_data_limit_flags, data_limits
+from inbound.cli.evaluate import show_webhooks
 from inbound.cli.scanning import add_scan_flags, measure, scanners_from
 from inbound.core.ids import MessageIdGenerator
 from inbound.core.verdicts import Verdicts
@@ -26,6 +28,11 @@ def add_parser(commands: Any) -> None:
         help="test files or directories (default: the current directory)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print only failures")
+    parser.add_argument(
+        "--show-webhooks",
+        action="store_true",
+        help="print the request each webhook action would send (one JSON line each)",
+    )
     add_scan_flags(parser, "scanning (for cases with scan: true)")
     add_data_limit_flags(parser)
     parser.set_defaults(run=run)
@@ -67,5 +74,11 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  FAIL  {result.name}")
                 for failure in result.failures:
                     print(failure)  # FILE:LINE: case: key: what differed (editors jump to it)
+            if args.show_webhooks:
+                webhooks = show_webhooks(
+                    result.plan, case.received.data, case.envelope, case.connection
+                )
+                for preview in webhooks:
+                    print("        " + json.dumps(preview.as_json(), ensure_ascii=False))
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0

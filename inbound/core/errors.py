@@ -55,12 +55,19 @@ class ActionError(InboundError):
     """An action did not succeed. The dispatcher retries transient ones, dead-letters the rest."""
 
     transient: bool = True
+    # Seconds the target asked us to wait before the next attempt (HTTP Retry-After); None:
+    # the retry schedule decides alone.
+    retry_after: float | None = None
 
 
 class TransientActionError(ActionError):
     """Worth retrying: throttling, timeouts, a target that is down."""
 
     transient = True
+
+    def __init__(self, *args: object, retry_after: float | None = None) -> None:
+        super().__init__(*args)
+        self.retry_after = retry_after
 
 
 class PermanentActionError(ActionError):

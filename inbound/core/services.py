@@ -1,8 +1,9 @@
-"""Where actions send things: four small service protocols and the `Services` that bundles them.
+"""Where actions send things: small service protocols and the `Services` that bundles them.
 
 An action's executor reaches the outside world only through these: a blob store (S3), a topic
-(SNS), a function (Lambda) and a mailer (bounce DSNs). Each is chosen on its own: `--targets
-local|aws` picks the local or the AWS implementation of the first three, `--relay` the mailer,
+(SNS), a function (Lambda), a mailer (bounce DSNs) and an HTTP client (webhooks). Each is chosen
+on its own: `--targets local|aws` picks the local or the AWS implementation of the first three
+(both target sets post webhooks with the same HTTP client), `--relay` the mailer,
 and code may mix them (`Services(blobs=AwsTargets(), functions=LocalTargets(...), ...)`: S3
 on MinIO with Lambda local). In-memory fakes for tests are in `inbound.targets.memory`.
 
@@ -13,6 +14,7 @@ implementation from its own error codes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -70,20 +72,48 @@ class Mailer(Protocol):
         """Send a DSN (RFC 3464) to `bounce.to`."""
 
 
-class AllServices(BlobStore, Topic, Function, Mailer, Protocol):
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """One POST (a webhook attempt): the body and headers exactly as sent."""
+
+    url: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...]
+    # Seconds for the whole exchange: connect, send, and the answer's status and headers.
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """What the server answered; redirects are never followed, so a 3xx is an answer too."""
+
+    status: int
+    reason: str
+    # Header names in lower case.
+    headers: Mapping[str, str]
+
+
+class HttpClient(Protocol):
+    async def post(self, request: HttpRequest) -> HttpResponse:
+        """POST `request`; any answer is returned whatever its status. A connection that
+        fails, a certificate that does not verify and a timeout raise `TransientActionError`."""
+
+
+class AllServices(BlobStore, Topic, Function, Mailer, HttpClient, Protocol):
     """One object that implements every service (the local and the AWS target sets)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Services:
-    """The four services an action may use, each chosen on its own."""
+    """The services an action may use, each chosen on its own."""
 
     blobs: BlobStore
     topics: Topic
     functions: Function
     mailer: Mailer
+    http: HttpClient
 
     @classmethod
     def of(cls, each: AllServices, *, mailer: Mailer | None = None) -> Services:
         """Every service from one target set (`--targets`), the mailer possibly apart."""
-        return cls(each, each, each, mailer if mailer is not None else each)
+        return cls(each, each, each, mailer if mailer is not None else each, each)

@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from inbound.core.errors import ConfigError, ConfigIssue
 from inbound.rules.compiled import CompiledRuleSet
-from inbound.rules.load import parse_rule_set, read_text
+from inbound.rules.load import LoadedRuleSet, parse_rule_set, read_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +39,16 @@ class RuleBook:
         save_text: Callable[[str], str],
         load_text: Callable[[str], str],
         extra_domains: Sequence[str] = (),
+        check: Callable[[LoadedRuleSet], list[ConfigIssue]] | None = None,
     ) -> None:
-        """`save_text` stores a rule-set text and returns its digest; `load_text` reads it back."""
+        """`save_text` stores a rule-set text and returns its digest; `load_text` reads it back.
+        `check` finds what makes a valid file unusable here (an unset `secret_env`): its
+        issues fail the load, as errors in the file do."""
         self.path = path
         self._save_text = save_text
         self._load_text = load_text
         self._extra_domains = tuple(extra_domains)
+        self._check = check
         self._lock = threading.Lock()
         self._snapshots: dict[str, RuleSnapshot] = {}
         self.current = self.reload()
@@ -52,6 +57,8 @@ class RuleBook:
         """Load the file again; on any error raise it and keep the rules in force."""
         text = read_text(self.path)
         loaded = parse_rule_set(text, str(self.path), extra_domains=self._extra_domains)
+        if self._check is not None and (issues := self._check(loaded)):
+            raise ConfigError(issues)
         compiled = CompiledRuleSet.build(loaded.rule_set)
         digest = self._save_text(text)
         snapshot = RuleSnapshot(digest, compiled, tuple(str(w) for w in loaded.warnings))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
@@ -93,6 +93,20 @@ def parse_rule_set(text: str, file: str, *, extra_domains: Sequence[str] = ()) -
         *_repeated_domains(data, source, own_domains),
     ]
     return LoadedRuleSet(rule_set, sorted(warnings), source)
+
+
+def environment_issues(loaded: LoadedRuleSet, env: Mapping[str, str]) -> list[ConfigIssue]:
+    """What the enabled rules' actions need from the environment and do not find there (a
+    webhook's `secret_env`), at their positions: `inbound serve` and the SES handler refuse
+    such a rule set; `inbound check` does not ask (CI has no production secrets)."""
+    issues: list[ConfigIssue] = []
+    for i, rule in enumerate(loaded.rule_set.rules):
+        if not rule.enabled:
+            continue
+        for j, action in enumerate(rule.actions):
+            for where, message in action.environment_issues(env):
+                issues.append(loaded.source.issue(("rules", i, "actions", j, *where), message))
+    return issues
 
 
 def _load_json(text: str, file: str) -> tuple[object, SourceMap]:
@@ -303,6 +317,9 @@ def _warnings(rule_set: RuleSet, source: SourceMap) -> Iterable[ConfigIssue]:
             count = len(rule.recipients)
             message = f"{count} recipients: SES allows {SES_MAX_RECIPIENTS} per rule"
             yield _warn(source, ("rules", i, "recipients"), message)
+        for j, action in enumerate(rule.actions):
+            for where, message in action.config_warnings():
+                yield _warn(source, ("rules", i, "actions", j, *where), message)
         for j, pattern in enumerate(rule.recipients):
             domain = _pattern_domain(pattern)
             if domain is not None and not _within(domain, domains):

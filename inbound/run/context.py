@@ -18,6 +18,7 @@ from typing import Any
 
 from inbound.actions.base import ActionContext, JsonObject
 from inbound.core.services import BounceRequest
+from inbound.core.steps import StepKey
 from inbound.core.verdicts import Verdicts
 from inbound.message.notification import (
     lambda_event,
@@ -73,10 +74,16 @@ def _copy(value: Any) -> Any:
 
 
 def action_context(
-    subject: RunSubject, content: bytes, recipients: tuple[str, ...], verdicts: Verdicts
+    subject: RunSubject,
+    content: bytes,
+    recipients: tuple[str, ...],
+    verdicts: Verdicts,
+    *,
+    rule: str = "",
+    step: StepKey | None = None,
 ) -> ActionContext:
     """The context of one action: `content` as earlier actions left it, the rule's
-    `recipients`, and the verdicts evaluation decided with."""
+    `recipients`, the verdicts evaluation decided with, and the step (`rule` name, key)."""
 
     def mail() -> JsonObject:
         if subject.ses_mail is not None and content is subject.base:
@@ -128,4 +135,8 @@ def action_context(
         bounce=bounce,
         sns_max_bytes=subject.sns_max_bytes,
         sns_oversize=subject.sns_oversize,
+        rule=rule,
+        step=step if step is not None else StepKey(0, 0),
+        verdicts=verdicts,
+        received_at=subject.received_at,
     )

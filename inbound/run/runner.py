@@ -66,7 +66,9 @@ async def run_message(
         if replayed is not None:
             outcome = replayed
         else:
-            context = action_context(subject, content, step.recipients, walk.verdicts)
+            context = action_context(
+                subject, content, step.recipients, walk.verdicts, rule=step.rule.name, step=key
+            )
             attempt = (record.attempts if record is not None else 0) + 1
             if action.pure:
                 outcome = await action.execute(context, services)

@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from inbound.core.envelope import Connection, Envelope
-from inbound.core.errors import ActionError, InboundError
+from inbound.core.errors import ActionError, ConfigError, InboundError
 from inbound.core.message import MessageFacts, Reads
 from inbound.core.services import Services
 from inbound.core.steps import StepKey
@@ -80,7 +80,7 @@ from inbound.observe.log import emit, emit_fields
 from inbound.rules.compiled import CompiledRuleSet
 from inbound.rules.condition_table import CONDITIONS
 from inbound.rules.evaluate import Evaluation, Step, message_keys
-from inbound.rules.load import load_rule_set
+from inbound.rules.load import environment_issues, load_rule_set
 from inbound.run.context import RunSubject
 from inbound.run.ledgers import S3Ledger
 from inbound.run.runner import RunResult, run_message
@@ -91,6 +91,7 @@ from inbound.ses.event import (
     verdicts_of,
 )
 from inbound.targets.aws import AwsTargets, aws_session
+from inbound.targets.http import WebhookHttp
 
 # Re-exported: the handler's callers catch these without knowing where events are parsed.
 __all__ = ["Receipt", "SesEventError", "lambda_handler", "parse_event", "verdicts_of"]
@@ -149,7 +150,10 @@ def rules_at(path: str) -> CompiledRuleSet:
         cached = _rules.get(path)
     if cached is not None:
         return cached
-    compiled = CompiledRuleSet.build(load_rule_set(Path(path)).rule_set)
+    loaded = load_rule_set(Path(path))
+    if issues := environment_issues(loaded, os.environ):
+        raise ConfigError(issues)  # a webhook's secret_env not set in the function's environment
+    compiled = CompiledRuleSet.build(loaded.rule_set)
     unusable = [
         f"{rule.name} ({', '.join(sorted(keys))})"
         for rule in compiled.rules
@@ -187,7 +191,11 @@ def _targets() -> AwsTargets:
     with _lock:
         targets = _clients.get("targets")
         if targets is None:
-            targets = _clients["targets"] = AwsTargets()
+            # Webhooks trust the system store, plus INBOUND_WEBHOOK_CA's certificates if set
+            # (the handler's twin of `inbound serve --webhook-ca`).
+            ca = os.environ.get("INBOUND_WEBHOOK_CA") or None
+            http = WebhookHttp(ca_file=None if ca is None else Path(ca))
+            targets = _clients["targets"] = AwsTargets(http=http)
     assert isinstance(targets, AwsTargets)
     return targets
 

@@ -209,17 +209,22 @@ def next_attempt_at(
     *,
     base: float = 60.0,
     cap: float = 3600.0,
+    retry_after: float | None = None,
 ) -> datetime | None:
     """When to try again after failed attempt `attempt`, or None: dead-letter it now.
 
     A retry that would fall after the deadline is moved up to the deadline itself, so the
     window is exact: one last attempt at its end, and its failure dead-letters the message.
+    `retry_after` (seconds a target asked for, HTTP Retry-After) replaces the backoff delay
+    of this attempt, bounded by the schedule: at most `cap`, and never past the deadline.
     """
     if is_expired(received_at, now, max_age):
         return None
-    return min(
-        now + timedelta(seconds=next_delay(attempt, base=base, cap=cap)), received_at + max_age
-    )
+    if retry_after is not None:
+        delay = min(max(retry_after, 0.0), cap)
+    else:
+        delay = next_delay(attempt, base=base, cap=cap)
+    return min(now + timedelta(seconds=delay), received_at + max_age)
 
 
 @dataclass(frozen=True)
@@ -231,10 +236,17 @@ class RetryPolicy:
     base_delay: float = 60.0
     max_delay: float = 3600.0
 
-    def next_attempt(self, meta: SpoolMeta, state: DispatchState, now: datetime) -> datetime | None:
+    def next_attempt(
+        self,
+        meta: SpoolMeta,
+        state: DispatchState,
+        now: datetime,
+        retry_after: float | None = None,
+    ) -> datetime | None:
         """When to try again after `state.attempts` failed attempts, or None: dead-letter it.
 
-        The window starts at receipt, or at the operator's last `inbound spool retry`."""
+        The window starts at receipt, or at the operator's last `inbound spool retry`; a
+        target's `retry_after` replaces the backoff delay (`next_attempt_at`)."""
         return next_attempt_at(
             state.attempts,
             window_start(meta.received_at, state),
@@ -242,6 +254,7 @@ class RetryPolicy:
             self.max_age,
             base=self.base_delay,
             cap=self.max_delay,
+            retry_after=retry_after,
         )
 
 

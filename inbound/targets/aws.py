@@ -24,9 +24,10 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from inbound.core.errors import PermanentActionError, TransientActionError
-from inbound.core.services import BounceRequest
+from inbound.core.services import BounceRequest, HttpClient, HttpRequest, HttpResponse
 from inbound.message.notification import SNS_SUBJECT
 from inbound.targets.aws_errors import classify
+from inbound.targets.http import WebhookHttp
 
 T = TypeVar("T")
 # SES waits 30 s for a RequestResponse invocation (LambdaAction).
@@ -73,7 +74,10 @@ class AwsTargets:
         multipart_threshold: int = MULTIPART_THRESHOLD,
         deadline_slack: float = 5.0,
         session: boto3.session.Session | None = None,
+        http: HttpClient | None = None,
     ) -> None:
+        # Webhooks: the same HTTP client whatever the targets (`targets.http`).
+        self.http: HttpClient = http if http is not None else WebhookHttp()
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.lambda_timeout = lambda_timeout
@@ -87,6 +91,10 @@ class AwsTargets:
         self._roles: dict[str, _RoleClient] = {}
 
     # -- services ----------------------------------------------------------------------------
+
+    async def post(self, request: HttpRequest) -> HttpResponse:
+        """A webhook's POST, through the HTTP client (the same for every target set)."""
+        return await self.http.post(request)
 
     async def store(
         self,

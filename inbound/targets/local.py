@@ -25,10 +25,11 @@ from inbound.batch import Batcher
 from inbound.config.fields import function_name, topic_name
 from inbound.core.errors import PermanentActionError, TransientActionError
 from inbound.core.ids import MessageIdGenerator
-from inbound.core.services import BounceRequest
+from inbound.core.services import BounceRequest, HttpClient, HttpRequest, HttpResponse
 from inbound.datadir import fsync_dir, open_fd
 from inbound.message.notification import sns_envelope
 from inbound.targets.files import FileBatchWriter, make_dirs_synced, write_at
+from inbound.targets.http import WebhookHttp
 
 LambdaFunction = Callable[[dict[str, object], object], object]
 # SES waits 30 s for a RequestResponse invocation (LambdaAction).
@@ -44,8 +45,11 @@ class LocalTargets:
         *,
         functions: Mapping[str, LambdaFunction] | None = None,
         lambda_timeout: float = LAMBDA_TIMEOUT,
+        http: HttpClient | None = None,
     ) -> None:
         self.root = data_dir.resolve()
+        # Webhooks: the same HTTP client whatever the targets (`targets.http`).
+        self.http: HttpClient = http if http is not None else WebhookHttp()
         self.functions = dict(functions or {})
         self.lambda_timeout = lambda_timeout
         self._ids = MessageIdGenerator()
@@ -64,6 +68,10 @@ class LocalTargets:
         if relative.startswith("/") or ".." in pieces or "\0" in relative:
             raise PermanentActionError(f"{relative!r} leaves the data directory")
         return self.root / "/".join(piece for piece in pieces if piece not in ("", "."))
+
+    async def post(self, request: HttpRequest) -> HttpResponse:
+        """A webhook's POST, through the HTTP client (the same for every target set)."""
+        return await self.http.post(request)
 
     async def store(
         self,

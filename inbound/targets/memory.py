@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from inbound.config.fields import function_name
 from inbound.core.errors import ActionError
-from inbound.core.services import BounceRequest, Services
+from inbound.core.services import BounceRequest, HttpRequest, HttpResponse, Services
 
 
 @dataclass
@@ -94,6 +94,20 @@ class MemoryMailer(_Fake):
         self.sent.append(bounce)
 
 
+@dataclass
+class MemoryHttp(_Fake):
+    """Answers every POST with `status` (200); each request is kept in `posted`."""
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    posted: list[HttpRequest] = field(default_factory=list)
+
+    async def post(self, request: HttpRequest) -> HttpResponse:
+        self._called()
+        self.posted.append(request)
+        return HttpResponse(self.status, "", dict(self.headers))
+
+
 class MemoryServices:
     """One fake of each service, and the `Services` made of them."""
 
@@ -109,4 +123,5 @@ class MemoryServices:
             answers=dict(answers or {}), functions=dict(functions or {})
         )
         self.mailer = MemoryMailer()
-        self.services = Services(self.blobs, self.topics, self.functions, self.mailer)
+        self.http = MemoryHttp()
+        self.services = Services(self.blobs, self.topics, self.functions, self.mailer, self.http)

@@ -68,6 +68,8 @@ class Expect(_Strict):
     not_rules: list[str] | None = None
     actions: list[str] | None = None
     recipients: dict[str, ExpectedReply] | None = None
+    # The URLs of the webhook actions evaluation reached, in order, exactly.
+    webhooks: list[str] | None = None
 
 
 class Case(_Strict):

@@ -25,6 +25,7 @@ from inbound.rules.evaluate import evaluate, results_by_function
 from inbound.rules.load import load_rule_set, read_text, validate
 from inbound.testing.model import Case, Expect, TestFile
 from inbound.testing.received import ReceivedMessage, receive_file, refuse_as_serve
+from inbound.testing.webhooks import webhook_urls
 
 TEST_FILE_SUFFIXES = (".test.yaml", ".test.yml")
 
@@ -260,6 +261,8 @@ def check_expectations(expect: Expect, plan: Plan) -> Iterable[tuple[str, str]]:
         types = [step.action.receipt_type for run in plan.rules for step in run.actions]
         if expect.actions != types:
             yield "actions", f"expected {_list(expect.actions)}, saw {_list(types)}"
+    if expect.webhooks is not None and expect.webhooks != (urls := webhook_urls(plan)):
+        yield "webhooks", f"expected {_list(expect.webhooks)}, saw {_list(urls)}"
     for address, wanted in (expect.recipients or {}).items():
         decision = next((r for r in plan.recipients if r.address.lower() == address.lower()), None)
         if decision is None:
