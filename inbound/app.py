@@ -53,8 +53,8 @@ from inbound.spool.commit import GroupCommitter
 from inbound.spool.retry import RetryPolicy
 from inbound.spool.store import Spool
 from inbound.targets.aws import NO_REGION, AwsTargets, aws_session
-from inbound.targets.local import LambdaFunction, LocalTargets
-from inbound.targets.relay import RelayMailer, RelaySender
+from inbound.targets.local import LambdaFunction, LocalOutbox, LocalTargets
+from inbound.targets.relay import RelayMailer, RelayOutbound, RelaySender
 from inbound.tls import load_tls_context, self_signed_context
 
 log = logging.getLogger("inbound.app")
@@ -186,7 +186,7 @@ def build_services(settings: ServeSettings, book: RuleBook, *, announce: bool = 
     if s.relay is not None:
         host, port = s.relay
         relay = RelaySender(host, port, local_hostname=s.hostname)
-        return Services.of(base, mailer=RelayMailer(relay))
+        return Services.of(base, mailer=RelayMailer(relay), outbound=RelayOutbound(relay))
     bouncing = [
         r.name
         for r in book.current.compiled.rules
@@ -200,7 +200,8 @@ def build_services(settings: ServeSettings, book: RuleBook, *, announce: bool = 
             rules=bouncing,
             hint="bounces after acceptance need --relay HOST:PORT to send their DSNs",
         )
-    return Services.of(base)
+    # Without a relay, forwards and relayed bounces go to the local outbox (SPEC section 3b).
+    return Services.of(base, outbound=LocalOutbox(s.data_dir))
 
 
 def tls_context(

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from inbound.config.fields import function_name
 from inbound.core.errors import ActionError
-from inbound.core.services import BounceRequest, Services
+from inbound.core.services import BounceRequest, OutboundMail, Services
 
 
 @dataclass
@@ -90,6 +90,21 @@ class MemoryMailer(_Fake):
         self.sent.append(bounce)
 
 
+@dataclass
+class MemoryOutbound(_Fake):
+    """Whole messages, as sent; `size` is what `max_size` answers (the relay's SIZE)."""
+
+    sent: list[OutboundMail] = field(default_factory=list)
+    size: int | None = None
+
+    async def send(self, mail: OutboundMail) -> None:
+        self._called()
+        self.sent.append(mail)
+
+    async def max_size(self) -> int | None:
+        return self.size
+
+
 class MemoryServices:
     """One fake of each service, and the `Services` made of them."""
 
@@ -105,4 +120,7 @@ class MemoryServices:
             answers=dict(answers or {}), functions=dict(functions or {})
         )
         self.mailer = MemoryMailer()
-        self.services = Services(self.blobs, self.topics, self.functions, self.mailer)
+        self.outbound = MemoryOutbound()
+        self.services = Services(
+            self.blobs, self.topics, self.functions, self.mailer, self.outbound
+        )
