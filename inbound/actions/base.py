@@ -56,6 +56,8 @@ class ActionContext:
     hostname: str | None = None
     # The recipient patterns of the step's rule, for a forward's `\1` destinations.
     patterns: tuple[str, ...] = ()
+    # The step's (rule, action) positions: a forward numbers its sends by them.
+    position: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)

@@ -264,7 +264,9 @@ class ForwardAction(ActionModel):
 
         async def send(address: str) -> str | None:
             destination = by_address[address]
-            index = list(by_address).index(address)
+            # The same number on every retry, apart for every forward of the message.
+            rule, action = ctx.position
+            index = (rule * 100 + action) * 1000 + list(by_address).index(address)
             await outbound.send(
                 OutboundMail(
                     plan.envelope_sender,

@@ -90,7 +90,8 @@ def parse_key(data: bytes, name: str) -> SigningKey:
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError) as exc:
-            raise DkimKeyError(f"dkim key_file {name}: not a usable PEM private key ({exc})") from None
+            message = f"dkim key_file {name}: not a usable PEM private key ({exc})"
+            raise DkimKeyError(message) from None
         if isinstance(key, rsa.RSAPrivateKey):
             if key.key_size < 1024:  # RFC 8301 §3.2: verifiers refuse smaller keys
                 raise DkimKeyError(f"dkim key_file {name}: RSA key of {key.key_size} bits")
@@ -111,9 +112,7 @@ def parse_key(data: bytes, name: str) -> SigningKey:
     except (binascii.Error, ValueError):
         seed = b""
     if len(seed) != 32:
-        raise DkimKeyError(
-            f"dkim key_file {name}: not a PEM private key nor a base64 Ed25519 seed"
-        )
+        raise DkimKeyError(f"dkim key_file {name}: not a PEM private key nor a base64 Ed25519 seed")
     return _ed25519(ed25519.Ed25519PrivateKey.from_private_bytes(seed))
 
 

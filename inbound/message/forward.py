@@ -34,8 +34,8 @@ _REMOVED = frozenset({"sender", "return-path", "dkim-signature"})
 
 _registry = HeaderRegistry()
 # The added headers are address lists too: written (and RFC 2047 encoded) like From.
-_registry.map_to_type("x-original-from", AddressHeader)
-_registry.map_to_type("x-original-to", AddressHeader)
+_registry.map_to_type("x-original-from", AddressHeader)  # type: ignore[arg-type] # a mixin
+_registry.map_to_type("x-original-to", AddressHeader)  # type: ignore[arg-type]
 # SMTP: CRLF line ends, long lines folded, non-ASCII as RFC 2047 encoded words.
 _WRITE = email.policy.SMTP.clone(header_factory=_registry)
 _READ = email.policy.default
@@ -78,9 +78,11 @@ def loop_reason(raw: bytes, hostname: str) -> str | None:
         lowered = name.lower()
         if lowered == "received":
             received += 1
-        elif lowered == FORWARDED_HEADER.lower():
-            if value.decode("ascii", "replace").strip().lower() == me:
-                return f"already forwarded by {hostname} ({FORWARDED_HEADER})"
+        elif (
+            lowered == FORWARDED_HEADER.lower()
+            and value.decode("ascii", "replace").strip().lower() == me
+        ):
+            return f"already forwarded by {hostname} ({FORWARDED_HEADER})"
     if received > MAX_RECEIVED:
         return f"{received} Received headers (more than {MAX_RECEIVED}): a mail loop"
     return None
@@ -131,7 +133,8 @@ def rewrite(raw: bytes, *, from_address: str, recipient: str) -> bytes:
 
 def _fold(name: str, addresses: list[Address]) -> bytes:
     header = _WRITE.header_factory(name, ", ".join(str(a) for a in addresses))
-    return header.fold(policy=_WRITE).encode("ascii", "replace")
+    folded: str = header.fold(policy=_WRITE)
+    return folded.encode("ascii", "replace")
 
 
 def _clean_address(address: Address) -> Address:

@@ -79,7 +79,9 @@ def action_context(
     content: bytes,
     recipients: tuple[str, ...],
     verdicts: Verdicts,
+    *,
     patterns: Sequence[str] = (),
+    position: tuple[int, int] = (0, 0),
 ) -> ActionContext:
     """The context of one action: `content` as earlier actions left it, the rule's
     `recipients` (and the `patterns` they matched), and the verdicts evaluation decided with."""
@@ -138,4 +140,5 @@ def action_context(
         dmarc_published=subject.dmarc_published,
         hostname=subject.hostname,
         patterns=tuple(patterns),
+        position=position,
     )

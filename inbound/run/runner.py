@@ -68,7 +68,12 @@ async def run_message(
             outcome = replayed
         else:
             context = action_context(
-                subject, content, step.recipients, walk.verdicts, step.rule.model.recipients
+                subject,
+                content,
+                step.recipients,
+                walk.verdicts,
+                patterns=step.rule.model.recipients,
+                position=(step.rule.index, step.index),
             )
             attempt = (record.attempts if record is not None else 0) + 1
             if action.pure:
