@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.headerregistry import Address as EmailAddress
@@ -32,26 +32,31 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from inbound.actions.base import ActionContext, ActionModel, Parts, RuleProblem
+from inbound.actions.forward_plan import (
+    GROUP_REFERENCE,
+    ForwardPlan,
+    Mode,
+    choose_mode,
+    expand_destinations,
+    has_group,
+)
 from inbound.config.fields import Address, Domain, NonEmpty
-from inbound.core.errors import PermanentActionError
+from inbound.core.errors import InputError, PermanentActionError
+from inbound.core.plan import Plan
 from inbound.core.services import OutboundMail, Services
 from inbound.core.steps import Outcome
-from inbound.core.verdicts import DmarcPolicy, Verdict, Verdicts
+from inbound.core.verdicts import DmarcPolicy, Verdicts
 from inbound.message.dkim_sign import DkimKeyError, DkimSignError, SigningKey, load_key, sign
 from inbound.message.forward import loop_reason, mark_forwarded, rewrite
 from inbound.observe.log import emit
-from inbound.rules.match import compile_scanned, split_address
+from inbound.rules.match import compile_scanned
 from inbound.srs import SrsKeys, srs_forward
 
 log = logging.getLogger("inbound.forward")
 
 # SES v2 SendEmail: a raw message of at most 40 MB.
 SES_MAX_BYTES = 40 * 1024 * 1024
-# A group of the `re:` recipient pattern in a destination: \1 .. \99, \g<name>, \g<1>.
-GROUP_REFERENCE = re.compile(r"\\(?:g<([^<>]*)>|([0-9]{1,2}))")
 _SELECTOR = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?")
-
-Mode = Literal["rewrite", "preserve"]
 
 
 def _as_list(value: object) -> object:
@@ -96,26 +101,6 @@ class DkimSettings(BaseModel):
     domain: Domain
     selector: Annotated[str, AfterValidator(_check_selector)]
     key_file: NonEmpty
-
-
-@dataclass(frozen=True, slots=True)
-class ForwardTo:
-    """One destination and the recipient it was made from (X-Original-To, the From's DOMAIN)."""
-
-    address: str
-    recipient: str
-
-
-@dataclass(frozen=True, slots=True)
-class ForwardPlan:
-    """What a forward does with one message: `inbound evaluate` shows it, the executor sends it."""
-
-    destinations: tuple[ForwardTo, ...]
-    mode: Mode
-    why: str  # why this From mode
-    envelope_sender: str
-    # Why nothing is forwarded (a loop), else None.
-    not_forwarded: str | None = None
 
 
 class ForwardAction(ActionModel):
@@ -180,8 +165,15 @@ class ForwardAction(ActionModel):
                     )
                     break
                 for pattern, regex in zip(recipients, regexes, strict=True):
-                    if not _has_group(regex, group):
+                    if not has_group(regex, group):
                         yield RuleProblem(("to", k), f"{pattern!r} has no group {ref.group(0)}")
+        if self.via == "ses" and self.mode == "preserve":
+            yield RuleProblem(
+                ("from_mode",),
+                "via: ses with from_mode: preserve: SES sends only From addresses it verified "
+                '("Email address is not verified"), so most forwards will fail; use rewrite',
+                warning=True,
+            )
         if self.from_address is not None:
             domain = self.from_address.rpartition("@")[2].lower()
             if not any(domain == d or domain.endswith("." + d) for d in domains):
@@ -227,7 +219,10 @@ class ForwardAction(ActionModel):
 
     async def parts(self, ctx: ActionContext, services: Services) -> Parts:
         hostname = self.identity(ctx.hostname)
-        keys = SrsKeys.from_env(os.environ)
+        try:
+            keys = SrsKeys.from_env(os.environ)
+        except InputError as exc:  # `serve` refuses to start with it; a Lambda may not
+            raise PermanentActionError(str(exc)) from None
         plan = self.plan_forward(
             recipients=ctx.recipients,
             patterns=ctx.patterns,
@@ -318,54 +313,41 @@ async def _nothing(_name: str) -> None:
     return None
 
 
-def _has_group(regex: re.Pattern[str], group: str) -> bool:
-    if group.isdigit():
-        return 0 < int(group) <= regex.groups
-    return group in regex.groupindex
+@dataclass(frozen=True, slots=True)
+class PlannedForward:
+    """A forward step of a plan, as `inbound evaluate` shows it and `inbound test` checks it."""
+
+    rule: str
+    index: int  # the action's position in its rule
+    forward: ForwardPlan
 
 
-def expand_destinations(
-    templates: Sequence[str], recipients: Sequence[str], patterns: Sequence[str]
-) -> Iterable[ForwardTo]:
-    """Each destination once, in order: for each recipient, each template with the groups of
-    the first `re:` pattern that matched it (Mailgun's `forward("\\1@...")`)."""
-    regexes = [compile_scanned(p) for p in patterns if p.startswith("re:")]
-    seen: set[str] = set()
-    for recipient in recipients:
-        parts = split_address(recipient)
-        full = f"{parts[0]}@{parts[1]}" if parts else recipient.lower()
-        match = next((m for r in regexes if (m := r.fullmatch(full)) is not None), None)
-        for template in templates:
-            if GROUP_REFERENCE.search(template):
-                if match is None:
-                    continue  # matched by a plain pattern: no groups (load refuses this)
-                address = match.expand(template)
-            else:
-                address = template
-            if "@" not in address or address.startswith("@") or address.endswith("@"):
-                continue  # an optional group that did not take part
-            if address.lower() not in seen:
-                seen.add(address.lower())
-                yield ForwardTo(address, recipient)
-
-
-def choose_mode(
-    configured: str, verdicts: Verdicts, published: DmarcPolicy | None
-) -> tuple[Mode, str]:
-    """The From mode for this message, and why (SPEC 3b `when_dmarc`)."""
-    if configured == "rewrite":
-        return "rewrite", "from_mode: rewrite"
-    if configured == "preserve":
-        return "preserve", "from_mode: preserve"
-    policy = published or verdicts.dmarc_policy
-    if verdicts.dkim is Verdict.PASS:
-        # The verdict counts only signatures aligned with From (inbound.scan.auth): that
-        # signature survives an untouched forward, and DMARC passes on it at the next hop.
-        return "preserve", "when_dmarc: an aligned DKIM signature passed"
-    if policy in (DmarcPolicy.QUARANTINE, DmarcPolicy.REJECT):
-        return "rewrite", f"when_dmarc: p={policy.value} and no aligned DKIM signature passed"
-    if policy is None and verdicts.dmarc is Verdict.PROCESSING_FAILED:
-        # The policy could not be read: a p=reject sender would bounce at the destination.
-        return "rewrite", "when_dmarc: DMARC policy unknown (temporary error), no aligned DKIM"
-    shown = policy.value if policy is not None else "none published"
-    return "preserve", f"when_dmarc: DMARC policy {shown}"
+def planned_forwards(
+    plan: Plan,
+    patterns_of: Callable[[int], Sequence[str]],
+    *,
+    mail_from: str | None,
+    srs_keys: SrsKeys | None = None,
+    now: datetime | None = None,
+) -> list[PlannedForward]:
+    """Every forward step `plan` reached, in order, with what it would send (`patterns_of`:
+    the recipient patterns of the rule at a position; `mail_from` None: not known)."""
+    out: list[PlannedForward] = []
+    for run in plan.rules:
+        for step in run.actions:
+            action = step.action
+            if not isinstance(action, ForwardAction):
+                continue
+            forward = action.plan_forward(
+                recipients=run.recipients,
+                patterns=patterns_of(run.index),
+                mail_from=mail_from or "",
+                content=None,
+                verdicts=plan.verdicts,
+                dmarc_published=None,
+                hostname="",
+                srs_keys=srs_keys,
+                now=now or datetime.now(UTC),
+            )
+            out.append(PlannedForward(run.name, step.index, forward))
+    return out

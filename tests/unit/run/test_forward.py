@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from inbound.actions.forward import ForwardAction, choose_mode, expand_destinations
+from inbound.actions.forward import ForwardAction
+from inbound.actions.forward_plan import choose_mode, expand_destinations
 from inbound.cli.main import main
 from inbound.core.envelope import Connection, Envelope
 from inbound.core.errors import ConfigError, TransientActionError
@@ -329,3 +330,95 @@ def test_via_ses_goes_to_the_ses_outbound_only() -> None:
     assert fakes.outbound.sent == []
     (mail,) = ses.sent
     assert b'From: "Alice via example.com" <fwd@example.com>\r\n' in mail.content
+
+
+# --- check, evaluate, test -------------------------------------------------------------------
+
+FILES = """\
+version: 1
+name: t
+domains: [example.com]
+rules:
+  - name: fwd
+    recipients: ['re:(?P<who>[a-z]+)@example\\.com']
+    actions:
+      - type: forward
+        to: ['\\g<who>@dest.test', ops@dest.test]
+        from_address: fwd@example.com
+        srs_domain: srs.example.com
+"""
+
+
+def write_files(tmp_path: Path) -> Path:
+    (tmp_path / "rules.yaml").write_text(FILES)
+    (tmp_path / "m.eml").write_bytes(
+        b"From: Alice <alice@sender.test>\r\nSubject: hi\r\n\r\nbody\r\n"
+    )
+    return tmp_path
+
+
+def test_evaluate_shows_destinations_mode_and_srs_sender(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = write_files(tmp_path)
+    args = ["evaluate", "--rules", str(base / "rules.yaml"), "--eml", str(base / "m.eml")]
+    assert main([*args, "--rcpt", "team@example.com"]) == 0
+    out = capsys.readouterr().out
+    assert "forwards to team@dest.test (for team@example.com), ops@dest.test" in out
+    assert "From mode: preserve (when_dmarc: DMARC policy none published)" in out
+    keys = SrsKeys.from_env(SECRETS)
+    assert keys is not None
+    sender = out.split("envelope sender: ")[1].split()[0]
+    assert srs_reverse(sender, keys, datetime.now(UTC)) == "alice@sender.test"
+    rewritten = [*args, "--rcpt", "team@example.com", "--verdict", "dmarc=FAIL"]
+    assert main([*rewritten, "--verdict", "dmarc_policy=quarantine"]) == 0
+    out = capsys.readouterr().out
+    assert "From mode: rewrite (when_dmarc: p=quarantine and no aligned DKIM" in out
+    assert "envelope sender: fwd@example.com" in out
+
+
+def test_test_files_assert_the_forwards_in_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = write_files(tmp_path)
+    (base / "f.test.yaml").write_text(
+        "rules: rules.yaml\ncases:\n"
+        "  - {name: right, eml: m.eml, rcpt: [team@example.com],"
+        " expect: {forwards: [team@dest.test, ops@dest.test]}}\n"
+        "  - {name: wrong, eml: m.eml, rcpt: [team@example.com],"
+        " expect: {forwards: [ops@dest.test, team@dest.test]}}\n"
+    )
+    assert main(["test", str(base / "f.test.yaml")]) == 1
+    out = capsys.readouterr().out
+    assert "PASS  right" in out
+    assert (
+        "f.test.yaml:4: wrong: forwards: expected [ops@dest.test, team@dest.test], "
+        "saw [team@dest.test, ops@dest.test]"
+    ) in out
+
+
+def test_check_exits_2_naming_an_unreadable_key_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = write_files(tmp_path)
+    key = tmp_path / "missing.pem"
+    text = FILES + f"        dkim: {{domain: example.com, selector: s1, key_file: {key}}}\n"
+    (base / "rules.yaml").write_text(text)
+    assert main(["check", str(base / "rules.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "rules.yaml:12:" in err
+    assert f"rules[0].actions[0].dkim.key_file: dkim key_file {key}: no such file" in err
+
+
+def test_check_warns_for_ses_with_preserve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "version: 1\nname: t\ndomains: [example.com]\nrules:\n"
+        + rules("{type: forward, to: a@b.test, via: ses, from_mode: preserve}")
+    )
+    assert main(["check", str(path)]) == 0
+    assert "warning: rules[0].actions[0].from_mode: via: ses with from_mode: preserve" in (
+        capsys.readouterr().err
+    )
