@@ -56,7 +56,7 @@ from inbound.spool.commit import GroupCommitter
 from inbound.spool.retry import RetryPolicy
 from inbound.spool.store import Spool
 from inbound.srs import SECRETS_ENV, SrsKeys
-from inbound.targets.aws import NO_REGION, AwsTargets, aws_session
+from inbound.targets.aws import NO_REGION, AwsTargets, SesOutbound, aws_session
 from inbound.targets.local import LambdaFunction, LocalOutbox, LocalTargets
 from inbound.targets.relay import RelayMailer, RelayOutbound, RelaySender
 from inbound.tls import load_tls_context, self_signed_context
@@ -187,10 +187,18 @@ def build_services(settings: ServeSettings, book: RuleBook, *, announce: bool = 
         base = AwsTargets(session=session)
     else:
         base = LocalTargets(s.data_dir, functions=load_functions(s.lambdas))
+    outbox = LocalOutbox(s.data_dir)
+    # `forward` with `via: ses`: SES itself on AWS; locally the outbox, as S3 is files.
+    ses_outbound = SesOutbound(base) if isinstance(base, AwsTargets) else outbox
     if s.relay is not None:
         host, port = s.relay
         relay = RelaySender(host, port, local_hostname=s.hostname)
-        return Services.of(base, mailer=RelayMailer(relay), outbound=RelayOutbound(relay))
+        return Services.of(
+            base,
+            mailer=RelayMailer(relay),
+            outbound=RelayOutbound(relay),
+            ses_outbound=ses_outbound,
+        )
     bouncing = [
         r.name
         for r in book.current.compiled.rules
@@ -205,7 +213,7 @@ def build_services(settings: ServeSettings, book: RuleBook, *, announce: bool = 
             hint="bounces after acceptance need --relay HOST:PORT to send their DSNs",
         )
     # Without a relay, forwards and relayed bounces go to the local outbox (SPEC section 3b).
-    return Services.of(base, outbound=LocalOutbox(s.data_dir))
+    return Services.of(base, outbound=outbox, ses_outbound=ses_outbound)
 
 
 def tls_context(

@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     )
     plan = refuse_as_serve(plan, received)
     if args.json:
-        print(json.dumps(plan_json(plan, rules), indent=2, ensure_ascii=False))
+        print(json.dumps(plan_json(plan, rules, mail_from), indent=2, ensure_ascii=False))
     else:
-        print(plan_trace(plan, rules))
+        print(plan_trace(plan, rules, mail_from))
     return 0

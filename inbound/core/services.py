@@ -122,6 +122,9 @@ class Services:
     functions: Function
     mailer: Mailer
     outbound: Outbound = field(default_factory=NoOutbound)
+    # `forward` with `via: ses`: SES SendEmail (`--targets aws`, the Lambda handler), or the
+    # local outbox with `--targets local`.
+    ses_outbound: Outbound = field(default_factory=NoOutbound)
 
     @classmethod
     def of(
@@ -130,6 +133,7 @@ class Services:
         *,
         mailer: Mailer | None = None,
         outbound: Outbound | None = None,
+        ses_outbound: Outbound | None = None,
     ) -> Services:
         """Every service from one target set (`--targets`), the mailer and the outbound path
         possibly apart."""
@@ -139,4 +143,5 @@ class Services:
             each,
             mailer if mailer is not None else each,
             outbound if outbound is not None else NoOutbound(),
+            ses_outbound if ses_outbound is not None else NoOutbound(),
         )

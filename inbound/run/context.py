@@ -11,14 +11,14 @@ This module builds values only; it must not run actions, touch a service or read
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from inbound.actions.base import ActionContext, JsonObject
 from inbound.core.services import BounceRequest
-from inbound.core.verdicts import Verdicts
+from inbound.core.verdicts import DmarcPolicy, Verdicts
 from inbound.message.notification import (
     lambda_event,
     mail_object,
@@ -51,6 +51,8 @@ class RunSubject:
     ses_mail: JsonObject | None = None
     sns_max_bytes: int = SNS_MAX_BYTES
     sns_oversize: str = "bounce"
+    # The DMARC policy the From domain publishes, as measured at receipt (None: unknown).
+    dmarc_published: DmarcPolicy | None = None
     headers: bytes = field(init=False)
     # The `mail` object of each content the actions saw (by identity: add_header makes a new
     # one), so a message with several notifying actions has its header block parsed once.
@@ -73,10 +75,16 @@ def _copy(value: Any) -> Any:
 
 
 def action_context(
-    subject: RunSubject, content: bytes, recipients: tuple[str, ...], verdicts: Verdicts
+    subject: RunSubject,
+    content: bytes,
+    recipients: tuple[str, ...],
+    verdicts: Verdicts,
+    *,
+    patterns: Sequence[str] = (),
+    position: tuple[int, int] = (0, 0),
 ) -> ActionContext:
     """The context of one action: `content` as earlier actions left it, the rule's
-    `recipients`, and the verdicts evaluation decided with."""
+    `recipients` (and the `patterns` they matched), and the verdicts evaluation decided with."""
 
     def mail() -> JsonObject:
         if subject.ses_mail is not None and content is subject.base:
@@ -129,4 +137,9 @@ def action_context(
         bounce=bounce,
         sns_max_bytes=subject.sns_max_bytes,
         sns_oversize=subject.sns_oversize,
+        verdicts=verdicts,
+        dmarc_published=subject.dmarc_published,
+        hostname=subject.hostname,
+        patterns=tuple(patterns),
+        position=position,
     )

@@ -17,9 +17,10 @@ dispatcher or SES does), or log in a way particular to an entry point (`StepObse
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
+from inbound.actions.base import Parts
 from inbound.core.errors import ActionError
 from inbound.core.plan import Plan
 from inbound.core.services import Services
@@ -66,14 +67,25 @@ async def run_message(
         if replayed is not None:
             outcome = replayed
         else:
-            context = action_context(subject, content, step.recipients, walk.verdicts)
+            context = action_context(
+                subject,
+                content,
+                step.recipients,
+                walk.verdicts,
+                patterns=step.rule.model.recipients,
+                position=(step.rule.index, step.index),
+            )
             attempt = (record.attempts if record is not None else 0) + 1
             if action.pure:
                 outcome = await action.execute(context, services)
             else:
                 await ledger.flush()
                 try:
-                    outcome = await action.execute(context, services)
+                    parts = await action.parts(context, services)
+                    if parts is None:
+                        outcome = await action.execute(context, services)
+                    else:
+                        outcome = await _run_parts(step, parts, ledger, observer)
                 except ActionError as exc:
                     ledger.put(key, StepRecord("failed", attempt, str(exc), None))
                     if observer is not None:
@@ -86,6 +98,30 @@ async def run_message(
             content = outcome.content
         walk.send(outcome)
     return RunResult(walk.plan())
+
+
+async def _run_parts(
+    step: Step, parts: Parts, ledger: Ledger, observer: StepObserver | None
+) -> Outcome:
+    """Each part not yet done, in order, recorded apart as a step of its own: flushed before
+    it runs (a part that succeeded is never sent again), its record put after. The first
+    failing part raises; the parts after it wait for the next attempt."""
+    for name in parts.names:
+        key = replace(step.key, recipient=name)
+        record = ledger.get(key)
+        if record is not None and record.succeeded:
+            continue
+        attempt = (record.attempts if record is not None else 0) + 1
+        await ledger.flush()
+        try:
+            detail = await parts.send(name)
+        except ActionError as exc:
+            ledger.put(key, StepRecord("failed", attempt, str(exc), None))
+            raise
+        ledger.put(key, StepRecord("succeeded", attempt, None, detail))
+        if observer is not None:
+            observer.ran(step, key, attempt, None)
+    return parts.outcome
 
 
 def _replayed(step: Step, record: StepRecord | None) -> Outcome | None:

@@ -68,6 +68,8 @@ class Expect(_Strict):
     not_rules: list[str] | None = None
     actions: list[str] | None = None
     recipients: dict[str, ExpectedReply] | None = None
+    # The destinations of every forward step reached, in order (SPEC 3b).
+    forwards: list[str] | None = None
 
 
 class Case(_Strict):

@@ -21,18 +21,16 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from inbound.core.errors import InputError
-from inbound.receive.limits import ReceiverLimits  # noqa: F401 - settings_for's companions
 from inbound.spool.retry import RetryPolicy
 from inbound.srs import SrsKeys, srs_forward
 from tests.integration.forward_chain import rcpt_replies, send
 from tests.integration.receiver import Running, free_port, in_process, settings_for, wait_for
-from tests.integration.srs_support import FORWARD_RULES, forward_stand_in  # noqa: F401 - a fixture
+from tests.integration.srs_support import FORWARD_RULES
 from tests.integration.test_relay import SinkHandler
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.timeout(60),
-    pytest.mark.usefixtures("forward_stand_in"),
 ]
 
 SECRETS = "current-secret,previous-secret"
@@ -186,6 +184,11 @@ def test_serve_refuses_to_start_without_secrets_naming_the_rule(
         pass
     # A forward that rewrites From keeps the envelope sender its own: no SRS, no secret.
     monkeypatch.delenv("INBOUND_SRS_SECRETS")
-    rewrite = settings_for(tmp_path, FORWARD_RULES.replace("preserve", "rewrite"))
+    rewrite = settings_for(
+        tmp_path,
+        FORWARD_RULES.replace(
+            "from_mode: preserve", "from_mode: rewrite\n        from_address: fwd@example.com"
+        ),
+    )
     with in_process(rewrite) as running:
         assert rcpt_replies(running.port, [srs("alice@sender.example")])[0][:9] == "550 5.1.1"
