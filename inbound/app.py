@@ -13,6 +13,7 @@ import asyncio
 import fcntl
 import importlib
 import logging
+import os
 import shutil
 import socket
 import ssl
@@ -43,6 +44,8 @@ from inbound.receive.limits import ReceiverLimits
 from inbound.receive.server import SmtpServer
 from inbound.rules.book import RuleBook
 from inbound.rules.load import load_rule_set
+from inbound.rules.model import RuleSet
+from inbound.rules.srs_relay import needs_srs
 from inbound.running import AcceptSignals, App, Receiving, Role
 from inbound.scan.clamd import ClamdScanner
 from inbound.scan.dns import DnsPythonResolver, Resolver, ZoneResolver
@@ -52,6 +55,7 @@ from inbound.schedule import Scheduler
 from inbound.spool.commit import GroupCommitter
 from inbound.spool.retry import RetryPolicy
 from inbound.spool.store import Spool
+from inbound.srs import SECRETS_ENV, SrsKeys
 from inbound.targets.aws import NO_REGION, AwsTargets, SesOutbound, aws_session
 from inbound.targets.local import LambdaFunction, LocalOutbox, LocalTargets
 from inbound.targets.relay import RelayMailer, RelayOutbound, RelaySender
@@ -234,6 +238,19 @@ def tls_context(
     return None
 
 
+def srs_keys_for(rules: RuleSet, environ: Mapping[str, str] | None = None) -> SrsKeys | None:
+    """The SRS keys of `INBOUND_SRS_SECRETS`; an `InputError` naming the first rule that
+    rewrites envelope senders with SRS when the variable is unset (SPEC section 3b)."""
+    keys = SrsKeys.from_env(os.environ if environ is None else environ)
+    needing = needs_srs(rules)
+    if keys is None and needing:
+        raise InputError(
+            f"rule {needing[0]!r} forwards with SRS (via: relay, from_mode not rewrite) and "
+            f"{SECRETS_ENV} is not set: set it to one or more secrets, comma separated"
+        )
+    return keys
+
+
 def rule_book(settings: ServeSettings, spool: Spool) -> RuleBook:
     """The rules at `--rules`, each version kept in the spool for the messages received under it."""
     return RuleBook(
@@ -278,12 +295,14 @@ def build(settings: ServeSettings, role: Role, worker: WorkerWiring | None = Non
     owner = role != "worker"  # the process that owns the data directory and dispatches
     lock = run_dir = None
     if owner:
-        # Bad rules are reported before anything is created on disk.
-        load_rule_set(s.rules, extra_domains=s.domains)
+        # Bad rules (and a forward without its SRS secrets) are reported before anything is
+        # created on disk.
+        srs_keys_for(load_rule_set(s.rules, extra_domains=s.domains).rule_set)
         protect(s.data_dir)
         lock = lock_data_dir(s.data_dir)
     spool = Spool(s.data_dir / "spool")
     book = rule_book(s, spool)
+    srs_keys = srs_keys_for(book.current.compiled.model)
     # Checks the certificate (and makes a self-signed one) before any worker starts.
     tls = tls_context(s, book, announce=owner)
     if owner:
@@ -327,6 +346,7 @@ def build(settings: ServeSettings, role: Role, worker: WorkerWiring | None = Non
             metrics=metrics,
             on_queued=on_queued,
             mime_limits=s.mime_limits,
+            srs_keys=srs_keys,
         )
         server = SmtpServer(
             intake,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import ClassVar, get_args
 
 from pydantic import BaseModel, ConfigDict
@@ -36,6 +37,8 @@ class ActionContext:
     # The message with the prepended headers and the headers added by earlier actions.
     content: bytes
     mail_from: str
+    # When the message was received (SRS addresses are verified as of then).
+    received_at: datetime
     recipients: tuple[str, ...]
     # The Received notification (mail + receipt, no content) for a `receipt.action` object.
     notification: Callable[[JsonObject], JsonObject]

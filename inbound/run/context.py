@@ -130,6 +130,7 @@ def action_context(
         message_id=subject.message_id,
         content=content,
         mail_from=subject.mail_from,
+        received_at=subject.received_at,
         recipients=recipients,
         notification=lambda action: received_notification(mail(), receipt(action)),
         lambda_event=lambda action: lambda_event(mail(), receipt(action)),

@@ -1,0 +1,505 @@
+"""A forwarding chain on loopback for the `forward` tests (SPEC section 3b), real servers only.
+
+    sender (smtplib from 127.0.0.2) ──▶ forwarder: `inbound serve` (--relay) ──▶ [a private
+    Postfix] ──▶ destination: `inbound serve`, the MX of the forwarded-to domains
+
+Every server is a child process (`inbound serve` as users run it) and every domain is answered
+by one zone file (`--dns-zone`) that both inbound servers read: SPF, DKIM keys and DMARC
+records of the sender's, the forwarder's and the destination's domains. The sender connects
+from 127.0.0.2 and the forwarder (and Postfix) from 127.0.0.1, so SPF tells a forward that kept
+the original envelope sender (fails) from one with an SRS sender (passes).
+
+The destination's DSNs (a `bounce` action after acceptance) go to the forwarder (its `--relay`),
+so a bounce of a forward comes back to the SRS address it was sent from; the forwarder relays
+it with `MAIL FROM:<>` through its own `--relay`, to the destination again, which must therefore
+also receive the original sender's domain (`DESTINATION_RULES` does: it keeps everything).
+
+What arrived at the destination is read from its files: `Chain.arrivals()` gives each message
+with its envelope, the verdicts it got there and its bytes as received (the local SNS target's
+notification and S3 object of `DESTINATION_RULES`).
+
+The private Postfix (`PrivatePostfix`) has its own configuration, queue and data directories
+in a temporary directory of its own, never the system's /etc/postfix; not under the test's
+tmp_path because Postfix's daemons run as the `postfix` user and must reach their queue, and
+pytest's temporary directories are private to root (0700).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+import dkim
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from tests.integration.receiver import (
+    DEADLINE,
+    Child,
+    free_port,
+    log_events,
+    start_child,
+    wait_for,
+)
+
+SENDER_IP = "127.0.0.2"
+FORWARDER_IP = "127.0.0.1"
+SRS_SECRETS = "chain-secret-new,chain-secret-old"
+ARRIVED_TOPIC = "arn:aws:sns:us-east-1:123456789012:arrived"
+
+# The destination keeps everything it gets, for every domain of the chain: an SNS notification
+# (envelope, verdicts) and an S3 object (the bytes) per message.
+DESTINATION_RULES = """\
+version: 1
+name: destination
+domains: [{domains}]
+rules:
+  - name: keep
+    actions:
+      - {{type: s3, bucket: mail, prefix: in/}}
+      - {{type: sns, topic_arn: "{topic}"}}
+"""
+
+
+# -- DNS -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MailDomain:
+    """A domain of the chain as DNS publishes it: SPF for `ips`, a DMARC policy (None: no
+    record), and an Ed25519 DKIM key under `selector` (made fresh; `sign` signs with it)."""
+
+    name: str
+    ips: tuple[str, ...] = ()
+    dmarc: str | None = "none"
+    selector: str = "chain"
+    key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate, repr=False)
+
+    @property
+    def private_key(self) -> bytes:
+        """The key as dkimpy signs with it (base64 of the 32 raw bytes, RFC 8463)."""
+        raw = self.key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        return base64.b64encode(raw)
+
+    def pem_file(self, folder: Path) -> Path:
+        """The key as a PKCS#8 PEM file (what a `dkim: {key_file}` of the forward reads)."""
+        path = folder / f"{self.selector}.{self.name}.pem"
+        path.write_bytes(
+            self.key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        path.chmod(0o600)
+        return path
+
+    def records(self) -> list[str]:
+        public = self.key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        lines = []
+        if self.ips:
+            mechanisms = " ".join(f"ip4:{ip}" for ip in self.ips)
+            lines.append(f'{self.name} TXT "v=spf1 {mechanisms} -all"')
+        lines.append(
+            f'{self.selector}._domainkey.{self.name} TXT "v=DKIM1; k=ed25519; '
+            f'p={base64.b64encode(public).decode()}"'
+        )
+        if self.dmarc is not None:
+            lines.append(f'_dmarc.{self.name} TXT "v=DMARC1; p={self.dmarc}"')
+        return lines
+
+    def sign(
+        self, message: bytes, headers: Sequence[bytes] = (b"from", b"to", b"subject")
+    ) -> bytes:
+        """`message` under a DKIM-Signature of this domain (relaxed/relaxed, ed25519-sha256)."""
+        signature = dkim.sign(
+            message,
+            self.selector.encode(),
+            self.name.encode(),
+            self.private_key,
+            signature_algorithm=b"ed25519-sha256",
+            canonicalize=(b"relaxed", b"relaxed"),
+            include_headers=list(headers),
+        )
+        assert isinstance(signature, bytes)
+        return signature + message
+
+
+def write_zone(path: Path, domains: Sequence[MailDomain], extra: str = "") -> Path:
+    """One zone file answering for every domain of the chain (the `--dns-zone` format)."""
+    lines = ["; the forwarding chain's domains"]
+    for domain in domains:
+        lines.extend(domain.records())
+    path.write_text("\n".join(lines) + "\n" + extra)
+    return path
+
+
+# -- raw SMTP --------------------------------------------------------------------------------
+
+
+def read_reply(sock: socket.socket) -> str:
+    """One SMTP reply (every line of a multi-line one), as text."""
+    data = b""
+    while True:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise AssertionError(f"connection closed after {data!r}")
+        data += chunk
+        lines = data.split(b"\r\n")
+        complete = [line for line in lines[:-1] if line]
+        if complete and len(complete[-1]) >= 4 and complete[-1][3:4] == b" ":
+            return data.decode("utf-8", "replace").strip()
+
+
+def rcpt_replies(
+    port: int, recipients: Sequence[str], *, mail_from: str = "", source_ip: str = SENDER_IP
+) -> list[str]:
+    """The reply to each `RCPT TO` of one transaction, as a raw client sees them."""
+    with socket.create_connection(
+        ("127.0.0.1", port), timeout=DEADLINE, source_address=(source_ip, 0)
+    ) as sock:
+        read_reply(sock)
+        sock.sendall(b"EHLO client.test\r\n")
+        read_reply(sock)
+        sock.sendall(f"MAIL FROM:<{mail_from}>\r\n".encode())
+        assert read_reply(sock).startswith("250")
+        replies = []
+        for address in recipients:
+            sock.sendall(f"RCPT TO:<{address}>\r\n".encode())
+            replies.append(read_reply(sock))
+        sock.sendall(b"QUIT\r\n")
+        return replies
+
+
+def send(
+    port: int,
+    mail_from: str,
+    recipients: Sequence[str],
+    message: bytes,
+    *,
+    source_ip: str = SENDER_IP,
+    helo: str = "mail.sender.test",
+) -> str:
+    """Send one message from `source_ip`; the queued message ID of the 250 to DATA."""
+    with smtplib.SMTP(
+        "127.0.0.1", port, local_hostname=helo, source_address=(source_ip, 0), timeout=DEADLINE
+    ) as client:
+        client.ehlo(helo)
+        client.mail(mail_from)
+        for address in recipients:
+            code, text = client.rcpt(address)
+            assert code == 250, f"RCPT TO:<{address}>: {code} {text!r}"
+        code, text = client.data(message)
+        assert code == 250, f"DATA: {code} {text!r}"
+        return text.decode().rsplit(" ", 1)[-1]
+
+
+# -- what arrived ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A message at the destination: its envelope, its verdicts there, its bytes as stored."""
+
+    message_id: str
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    verdicts: Mapping[str, str]
+    content: bytes
+
+    @property
+    def headers(self) -> Any:
+        return message_from_bytes(self.content)
+
+
+def arrivals(data_dir: Path, topic: str = "arrived") -> list[Arrival]:
+    """Every message a server with `DESTINATION_RULES` kept, in order of arrival."""
+    path = data_dir / "sns" / f"{topic}.jsonl"
+    if not path.exists():
+        return []
+    found = []
+    for line in path.read_text().splitlines():
+        notification = json.loads(json.loads(line)["Message"])
+        mail, receipt = notification["mail"], notification["receipt"]
+        message_id = mail["messageId"]
+        found.append(
+            Arrival(
+                message_id=message_id,
+                mail_from=mail["source"],
+                rcpt_to=tuple(receipt["recipients"]),
+                verdicts={
+                    name: receipt[f"{name}Verdict"]["status"]
+                    for name in ("spf", "dkim", "dmarc", "spam", "virus")
+                },
+                content=(data_dir / "s3" / "mail" / "in" / message_id).read_bytes(),
+            )
+        )
+    return found
+
+
+# -- Postfix -------------------------------------------------------------------------------
+
+
+class PrivatePostfix:
+    """A Postfix of its own (bench/smtp.sh's way): it listens on `port` and relays all it
+    gets to `[127.0.0.1]:relay_port`; `stop` (or the context manager) removes it."""
+
+    def __init__(self, relay_port: int, *, hostname: str = "relay.chain.test") -> None:
+        if shutil.which("postfix", path=os.environ.get("PATH", "") + ":/usr/sbin") is None:
+            raise AssertionError("postfix is not installed (apt-get install postfix)")
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="inbound-postfix-"))
+        self.root.chmod(0o755)  # the postfix user's daemons reach their queue through it
+        self.conf = self.root / "conf"
+        for name in ("conf", "queue", "data"):
+            (self.root / name).mkdir()
+        shutil.chown(self.root / "data", "postfix")
+        self.maillog = self.root / "maillog"
+        (self.conf / "main.cf").write_text(
+            _MAIN_CF.format(root=self.root, hostname=hostname, relay_port=relay_port)
+        )
+        (self.conf / "master.cf").write_text(_MASTER_CF.format(port=self.port))
+        self._postfix("start")
+        wait_for(lambda: _listening(self.port), "the private Postfix to listen")
+
+    def _postfix(self, command: str) -> None:
+        result = subprocess.run(
+            ["/usr/sbin/postfix", "-c", str(self.conf), command],
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE,
+            check=False,
+        )
+        if result.returncode != 0 and command == "start":
+            log = self.maillog.read_text() if self.maillog.exists() else ""
+            raise AssertionError(f"postfix {command}: {result.stdout}{result.stderr}{log}")
+
+    def flush(self) -> None:
+        """Try every deferred message now (the relay came back)."""
+        self._postfix("flush")
+
+    def sent(self) -> int:
+        """Messages Postfix handed on (its log's `status=sent` lines)."""
+        if not self.maillog.exists():
+            return 0
+        return self.maillog.read_text().count("status=sent")
+
+    def stop(self) -> None:
+        self._postfix("stop")
+        pid_file = self.root / "queue" / "pid" / "master.pid"
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+            master = int(pid_file.read_text().strip())
+            deadline = time.monotonic() + DEADLINE
+            while time.monotonic() < deadline:
+                os.kill(master, 0)
+                time.sleep(0.05)
+            os.kill(master, signal.SIGKILL)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> PrivatePostfix:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+_MAIN_CF = """\
+compatibility_level = 3.6
+queue_directory = {root}/queue
+data_directory = {root}/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = {hostname}
+mydomain = chain.test
+myorigin = $myhostname
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+mydestination =
+local_recipient_maps =
+alias_maps =
+alias_database =
+relay_domains =
+relayhost = [127.0.0.1]:{relay_port}
+default_transport = smtp
+smtpd_relay_restrictions = permit_mynetworks, reject
+smtpd_peername_lookup = no
+smtp_dns_support_level = disabled
+smtp_host_lookup = native
+minimal_backoff_time = 1s
+maximal_backoff_time = 2s
+queue_run_delay = 1s
+maillog_file = {root}/maillog
+maillog_file_prefixes = {root}
+biff = no
+readme_directory = no
+"""
+
+# Only the services a relay needs, none chrooted (a chroot would need copies of /etc files).
+_MASTER_CF = """\
+127.0.0.1:{port} inet n - n - - smtpd
+pickup    unix  n - n 60 1 pickup
+cleanup   unix  n - n - 0 cleanup
+qmgr      unix  n - n 1 1 qmgr
+rewrite   unix  - - n - - trivial-rewrite
+bounce    unix  - - n - 0 bounce
+defer     unix  - - n - 0 bounce
+trace     unix  - - n - 0 bounce
+verify    unix  - - n - 1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n - - proxymap
+showq     unix  n - n - - showq
+error     unix  - - n - - error
+retry     unix  - - n - - error
+smtp      unix  - - n - - smtp
+relay     unix  - - n - - smtp
+anvil     unix  - - n - 1 anvil
+scache    unix  - - n - 1 scache
+postlog   unix-dgram n - n - 1 postlogd
+"""
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+# -- the chain -------------------------------------------------------------------------------
+
+
+@dataclass
+class Chain:
+    """The running chain: `send` to the forwarder as the sender; read `arrivals()`."""
+
+    forwarder: Child
+    destination: Child
+    postfix: PrivatePostfix | None
+    zone: Path
+    domains: Mapping[str, MailDomain]
+
+    def send(self, mail_from: str, recipients: Sequence[str], message: bytes) -> str:
+        return send(self.forwarder.port, mail_from, recipients, message)
+
+    def arrivals(self) -> list[Arrival]:
+        return arrivals(self.destination.data_dir)
+
+    def wait_arrivals(self, count: int, deadline: float = DEADLINE) -> list[Arrival]:
+        """At least `count` arrivals at the destination (AssertionError after `deadline`)."""
+
+        def enough() -> list[Arrival] | None:
+            found = self.arrivals()
+            return found if len(found) >= count else None
+
+        return wait_for(enough, f"{count} message(s) at the destination", deadline)
+
+    def forwarder_log(self) -> list[dict[str, Any]]:
+        return log_events(self.forwarder.log)
+
+
+def _stop(child: Child) -> None:
+    if child.process.poll() is None:
+        child.signal(signal.SIGTERM)
+        try:
+            child.process.wait(DEADLINE)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+@contextlib.contextmanager
+def forward_chain(
+    tmp_path: Path,
+    *,
+    forwarder_rules: str,
+    domains: Sequence[MailDomain],
+    destination_domains: Sequence[str] | None = None,
+    postfix: bool = False,
+    forwarder_args: Sequence[str] = (),
+    destination_args: Sequence[str] = (),
+    forwarder_env: Mapping[str, str] | None = None,
+    zone_extra: str = "",
+) -> Iterator[Chain]:
+    """Start the destination, the Postfix if asked, then the forwarder; stop them all after.
+
+    `forwarder_rules`: the forwarder's rule set (YAML text). `domains`: every domain DNS must
+    answer for (the zone file both servers read). The destination receives mail for
+    `destination_domains` (default: every domain of `domains`) and sends its DSNs to the
+    forwarder. The forwarder gets `INBOUND_SRS_SECRETS=SRS_SECRETS` unless `forwarder_env`
+    says otherwise, and `--hostname fwd.chain.test`; `*_args` are more `inbound serve` flags."""
+    zone = write_zone(tmp_path / "chain.zone", domains, zone_extra)
+    names = destination_domains or [d.name for d in domains]
+    forwarder_port = free_port()
+    dest_dir = tmp_path / "destination"
+    dest_dir.mkdir()
+    (dest_dir / "rules.yaml").write_text(
+        DESTINATION_RULES.format(domains=", ".join(names), topic=ARRIVED_TOPIC)
+    )
+    started: list[Child] = []
+    relay: PrivatePostfix | None = None
+    try:
+        destination = start_child(
+            dest_dir,
+            "--hostname",
+            "mx.destination.test",
+            "--dns-zone",
+            str(zone),
+            "--relay",
+            f"127.0.0.1:{forwarder_port}",
+            "--retry-delay",
+            "1s",
+            "--max-retry-delay",
+            "2s",
+            *destination_args,
+        )
+        started.append(destination)
+        next_hop = destination.port
+        if postfix:
+            relay = PrivatePostfix(destination.port)
+            next_hop = relay.port
+        fwd_dir = tmp_path / "forwarder"
+        fwd_dir.mkdir()
+        (fwd_dir / "rules.yaml").write_text(forwarder_rules)
+        env = {"INBOUND_SRS_SECRETS": SRS_SECRETS} if forwarder_env is None else forwarder_env
+        forwarder = start_child(
+            fwd_dir,
+            "--hostname",
+            "fwd.chain.test",
+            "--dns-zone",
+            str(zone),
+            "--relay",
+            f"127.0.0.1:{next_hop}",
+            "--retry-delay",
+            "1s",
+            "--max-retry-delay",
+            "2s",
+            *forwarder_args,
+            port=forwarder_port,
+            env=env,
+        )
+        started.append(forwarder)
+        yield Chain(forwarder, destination, relay, zone, {d.name: d for d in domains})
+    finally:
+        for child in reversed(started):
+            _stop(child)
+        if relay is not None:
+            relay.stop()
