@@ -258,6 +258,8 @@ def rule_book(settings: ServeSettings, spool: Spool) -> RuleBook:
         save_text=spool.save_rules,
         load_text=spool.load_rules,
         extra_domains=settings.domains,
+        # A reload that adds a forward needing SRS, without the secrets, keeps the old rules.
+        check=srs_keys_for,
     )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from inbound.rules.compiled import CompiledRuleSet
 from inbound.rules.load import parse_rule_set, read_text
+from inbound.rules.model import RuleSet
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +39,13 @@ class RuleBook:
         save_text: Callable[[str], str],
         load_text: Callable[[str], str],
         extra_domains: Sequence[str] = (),
+        check: Callable[[RuleSet], object] | None = None,
     ) -> None:
-        """`save_text` stores a rule-set text and returns its digest; `load_text` reads it back."""
+        """`save_text` stores a rule-set text and returns its digest; `load_text` reads it back.
+        `check` may refuse a rule set that loads (an `InputError`: what the process lacks for
+        it, such as the SRS secrets), before it is put in force."""
         self.path = path
+        self._check = check
         self._save_text = save_text
         self._load_text = load_text
         self._extra_domains = tuple(extra_domains)
@@ -52,6 +57,8 @@ class RuleBook:
         """Load the file again; on any error raise it and keep the rules in force."""
         text = read_text(self.path)
         loaded = parse_rule_set(text, str(self.path), extra_domains=self._extra_domains)
+        if self._check is not None:
+            self._check(loaded.rule_set)
         compiled = CompiledRuleSet.build(loaded.rule_set)
         digest = self._save_text(text)
         snapshot = RuleSnapshot(digest, compiled, tuple(str(w) for w in loaded.warnings))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -34,7 +35,16 @@ from tests.integration.forward_chain import (
     rcpt_replies,
     send,
 )
-from tests.integration.receiver import ROOT, Running, free_port, in_process, settings_for, wait_for
+from tests.integration.receiver import (
+    ROOT,
+    Running,
+    events_of,
+    free_port,
+    in_process,
+    settings_for,
+    start_child,
+    wait_for,
+)
 from tests.integration.srs_support import FORWARD_RULES
 from tests.integration.test_relay import SinkHandler
 
@@ -305,3 +315,20 @@ def test_serve_exits_2_naming_the_rule_without_srs_secrets(tmp_path: Path) -> No
     assert "INBOUND_SRS_SECRETS is not set" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "data").exists()  # refused before anything is made on disk
+
+
+def test_a_reload_that_needs_srs_without_secrets_keeps_the_rules_in_force(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("INBOUND_SRS_SECRETS", raising=False)
+    child = start_child(tmp_path)  # receiver.RULES: no forward
+    try:
+        (tmp_path / "rules.yaml").write_text(FORWARD_RULES)
+        child.signal(signal.SIGHUP)
+        [failed] = wait_for(lambda: events_of(child, "rules.reload_failed"), "the refused reload")
+        assert "rule 'forward-team' forwards with SRS" in failed["errors"][0]
+        # The old rules are in force: example.com's catch-all still takes any recipient.
+        assert rcpt_replies(child.port, ["anyone@example.com"])[0][:9] == "250 2.1.5"
+    finally:
+        child.signal(signal.SIGTERM)
+        child.process.wait(30)
