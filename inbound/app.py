@@ -44,8 +44,7 @@ from inbound.receive.limits import ReceiverLimits
 from inbound.receive.server import SmtpServer
 from inbound.rules.book import RuleBook
 from inbound.rules.load import load_rule_set
-from inbound.rules.model import RuleSet
-from inbound.rules.srs_relay import needs_srs
+from inbound.rules.srs_relay import srs_keys_for
 from inbound.running import AcceptSignals, App, Receiving, Role
 from inbound.scan.clamd import ClamdScanner
 from inbound.scan.dns import DnsPythonResolver, Resolver, ZoneResolver
@@ -55,7 +54,6 @@ from inbound.schedule import Scheduler
 from inbound.spool.commit import GroupCommitter
 from inbound.spool.retry import RetryPolicy
 from inbound.spool.store import Spool
-from inbound.srs import SECRETS_ENV, SrsKeys
 from inbound.targets.aws import NO_REGION, AwsTargets, SesOutbound, aws_session
 from inbound.targets.local import LambdaFunction, LocalOutbox, LocalTargets
 from inbound.targets.relay import RelayMailer, RelayOutbound, RelaySender
@@ -238,19 +236,6 @@ def tls_context(
     return None
 
 
-def srs_keys_for(rules: RuleSet, environ: Mapping[str, str] | None = None) -> SrsKeys | None:
-    """The SRS keys of `INBOUND_SRS_SECRETS`; an `InputError` naming the first rule that
-    rewrites envelope senders with SRS when the variable is unset (SPEC section 3b)."""
-    keys = SrsKeys.from_env(os.environ if environ is None else environ)
-    needing = needs_srs(rules)
-    if keys is None and needing:
-        raise InputError(
-            f"rule {needing[0]!r} forwards with SRS (via: relay, from_mode not rewrite) and "
-            f"{SECRETS_ENV} is not set: set it to one or more secrets, comma separated"
-        )
-    return keys
-
-
 def rule_book(settings: ServeSettings, spool: Spool) -> RuleBook:
     """The rules at `--rules`, each version kept in the spool for the messages received under it."""
     return RuleBook(
@@ -259,7 +244,7 @@ def rule_book(settings: ServeSettings, spool: Spool) -> RuleBook:
         load_text=spool.load_rules,
         extra_domains=settings.domains,
         # A reload that adds a forward needing SRS, without the secrets, keeps the old rules.
-        check=srs_keys_for,
+        check=lambda rules: srs_keys_for(rules, os.environ),
     )
 
 
@@ -299,12 +284,12 @@ def build(settings: ServeSettings, role: Role, worker: WorkerWiring | None = Non
     if owner:
         # Bad rules (and a forward without its SRS secrets) are reported before anything is
         # created on disk.
-        srs_keys_for(load_rule_set(s.rules, extra_domains=s.domains).rule_set)
+        srs_keys_for(load_rule_set(s.rules, extra_domains=s.domains).rule_set, os.environ)
         protect(s.data_dir)
         lock = lock_data_dir(s.data_dir)
     spool = Spool(s.data_dir / "spool")
     book = rule_book(s, spool)
-    srs_keys = srs_keys_for(book.current.compiled.model)
+    srs_keys = srs_keys_for(book.current.compiled.model, os.environ)
     # Checks the certificate (and makes a self-signed one) before any worker starts.
     tls = tls_context(s, book, announce=owner)
     if owner:

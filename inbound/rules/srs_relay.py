@@ -4,18 +4,20 @@ A rule set whose forward actions name an `srs_domain` receives the bounces of it
 there: `srs_domains` is where the receiver accepts SRS addresses without a rule (the compiled
 rule set gives them the internal relay rule, `inbound.actions.srs_relay`). `needs_srs` names
 the rules that rewrite envelope senders (`via: relay` and a `from_mode` other than `rewrite`),
-which `inbound serve` refuses to start without `INBOUND_SRS_SECRETS`.
+which `inbound serve` refuses to start without `INBOUND_SRS_SECRETS` (`srs_keys_for`).
 
 It reads the forward actions' `srs_domain`, `via` and `from_mode` (defaults applied); it must
-do no I/O.
+do no I/O (the environment is given).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from inbound.actions.forward import ForwardAction
+from inbound.core.errors import InputError
 from inbound.rules.model import Rule, RuleSet
+from inbound.srs import SECRETS_ENV, SrsKeys
 
 # The name of the internal rule that relays bounces: not a valid YAML rule name (the brackets),
 # so no rule of a file can be confused with it.
@@ -49,3 +51,16 @@ def needs_srs(rule_set: RuleSet) -> list[str]:
         if action.via == "relay" and action.mode != "rewrite":
             names.append(rule.name)
     return names
+
+
+def srs_keys_for(rules: RuleSet, environ: Mapping[str, str]) -> SrsKeys | None:
+    """The SRS keys of `INBOUND_SRS_SECRETS` in `environ`; an `InputError` naming the first
+    rule that rewrites envelope senders with SRS when the variable is unset."""
+    keys = SrsKeys.from_env(environ)
+    needing = needs_srs(rules)
+    if keys is None and needing:
+        raise InputError(
+            f"rule {needing[0]!r} forwards with SRS (via: relay, from_mode not rewrite) and "
+            f"{SECRETS_ENV} is not set: set it to one or more secrets, comma separated"
+        )
+    return keys
