@@ -25,9 +25,9 @@ from inbound.core.services import OutboundMail, Services
 from inbound.core.steps import Outcome
 from inbound.srs import SECRETS_ENV, SrsError, SrsKeys, srs_reverse
 
-# Its send's index among a message's outbound sends (the outbox's `0.eml`): forwards count
-# their destinations from 1.
-RELAY_INDEX = 0
+# Its send's index among a message's outbound sends (the outbox's `N.eml`), numbered as a
+# forward numbers its destinations, by step position: the internal rule's is no file rule's.
+SENDS_PER_RULE = 100 * 1000
 
 
 class SrsRelayAction(ActionModel):
@@ -59,6 +59,7 @@ class SrsRelayAction(ActionModel):
             if original.lower() not in (d.lower() for d in destinations):
                 destinations.append(original)
         # RFC 3464 §2 / RFC 5321 §4.5.5: a bounce goes on with the null reverse path.
-        mail = OutboundMail("", tuple(destinations), ctx.content, ctx.message_id, RELAY_INDEX)
+        index = ctx.position[0] * SENDS_PER_RULE
+        mail = OutboundMail("", tuple(destinations), ctx.content, ctx.message_id, index)
         await services.outbound.send(mail)
         return Outcome(detail=f"relayed to {', '.join(destinations)}")

@@ -6,27 +6,26 @@ rule set gives them the internal relay rule, `inbound.actions.srs_relay`). `need
 the rules that rewrite envelope senders (`via: relay` and a `from_mode` other than `rewrite`),
 which `inbound serve` refuses to start without `INBOUND_SRS_SECRETS`.
 
-The forward action's model is read by its fields' names (`srs_domain`, `via`, `from_mode`), so
-this module depends on the rule set only. It must do no I/O.
+It reads the forward actions' `srs_domain`, `via` and `from_mode` (defaults applied); it must
+do no I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from inbound.actions import ActionModel
+from inbound.actions.forward import ForwardAction
 from inbound.rules.model import Rule, RuleSet
 
-FORWARD = "forward"
 # The name of the internal rule that relays bounces: not a valid YAML rule name (the brackets),
 # so no rule of a file can be confused with it.
 RELAY_RULE_NAME = "[srs bounces]"
 
 
-def _forwards(rule_set: RuleSet) -> Iterator[tuple[Rule, ActionModel]]:
+def _forwards(rule_set: RuleSet) -> Iterator[tuple[Rule, ForwardAction]]:
     for rule in rule_set.rules:
         for action in rule.actions:
-            if action.yaml_type() == FORWARD:
+            if isinstance(action, ForwardAction):
                 yield rule, action
 
 
@@ -35,9 +34,8 @@ def srs_domains(rule_set: RuleSet) -> frozenset[str]:
     (a disabled rule's too: the bounces of what it forwarded before may still come back)."""
     found: set[str] = set()
     for _rule, action in _forwards(rule_set):
-        domain = getattr(action, "srs_domain", None)
-        if isinstance(domain, str) and domain:
-            found.add(domain.lower().rstrip("."))
+        if action.srs_domain:
+            found.add(action.srs_domain.lower().rstrip("."))
     return frozenset(found)
 
 
@@ -48,14 +46,6 @@ def needs_srs(rule_set: RuleSet) -> list[str]:
     for rule, action in _forwards(rule_set):
         if not rule.enabled or rule.name in names:
             continue
-        if getattr(action, "via", "relay") == "relay" and _from_mode(action) != "rewrite":
+        if action.via == "relay" and action.mode != "rewrite":
             names.append(rule.name)
     return names
-
-
-def _from_mode(action: ActionModel) -> str:
-    mode = getattr(action, "from_mode", None)
-    if isinstance(mode, str):
-        return mode
-    # SPEC section 3b: the default is rewrite with via: ses, else when_dmarc.
-    return "rewrite" if getattr(action, "via", "relay") == "ses" else "when_dmarc"

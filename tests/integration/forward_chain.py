@@ -433,6 +433,7 @@ def forward_chain(
     forwarder_rules: str,
     domains: Sequence[MailDomain],
     destination_domains: Sequence[str] | None = None,
+    destination_rules: str | None = None,
     postfix: bool = False,
     forwarder_args: Sequence[str] = (),
     destination_args: Sequence[str] = (),
@@ -443,16 +444,18 @@ def forward_chain(
 
     `forwarder_rules`: the forwarder's rule set (YAML text). `domains`: every domain DNS must
     answer for (the zone file both servers read). The destination receives mail for
-    `destination_domains` (default: every domain of `domains`) and sends its DSNs to the
-    forwarder. The forwarder gets `INBOUND_SRS_SECRETS=SRS_SECRETS` unless `forwarder_env`
+    `destination_domains` (default: every domain of `domains`) with `destination_rules`
+    (default: `DESTINATION_RULES`, which keeps everything; `{domains}` and `{topic}` are filled
+    in), and sends its DSNs to the forwarder. The forwarder gets `INBOUND_SRS_SECRETS=SRS_SECRETS` unless `forwarder_env`
     says otherwise, and `--hostname fwd.chain.test`; `*_args` are more `inbound serve` flags."""
     zone = write_zone(tmp_path / "chain.zone", domains, zone_extra)
     names = destination_domains or [d.name for d in domains]
     forwarder_port = free_port()
     dest_dir = tmp_path / "destination"
     dest_dir.mkdir()
+    template = DESTINATION_RULES if destination_rules is None else destination_rules
     (dest_dir / "rules.yaml").write_text(
-        DESTINATION_RULES.format(domains=", ".join(names), topic=ARRIVED_TOPIC)
+        template.format(domains=", ".join(names), topic=ARRIVED_TOPIC)
     )
     started: list[Child] = []
     relay: PrivatePostfix | None = None

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,18 +23,24 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from inbound.core.errors import InputError
-from inbound.receive.limits import ReceiverLimits  # noqa: F401 - settings_for's companions
 from inbound.spool.retry import RetryPolicy
 from inbound.srs import SrsKeys, srs_forward
-from tests.integration.forward_chain import rcpt_replies, send
-from tests.integration.receiver import Running, free_port, in_process, settings_for, wait_for
-from tests.integration.srs_support import FORWARD_RULES, forward_stand_in  # noqa: F401 - a fixture
+from tests.integration.forward_chain import (
+    FORWARDER_IP,
+    SENDER_IP,
+    SRS_SECRETS,
+    MailDomain,
+    forward_chain,
+    rcpt_replies,
+    send,
+)
+from tests.integration.receiver import ROOT, Running, free_port, in_process, settings_for, wait_for
+from tests.integration.srs_support import FORWARD_RULES
 from tests.integration.test_relay import SinkHandler
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.timeout(60),
-    pytest.mark.usefixtures("forward_stand_in"),
 ]
 
 SECRETS = "current-secret,previous-secret"
@@ -186,6 +194,114 @@ def test_serve_refuses_to_start_without_secrets_naming_the_rule(
         pass
     # A forward that rewrites From keeps the envelope sender its own: no SRS, no secret.
     monkeypatch.delenv("INBOUND_SRS_SECRETS")
-    rewrite = settings_for(tmp_path, FORWARD_RULES.replace("preserve", "rewrite"))
+    rewrite = settings_for(
+        tmp_path,
+        FORWARD_RULES.replace(
+            "from_mode: preserve", "from_mode: rewrite\n        from_address: fwd@example.com"
+        ),
+    )
     with in_process(rewrite) as running:
         assert rcpt_replies(running.port, [srs("alice@sender.example")])[0][:9] == "550 5.1.1"
+
+
+# -- the chain: two `inbound serve`s, the bounce of a forward comes back --------------------
+
+CHAIN_FORWARDER = """\
+version: 1
+name: forwarder
+domains: [fwd.chain.test]
+rules:
+  - name: forward-team
+    recipients: [team@fwd.chain.test]
+    actions:
+      - type: forward
+        to: [bob@dest.test]
+        from_mode: preserve
+        srs_domain: srs.fwd.chain.test
+"""
+
+# The destination keeps everything, and bounces what bob gets after accepting it: its DSN goes
+# to the forward's envelope sender (the SRS address), through its --relay (the forwarder).
+CHAIN_DESTINATION = """\
+version: 1
+name: destination
+domains: [{domains}]
+rules:
+  - name: keep
+    actions:
+      - {{type: s3, bucket: mail, prefix: in/}}
+      - {{type: sns, topic_arn: "{topic}"}}
+  - name: bob-has-left
+    recipients: [bob@dest.test]
+    actions:
+      - {{type: bounce, smtp_reply_code: "550", status_code: "5.1.1", message: "Bob has left", sender: mailer-daemon@dest.test}}
+"""
+
+
+def test_a_forwards_bounce_comes_back_to_the_original_sender(tmp_path: Path) -> None:
+    sender = MailDomain("sender.test", ips=(SENDER_IP,), dmarc="none")
+    forwarder = MailDomain("srs.fwd.chain.test", ips=(FORWARDER_IP,), dmarc=None)
+    dest = MailDomain("dest.test", dmarc=None)
+    original = (
+        b"From: Alice <alice@sender.test>\r\nTo: team@fwd.chain.test\r\n"
+        b"Subject: for the team\r\nMessage-ID: <chain-1@sender.test>\r\n\r\nHello team.\r\n"
+    )
+    with forward_chain(
+        tmp_path,
+        forwarder_rules=CHAIN_FORWARDER,
+        domains=[sender, forwarder, dest],
+        destination_domains=["dest.test", "sender.test"],
+        destination_rules=CHAIN_DESTINATION,
+    ) as chain:
+        chain.send("alice@sender.test", ["team@fwd.chain.test"], original)
+        forwarded, bounce = chain.wait_arrivals(2)
+        # Forged and expired SRS addresses at the srs_domain, on the wire of the forwarder.
+        tag, hash_, rest = forwarded.mail_from.split("=", 2)
+        forged = f"{tag}={'B' if hash_[0] == 'A' else 'A'}{hash_[1:]}={rest}"
+        keys = SrsKeys(tuple(s.encode() for s in SRS_SECRETS.split(",")))
+        old = datetime.now(UTC) - timedelta(days=22)
+        expired = srs_forward("alice@sender.test", "srs.fwd.chain.test", keys, old)
+        replies = rcpt_replies(chain.forwarder.port, [forged, expired, forwarded.mail_from])
+        relayed = [e for e in chain.forwarder_log() if e.get("event") == "action.succeeded"]
+    # The forward left with an SRS envelope sender that SPF passes at the destination.
+    assert forwarded.mail_from.startswith("SRS0=")
+    assert forwarded.mail_from.endswith("=sender.test=alice@srs.fwd.chain.test")
+    assert forwarded.rcpt_to == ("bob@dest.test",)
+    assert forwarded.verdicts["spf"] == "PASS"
+    # The DSN came back to the SRS address and went on to Alice from the null sender.
+    assert (bounce.mail_from, bounce.rcpt_to) == ("", ("alice@sender.test",))
+    report = bounce.headers
+    assert report.get_content_type() == "multipart/report"
+    assert "Bob has left" in bounce.content.decode()
+    assert [r[:9] for r in replies] == ["550 5.1.1", "550 5.1.1", "250 2.1.5"]
+    assert any(e.get("rule") == "[srs bounces]" for e in relayed), relayed
+
+
+def test_serve_exits_2_naming_the_rule_without_srs_secrets(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(CHAIN_FORWARDER)
+    env = {k: v for k, v in os.environ.items() if k != "INBOUND_SRS_SECRETS"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "inbound",
+            "serve",
+            "--rules",
+            str(rules),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "rule 'forward-team' forwards with SRS" in done.stderr
+    assert "INBOUND_SRS_SECRETS is not set" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "data").exists()  # refused before anything is made on disk
