@@ -16,6 +16,7 @@ forwarders. No I/O; it never raises on message bytes.
 from __future__ import annotations
 
 import email.policy
+import itertools
 from dataclasses import dataclass
 from email.headerregistry import Address, AddressHeader, HeaderRegistry
 from email.parser import BytesHeaderParser
@@ -89,8 +90,16 @@ def loop_reason(raw: bytes, hostname: str) -> str | None:
 
 
 def mark_forwarded(raw: bytes, hostname: str) -> bytes:
-    """`raw` with `X-Inbound-Forwarded: HOSTNAME` on top."""
+    """`raw` with `X-Inbound-Forwarded: HOSTNAME` on top, and without the `Return-Path` our
+    receiver put above its `Received` (RFC 5321 §4.4: the final delivery adds one; a message
+    sent on must not carry it, or the destination shows two). A Return-Path of the original
+    message, below our trace headers, keeps its bytes."""
     clean = "".join(c if 32 < ord(c) < 127 else "?" for c in hostname) or "localhost"
+    fields = header_fields(raw)
+    for (start, end, name, _), following in itertools.pairwise(fields):
+        if name.lower() == "return-path" and following[2].lower() == "received":
+            raw = raw[:start] + raw[end:]
+            break
     return f"{FORWARDED_HEADER}: {clean}\r\n".encode("ascii") + raw
 
 

@@ -86,6 +86,9 @@ async def run_message(
                         outcome = await action.execute(context, services)
                     else:
                         outcome = await _run_parts(step, parts, ledger, observer)
+                except _PartFailedError as failed:  # recorded and told under the part's own key
+                    ledger.put(key, StepRecord("failed", attempt, str(failed.error), None))
+                    return RunResult(walk.plan(), failed.error, step)
                 except ActionError as exc:
                     ledger.put(key, StepRecord("failed", attempt, str(exc), None))
                     if observer is not None:
@@ -98,6 +101,14 @@ async def run_message(
             content = outcome.content
         walk.send(outcome)
     return RunResult(walk.plan())
+
+
+class _PartFailedError(Exception):
+    """A part of a step failed (already recorded and told under its own key)."""
+
+    def __init__(self, error: ActionError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 async def _run_parts(
@@ -117,7 +128,9 @@ async def _run_parts(
             detail = await parts.send(name)
         except ActionError as exc:
             ledger.put(key, StepRecord("failed", attempt, str(exc), None))
-            raise
+            if observer is not None:
+                observer.ran(step, key, attempt, exc)
+            raise _PartFailedError(exc) from exc
         ledger.put(key, StepRecord("succeeded", attempt, None, detail))
         if observer is not None:
             observer.ran(step, key, attempt, None)

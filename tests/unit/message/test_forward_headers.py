@@ -102,10 +102,15 @@ def test_rewrite_removes_every_dkim_signature_sender_and_return_path() -> None:
     assert b"To: support@example.com\r\n" in out
 
 
-def test_preserve_touches_nothing_but_the_marker_on_top() -> None:
+def test_preserve_touches_nothing_but_the_marker_and_our_return_path() -> None:
     raw = message(b"DKIM-Signature: v=1; b=AAAA", b"From: Alice <alice@sender.test>")
     out = mark_forwarded(raw, "fwd.test")
-    assert out == b"X-Inbound-Forwarded: fwd.test\r\n" + raw
+    assert out == b"X-Inbound-Forwarded: fwd.test\r\n" + raw.removeprefix(
+        b"Return-Path: <alice@sender.test>\r\n"
+    )
+    # A Return-Path that is not ours (not above a Received) stays, byte for byte.
+    original = b"From: a@b.test\r\nReturn-Path: <x@y.test>\r\n\r\nbody"
+    assert mark_forwarded(original, "fwd.test").endswith(original)
 
 
 def test_a_message_without_from_gets_a_from_and_no_reply_to() -> None:
