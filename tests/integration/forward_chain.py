@@ -50,6 +50,24 @@ from tests.integration.receiver import (
     wait_for,
 )
 
+__all__ = [
+    "ARRIVED_TOPIC",
+    "DESTINATION_RULES",
+    "FORWARDER_IP",
+    "SENDER_IP",
+    "SRS_SECRETS",
+    "Arrival",
+    "Chain",
+    "MailDomain",
+    "PrivatePostfix",
+    "arrivals",
+    "forward_chain",
+    "rcpt_replies",
+    "read_reply",
+    "send",
+    "write_zone",
+]
+
 SENDER_IP = "127.0.0.2"
 FORWARDER_IP = "127.0.0.1"
 SRS_SECRETS = "chain-secret-new,chain-secret-old"
