@@ -44,6 +44,7 @@ from inbound.receive.limits import ReceiverLimits
 from inbound.receive.server import SmtpServer
 from inbound.rules.book import RuleBook
 from inbound.rules.load import environment_issues, load_rule_set
+from inbound.rules.srs_relay import srs_keys_for
 from inbound.running import AcceptSignals, App, Receiving, Role
 from inbound.scan.clamd import ClamdScanner
 from inbound.scan.dns import DnsPythonResolver, Resolver, ZoneResolver
@@ -53,10 +54,10 @@ from inbound.schedule import Scheduler
 from inbound.spool.commit import GroupCommitter
 from inbound.spool.retry import RetryPolicy
 from inbound.spool.store import Spool
-from inbound.targets.aws import NO_REGION, AwsTargets, aws_session
+from inbound.targets.aws import NO_REGION, AwsTargets, SesOutbound, aws_session
 from inbound.targets.http import WebhookHttp
-from inbound.targets.local import LambdaFunction, LocalTargets
-from inbound.targets.relay import RelayMailer, RelaySender
+from inbound.targets.local import LambdaFunction, LocalOutbox, LocalTargets
+from inbound.targets.relay import RelayMailer, RelayOutbound, RelaySender
 from inbound.tls import load_tls_context, self_signed_context
 
 log = logging.getLogger("inbound.app")
@@ -188,10 +189,18 @@ def build_services(settings: ServeSettings, book: RuleBook, *, announce: bool = 
         base = AwsTargets(session=session, http=http)
     else:
         base = LocalTargets(s.data_dir, functions=load_functions(s.lambdas), http=http)
+    outbox = LocalOutbox(s.data_dir)
+    # `forward` with `via: ses`: SES itself on AWS; locally the outbox, as S3 is files.
+    ses_outbound = SesOutbound(base) if isinstance(base, AwsTargets) else outbox
     if s.relay is not None:
         host, port = s.relay
         relay = RelaySender(host, port, local_hostname=s.hostname)
-        return Services.of(base, mailer=RelayMailer(relay))
+        return Services.of(
+            base,
+            mailer=RelayMailer(relay),
+            outbound=RelayOutbound(relay),
+            ses_outbound=ses_outbound,
+        )
     bouncing = [
         r.name
         for r in book.current.compiled.rules
@@ -205,7 +214,8 @@ def build_services(settings: ServeSettings, book: RuleBook, *, announce: bool = 
             rules=bouncing,
             hint="bounces after acceptance need --relay HOST:PORT to send their DSNs",
         )
-    return Services.of(base)
+    # Without a relay, forwards and relayed bounces go to the local outbox (SPEC section 3b).
+    return Services.of(base, outbound=outbox, ses_outbound=ses_outbound)
 
 
 def tls_context(
@@ -237,7 +247,9 @@ def rule_book(settings: ServeSettings, spool: Spool) -> RuleBook:
         save_text=spool.save_rules,
         load_text=spool.load_rules,
         extra_domains=settings.domains,
-        # A webhook's unset secret_env fails the start (exit 2) or the reload, not each message.
+        # What the rules need from the environment (a webhook's secret_env, the SRS secrets of
+        # a forward) fails the start (exit 2) or the reload (the old rules stay), not each
+        # message.
         check=lambda loaded: environment_issues(loaded, os.environ),
     )
 
@@ -276,12 +288,14 @@ def build(settings: ServeSettings, role: Role, worker: WorkerWiring | None = Non
     owner = role != "worker"  # the process that owns the data directory and dispatches
     lock = run_dir = None
     if owner:
-        # Bad rules are reported before anything is created on disk.
-        load_rule_set(s.rules, extra_domains=s.domains)
+        # Bad rules (and a forward without its SRS secrets) are reported before anything is
+        # created on disk.
+        srs_keys_for(load_rule_set(s.rules, extra_domains=s.domains).rule_set, os.environ)
         protect(s.data_dir)
         lock = lock_data_dir(s.data_dir)
     spool = Spool(s.data_dir / "spool")
     book = rule_book(s, spool)
+    srs_keys = srs_keys_for(book.current.compiled.model, os.environ)
     # Checks the certificate (and makes a self-signed one) before any worker starts.
     tls = tls_context(s, book, announce=owner)
     if owner:
@@ -325,6 +339,7 @@ def build(settings: ServeSettings, role: Role, worker: WorkerWiring | None = Non
             metrics=metrics,
             on_queued=on_queued,
             mime_limits=s.mime_limits,
+            srs_keys=srs_keys,
         )
         server = SmtpServer(
             intake,

@@ -23,6 +23,7 @@ from inbound.core.message import MessageFacts
 from inbound.core.ports import MessageSource, SpoolPort
 from inbound.core.services import Services
 from inbound.core.steps import StepKey
+from inbound.core.verdicts import DmarcPolicy
 from inbound.message.headers import ReceivedFacts, prepend_headers
 from inbound.message.read import need_for, read_facts, read_with_head
 from inbound.observe.log import emit_fields
@@ -134,6 +135,7 @@ class Dispatcher:
             hostname=meta.hostname,
             sns_max_bytes=self.sns_max_bytes,
             sns_oversize=self.sns_oversize,
+            dmarc_published=_policy(meta.auth.dmarc_policy),
         )
         ledger = SpoolLedger(self.spool, message_id, state, save=self._save)
         result = await run_message(
@@ -146,6 +148,13 @@ class Dispatcher:
         if result.failed is not None:
             return Failed(meta, state, result.failed)
         return Delivered(meta, state)
+
+
+def _policy(word: str) -> DmarcPolicy | None:
+    try:
+        return DmarcPolicy(word) if word else None
+    except ValueError:
+        return None
 
 
 class _ActionLog:
@@ -163,6 +172,8 @@ class _ActionLog:
             "action": kind,
             "attempt": attempt,
         }
+        if key.recipient is not None:  # one destination of a forward
+            fields["destination"] = key.recipient
         if error is None:
             self.metrics.actions.labels(type=kind, outcome="succeeded").inc()
             emit_fields(log, "action.succeeded", fields)

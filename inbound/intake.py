@@ -27,6 +27,7 @@ from inbound.message.read import Need, need_for, read_facts
 from inbound.observe.log import emit, emit_fields
 from inbound.observe.metrics import ReceiveMetrics
 from inbound.rules.book import RuleBook
+from inbound.rules.decide import check_srs
 from inbound.rules.evaluate import (
     check_connection,
     check_recipient,
@@ -37,6 +38,7 @@ from inbound.rules.evaluate import (
 )
 from inbound.scan.run import Scanners
 from inbound.spool.retry import SpoolMeta
+from inbound.srs import SrsKeys
 
 log = logging.getLogger("inbound.intake")
 
@@ -61,6 +63,7 @@ class Intake(Generic[Writer]):
         clock: Callable[[], datetime] = utc_now,
         mime_limits: MimeLimits | None = None,
         parses: int = PARSES,
+        srs_keys: SrsKeys | None = None,
     ) -> None:
         self.book = book
         self.spool = spool
@@ -71,6 +74,7 @@ class Intake(Generic[Writer]):
         self.ids = ids or MessageIdGenerator()
         self.clock = clock
         self.mime_limits = mime_limits or MimeLimits()
+        self.srs_keys = srs_keys
         self._parsing = asyncio.Semaphore(parses)
         self._stopping = threading.Event()
 
@@ -88,7 +92,14 @@ class Intake(Generic[Writer]):
         return decision.reply
 
     def recipient(self, address: str, connection: Connection, sender: str) -> SmtpReply:
-        decision = check_recipient(self.book.current.compiled, address, tls=connection.tls)
+        rules = self.book.current.compiled
+        decision = None
+        if rules.srs_rule is not None:
+            # A bounce to a forward's SRS address is relayed only if inbound signed it: the
+            # hash and the age are checked here, with the keys and the clock.
+            decision = check_srs(rules, address, self.srs_keys, self.clock())
+        if decision is None:
+            decision = check_recipient(rules, address, tls=connection.tls)
         if not decision.accepted:
             self.metrics.recipients_rejected.labels(reason=decision.reply.status).inc()
             # Addresses are the metadata an operator traces mail by (as Postfix's "reject:"
@@ -102,6 +113,7 @@ class Intake(Generic[Writer]):
                 sender=sender,
                 code=decision.reply.code,
                 status=decision.reply.status,
+                reason=decision.reason,
             )
         return decision.reply
 

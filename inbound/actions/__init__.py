@@ -16,6 +16,7 @@ from inbound.actions.awslambda import LambdaAction
 from inbound.actions.base import ActionContext, ActionModel, NoSesMappingError, SesMapping
 from inbound.actions.bounce import BounceAction
 from inbound.actions.connect import ConnectAction
+from inbound.actions.forward import ForwardAction
 from inbound.actions.s3 import S3Action
 from inbound.actions.sns import SnsAction
 from inbound.actions.stop import StopAction
@@ -32,6 +33,7 @@ ACTION_TYPES: tuple[type[ActionModel], ...] = (
     WorkmailAction,
     ConnectAction,
     WebhookAction,
+    ForwardAction,
 )
 
 
@@ -53,6 +55,7 @@ __all__ = [
     "AddHeaderAction",
     "BounceAction",
     "ConnectAction",
+    "ForwardAction",
     "LambdaAction",
     "NoSesMappingError",
     "S3Action",

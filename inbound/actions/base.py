@@ -13,7 +13,7 @@ the outside world only through `Services`, and the message only through `ActionC
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar, get_args
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from inbound.core.reply import SmtpReply
 from inbound.core.services import BounceRequest, Services
 from inbound.core.steps import CONTINUE, Outcome, StepKey
-from inbound.core.verdicts import Verdicts
+from inbound.core.verdicts import DmarcPolicy, Verdicts
 
 JsonObject = dict[str, object]
 
@@ -37,6 +37,9 @@ class ActionContext:
     # The message with the prepended headers and the headers added by earlier actions.
     content: bytes
     mail_from: str
+    # When the message was received (SRS addresses are verified as of then; a webhook's
+    # payload says it).
+    received_at: datetime
     recipients: tuple[str, ...]
     # The Received notification (mail + receipt, no content) for a `receipt.action` object.
     notification: Callable[[JsonObject], JsonObject]
@@ -49,12 +52,40 @@ class ActionContext:
     # ... they bounce, as SES does ("bounce"), or the notification goes without `content`
     # ("omit-content": consumers fetch the message from an S3 action's object).
     sns_oversize: str = "bounce"
-    # The step: its rule's name and its place in the rule set (a webhook's stable id).
+    # The step: its rule's name and its place in the rule set (a webhook's stable id; a forward
+    # numbers its sends by it).
     rule: str = ""
     step: StepKey = field(default_factory=lambda: StepKey(0, 0))
-    # The verdicts evaluation decided with, and when the message was received.
+    # The verdicts evaluation decided with, and the DMARC policy the From domain publishes
+    # whatever the result (None: unknown), for a forward's `when_dmarc`.
     verdicts: Verdicts = field(default_factory=Verdicts)
-    received_at: datetime | None = None
+    dmarc_published: DmarcPolicy | None = None
+    # The receiver's host name (None on the SES side): a forward's loop marker.
+    hostname: str | None = None
+    # The recipient patterns of the step's rule, for a forward's `\1` destinations.
+    patterns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Parts:
+    """An action whose destinations are each one step of the run (SPEC 3b `forward`): the
+    runner records each part apart under `StepKey(rule, action, name)`, runs only those not
+    yet done, and records the step itself with `outcome` once every part is."""
+
+    names: tuple[str, ...]
+    # Runs one part; gives back the detail worth recording for it.
+    send: Callable[[str], Awaitable[str | None]]
+    outcome: Outcome = CONTINUE
+
+
+@dataclass(frozen=True)
+class RuleProblem:
+    """A mistake (or, with `warning`, a likely one) of an action in its rule, found at load:
+    `path` is below the action's own (`("to", 0)`)."""
+
+    path: tuple[str | int, ...]
+    message: str
+    warning: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,6 +150,18 @@ class ActionModel(BaseModel):
                 continue  # SES omits unset fields (topicArn, statusCode)
             out[receipt_name] = value
         return out
+
+    def problems_in_rule(
+        self, recipients: Sequence[str], domains: Sequence[str]
+    ) -> Iterable[RuleProblem]:
+        """What is wrong with this action given its rule's `recipients` patterns and the
+        rule set's receiving `domains` (checks one field alone cannot make)."""
+        return ()
+
+    async def parts(self, ctx: ActionContext, services: Services) -> Parts | None:
+        """The parts of this step when each is recorded apart (a forward's destinations);
+        None (the default): the step is one, and `execute` runs it."""
+        return None
 
     async def execute(self, ctx: ActionContext, services: Services) -> Outcome:
         """Run the action; give back how evaluation goes on and anything worth recording.

@@ -251,11 +251,10 @@ class WebhookAction(ActionModel):
         if self.attachments_bucket is not None:
             store = AttachmentStore(services.blobs, self.attachments_bucket)
         verdicts = ctx.verdicts
-        received = ctx.received_at or datetime.now(UTC)
         return await render_parsed(
             parsed,
             message_id=ctx.message_id,
-            timestamp=ses_timestamp(received),
+            timestamp=ses_timestamp(ctx.received_at),
             rule=ctx.rule,
             mail_from=ctx.mail_from,
             rcpt_to=ctx.recipients,

@@ -10,8 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from inbound.actions.forward import ForwardAction
 from inbound.cli.args import add_domain_flag
+from inbound.config.yamlsource import SourceMap
+from inbound.core.errors import ConfigError, ConfigIssue
+from inbound.message.dkim_sign import DkimKeyError, load_key
 from inbound.rules.load import load_rule_set
+from inbound.rules.model import RuleSet
 from inbound.ses.export import guard_collisions, ses_capabilities, ses_problems
 
 
@@ -29,6 +34,8 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     loaded = load_rule_set(args.rules, extra_domains=args.domain)
+    if unusable := list(_unusable_keys(loaded.rule_set, loaded.source)):
+        raise ConfigError(unusable)
     for warning in loaded.warnings:
         print(warning, file=sys.stderr)
     rs = loaded.rule_set
@@ -51,3 +58,18 @@ def run(args: argparse.Namespace) -> int:
                 "(put {rule} in the --lower-extensions ARN)"
             )
     return 0
+
+
+def _unusable_keys(rule_set: RuleSet, source: SourceMap) -> list[ConfigIssue]:
+    """A forward's `dkim.key_file` that cannot be read or is no key: an error here, as it
+    would fail every forward of the rule (SPEC 3b)."""
+    issues: list[ConfigIssue] = []
+    for i, rule in enumerate(rule_set.rules):
+        for j, action in enumerate(rule.actions):
+            if isinstance(action, ForwardAction) and action.dkim is not None:
+                try:
+                    load_key(Path(action.dkim.key_file))
+                except DkimKeyError as exc:
+                    path = ("rules", i, "actions", j, "dkim", "key_file")
+                    issues.append(source.issue(path, str(exc)))
+    return issues

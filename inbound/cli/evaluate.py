@@ -132,12 +132,12 @@ def run(args: argparse.Namespace) -> int:
     plan = refuse_as_serve(plan, received)
     webhooks = show_webhooks(plan, received.data, envelope, connection)
     if args.json:
-        shown = plan_json(plan, rules)
+        shown = plan_json(plan, rules, mail_from)
         if webhooks:
             shown["webhooks"] = [preview.as_json() for preview in webhooks]
         print(json.dumps(shown, indent=2, ensure_ascii=False))
     else:
-        print(plan_trace(plan, rules))
+        print(plan_trace(plan, rules, mail_from))
         for preview in webhooks:
             print(describe_webhook(preview))
     return 0

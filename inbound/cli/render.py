@@ -2,20 +2,52 @@
 
 from __future__ import annotations
 
+import os
+
+from inbound.actions.forward import PlannedForward, planned_forwards
+from inbound.core.errors import InputError
 from inbound.core.plan import Plan
 from inbound.core.reply import SmtpReply
 from inbound.rules.compiled import CompiledRuleSet
+from inbound.srs import SrsKeys
 
 
 def _reply(reply: SmtpReply | None) -> dict[str, object] | None:
     return reply.as_json() if reply is not None else None
 
 
-def plan_json(plan: Plan, rules: CompiledRuleSet) -> dict[str, object]:
-    """The keys of SPEC section 6 (`inbound evaluate --json`), then `skipped`: every rule
-    that did not apply, and why (the reasons of the readable trace)."""
-    refused = not plan.connection.accepted
+def forwards(plan: Plan, rules: CompiledRuleSet, mail_from: str | None) -> list[PlannedForward]:
+    """The forwards of `plan` as they would be sent; the SRS sender is signed with
+    `INBOUND_SRS_SECRETS` when it is set (else its shape, `SRS0=HASH=TT=...`)."""
+    try:
+        keys = SrsKeys.from_env(os.environ)
+    except InputError:
+        keys = None
+    return planned_forwards(
+        plan, lambda index: rules.rules[index].model.recipients, mail_from=mail_from, srs_keys=keys
+    )
+
+
+def _forward_json(planned: PlannedForward) -> dict[str, object]:
+    forward = planned.forward
     return {
+        "rule": planned.rule,
+        "action": planned.index + 1,
+        "destinations": [d.address for d in forward.destinations],
+        "from_mode": forward.mode,
+        "why": forward.why,
+        "envelope_sender": forward.envelope_sender,
+    }
+
+
+def plan_json(
+    plan: Plan, rules: CompiledRuleSet, mail_from: str | None = None
+) -> dict[str, object]:
+    """The keys of SPEC section 6 (`inbound evaluate --json`), then `skipped`: every rule
+    that did not apply, and why (the reasons of the readable trace); `forwards` when a
+    forward step was reached (`mail_from`: the envelope sender, for its SRS address)."""
+    refused = not plan.connection.accepted
+    out: dict[str, object] = {
         "message_id": plan.message_id,
         "connection": {
             "client_ip": plan.connection.client_ip,
@@ -42,6 +74,9 @@ def plan_json(plan: Plan, rules: CompiledRuleSet) -> dict[str, object]:
         "outcome": plan.outcome,
         "skipped": [{"name": name, "reason": reason} for name, reason in skip_reasons(plan, rules)],
     }
+    if planned := forwards(plan, rules, mail_from):
+        out["forwards"] = [_forward_json(p) for p in planned]
+    return out
 
 
 def skip_reasons(plan: Plan, rules: CompiledRuleSet) -> list[tuple[str, str]]:
@@ -84,8 +119,23 @@ def _describe_action(receipt: dict[str, object], disposition: str | None) -> str
     return text.rstrip()
 
 
-def plan_trace(plan: Plan, rules: CompiledRuleSet) -> str:
-    """The decision in words, including why each rule did or did not apply."""
+def _forward_lines(planned: PlannedForward) -> list[str]:
+    forward = planned.forward
+    shown = (
+        ", ".join(f"{d.address} (for {d.recipient})" for d in forward.destinations)
+        or "nobody (no destination could be made)"
+    )
+    sender = forward.envelope_sender or "<> (the null sender is never rewritten)"
+    return [
+        f"           forwards to {shown}",
+        f"           From mode: {forward.mode} ({forward.why})",
+        f"           envelope sender: {sender}",
+    ]
+
+
+def plan_trace(plan: Plan, rules: CompiledRuleSet, mail_from: str | None = None) -> str:
+    """The decision in words, including why each rule did or did not apply (`mail_from`:
+    the envelope sender, for a forward's SRS address)."""
     lines = [f"message {plan.message_id} (evaluation only: nothing is stored or sent)"]
     c = plan.connection
     if not c.accepted:
@@ -107,15 +157,17 @@ def plan_trace(plan: Plan, rules: CompiledRuleSet) -> str:
         return "\n".join(lines)
     lines.append("rules:")
     ran = {run.index: run for run in plan.rules}
+    by_step = {(p.rule, p.index): p for p in forwards(plan, rules, mail_from)}
     reasons = dict(skip_reasons(plan, rules))
     for rule in rules.rules:
         head = f"  {rule.index + 1:>3}. {rule.name}:"
         if rule.index in ran:
             run = ran[rule.index]
             lines.append(f"{head} applies to {', '.join(run.recipients)}")
-            lines.extend(
-                f"         {_describe_action(s.receipt, s.disposition)}" for s in run.actions
-            )
+            for s in run.actions:
+                lines.append(f"         {_describe_action(s.receipt, s.disposition)}")
+                if (planned := by_step.get((run.name, s.index))) is not None:
+                    lines.extend(_forward_lines(planned))
             if run.stop:
                 lines.append(f"         stop: {run.stop}")
         else:

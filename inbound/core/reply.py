@@ -30,6 +30,9 @@ RECIPIENT_OK = SmtpReply(250, "2.1.5", "Ok")
 SENDER_OK = SmtpReply(250, "2.1.0", "Ok")
 # RFC 5321 §3.3: a recipient no enabled rule accepts.
 MAILBOX_UNAVAILABLE = SmtpReply(550, "5.1.1", "Recipient address rejected: mailbox unavailable")
+# SPEC section 3b: an SRS address at a forward's srs_domain whose hash or age does not verify
+# (forged, expired, undecodable): as unknown as any mailbox, RFC 3463 X.1.1.
+SRS_INVALID = SmtpReply(550, "5.1.1", "Recipient address rejected: not a valid bounce address")
 # A domain that is not ours: we are not an open relay (RFC 5321 §3.6.2).
 RELAY_DENIED = SmtpReply(550, "5.7.1", "Recipient address rejected: relay access denied")
 BAD_RECIPIENT_SYNTAX = SmtpReply(501, "5.1.3", "Bad recipient address syntax")

@@ -45,6 +45,9 @@ class AuthDetails:
     dmarc: str = "none"
     # The RFC5322.From domain DMARC was evaluated for; "" when unknown.
     from_domain: str = ""
+    # The DMARC policy that domain publishes (none|quarantine|reject, sp= applied), whatever
+    # the result; "" when no record was found. Not written in any header.
+    dmarc_policy: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,12 @@ def strip_forged_headers(raw: bytes, hostname: str) -> bytes:
         return raw
     kept.append(raw[last:])
     return b"".join(kept)
+
+
+def header_fields(raw: bytes) -> list[tuple[int, int, str, bytes]]:
+    """(start, end, name, value with folds) of each header field of `raw`, in order: the
+    byte ranges a header edit keeps untouched (the forward action's rewriting)."""
+    return _fields(raw)
 
 
 def _fields(raw: bytes) -> list[tuple[int, int, str, bytes]]:

@@ -45,6 +45,7 @@ class RuleBook:
         `check` finds what makes a valid file unusable here (an unset `secret_env`): its
         issues fail the load, as errors in the file do."""
         self.path = path
+        self._check = check
         self._save_text = save_text
         self._load_text = load_text
         self._extra_domains = tuple(extra_domains)

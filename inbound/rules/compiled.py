@@ -1,4 +1,5 @@
-"""A rule set prepared for evaluation: recipient index, filters and conditions compiled once.
+"""A rule set prepared for evaluation: recipient index, filters and conditions compiled once,
+and the internal rule that relays the bounces of forwards (SPEC section 3b, SRS).
 
 `CompiledRuleSet` is immutable and shared; a reload builds a new one, and a message keeps the
 one it was received with (SPEC section 2).
@@ -10,11 +11,13 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
 from inbound.actions import ActionModel
+from inbound.actions.srs_relay import SrsRelayAction
 from inbound.core.message import Reads
 from inbound.rules.condition_table import CONDITIONS, ConditionTable
 from inbound.rules.conditions import Check
 from inbound.rules.match import RecipientIndex
 from inbound.rules.model import Rule, RuleSet
+from inbound.rules.srs_relay import RELAY_RULE_NAME, srs_domains
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,10 @@ class CompiledRuleSet:
     # Indexes only the enabled rules: disabled ones neither accept mail nor run.
     index: RecipientIndex
     model: RuleSet
+    # The forwards' `srs_domain`s, where SRS addresses are accepted without a rule; their
+    # messages go to the internal rule at `srs_rule` (the last, after the file's rules).
+    srs_domains: frozenset[str] = frozenset()
+    srs_rule: int | None = None
 
     @classmethod
     def build(cls, rule_set: RuleSet, conditions: ConditionTable = CONDITIONS) -> CompiledRuleSet:
@@ -59,7 +66,22 @@ class CompiledRuleSet:
             for f in rule_set.filters
         )
         index = RecipientIndex.build([(r.index, r.model.recipients) for r in rules if r.enabled])
-        return cls(rule_set.name, frozenset(rule_set.domains), rules, filters, index, rule_set)
+        relay_domains = srs_domains(rule_set)
+        relay_at = None
+        if relay_domains:
+            # Last, so the file's rules keep their positions (and the ledgers' step keys).
+            relay_at = len(rules)
+            rules = (*rules, _srs_relay_rule(relay_at, relay_domains))
+        return cls(
+            rule_set.name,
+            frozenset(rule_set.domains),
+            rules,
+            filters,
+            index,
+            rule_set,
+            relay_domains,
+            relay_at,
+        )
 
 
 def _compile_rule(index: int, rule: Rule, conditions: ConditionTable) -> CompiledRule:
@@ -75,4 +97,22 @@ def _compile_rule(index: int, rule: Rule, conditions: ConditionTable) -> Compile
         actions=tuple(rule.actions),
         model=rule,
         reads=conditions.reads(keys),
+    )
+
+
+def _srs_relay_rule(index: int, domains: frozenset[str]) -> CompiledRule:
+    """The internal rule of SRS recipients (`inbound.actions.srs_relay`): no conditions, no
+    scans; its recipients are matched by `rules.decide`, not by the index."""
+    action = SrsRelayAction()
+    model = Rule.model_construct(name=RELAY_RULE_NAME, recipients=sorted(domains), actions=[action])
+    return CompiledRule(
+        index=index,
+        name=RELAY_RULE_NAME,
+        enabled=True,
+        require_tls=False,
+        scan_enabled=False,
+        when=(),
+        unless=(),
+        actions=(action,),
+        model=model,
     )

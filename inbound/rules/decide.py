@@ -1,14 +1,16 @@
 """The pure parts of the decision for one message (SPEC section 2): receipt filters, each
-recipient's RCPT TO answer, the verdicts SES would report, and why a rule does not apply.
+recipient's RCPT TO answer (an SRS address included), the verdicts SES would report, and why a
+rule does not apply.
 
 `inbound.rules.evaluate` puts them together, step by step; the receiver asks some of them on
 their own during the session (filters at connect, recipients at RCPT TO). This module must do
-no I/O, read no clock and know no action.
+no I/O, read no clock (`check_srs` is given the time) and know no action.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from inbound.core import reply as replies
 from inbound.core.envelope import Connection
@@ -18,6 +20,7 @@ from inbound.core.verdicts import DmarcPolicy, Verdict, Verdicts
 from inbound.rules.compiled import CompiledRule, CompiledRuleSet
 from inbound.rules.conditions import Check, Facts, failing, holding
 from inbound.rules.match import split_address, within_domains
+from inbound.srs import SrsError, SrsKeys, is_srs, srs_reverse
 
 
 def check_connection(rules: CompiledRuleSet, connection: Connection) -> ConnectionDecision:
@@ -46,6 +49,8 @@ def check_recipient(
     parts = split_address(address)
     if parts is None:
         return RecipientDecision(address, replies.BAD_RECIPIENT_SYNTAX, "no domain in address")
+    if rules.srs_rule is not None and _srs_address(rules, *parts):
+        return _answer(rules, address, (rules.srs_rule,), tls)[0]
     if not within_domains(parts[1], rules.domains):
         return RecipientDecision(address, replies.RELAY_DENIED, f"{parts[1]} is not ours")
     return _answer(rules, address, matched, tls)[0]
@@ -59,9 +64,35 @@ def answer_recipient(
     parts = split_address(address)
     if parts is None:
         return RecipientDecision(address, replies.BAD_RECIPIENT_SYNTAX, "no domain in address"), ()
+    if rules.srs_rule is not None and _srs_address(rules, *parts):
+        # A forward's SRS address: the internal relay rule, whatever the file's rules match
+        # (SPEC section 3b: no rule needed). Its hash is checked by `check_srs`.
+        return _answer(rules, address, (rules.srs_rule,), tls)
     if not within_domains(parts[1], rules.domains):
         return RecipientDecision(address, replies.RELAY_DENIED, f"{parts[1]} is not ours"), ()
     return _answer(rules, address, rules.index.rules_at(*parts), tls)
+
+
+def _srs_address(rules: CompiledRuleSet, local: str, domain: str) -> bool:
+    return domain in rules.srs_domains and is_srs(local)
+
+
+def check_srs(
+    rules: CompiledRuleSet, address: str, keys: SrsKeys | None, now: datetime
+) -> RecipientDecision | None:
+    """The refusal of an SRS address at an `srs_domain` that does not verify (forged, expired,
+    undecodable, or no keys to verify with): `550 5.1.1`; None for any other address, and for
+    one that verifies (then `check_recipient` accepts it). The receiver asks at RCPT TO."""
+    parts = split_address(address)
+    if rules.srs_rule is None or parts is None or not _srs_address(rules, *parts):
+        return None
+    if keys is None:
+        return RecipientDecision(address, replies.SRS_INVALID, "INBOUND_SRS_SECRETS is not set")
+    try:
+        srs_reverse(address, keys, now)
+    except SrsError as exc:
+        return RecipientDecision(address, replies.SRS_INVALID, f"{type(exc).__name__}: {exc}")
+    return None
 
 
 def _answer(

@@ -87,7 +87,11 @@ def parse_rule_set(text: str, file: str, *, extra_domains: Sequence[str] = ()) -
         ]
     if errors:
         raise ConfigError(errors)
+    problems = list(_action_problems(rule_set, source))
+    if errors := [p for p in problems if p.severity is Severity.ERROR]:
+        raise ConfigError(errors)
     warnings = [
+        *(p for p in problems if p.severity is Severity.WARNING),
         *_warnings(rule_set, source),
         *_host_bits(data, source),
         *_repeated_domains(data, source, own_domains),
@@ -292,6 +296,19 @@ def _duplicate_names(data: object, source: SourceMap) -> Iterable[ConfigIssue]:
                 yield source.issue((section, i, "name"), message)
             else:
                 seen[name.lower()] = i
+
+
+def _action_problems(rule_set: RuleSet, source: SourceMap) -> Iterable[ConfigIssue]:
+    """What each action finds wrong in its rule (`ActionModel.problems_in_rule`): a forward's
+    `\\1` with no such group in the rule's `re:` recipients, say."""
+    for i, rule in enumerate(rule_set.rules):
+        for j, action in enumerate(rule.actions):
+            for problem in action.problems_in_rule(rule.recipients, rule_set.domains):
+                path = ("rules", i, "actions", j, *problem.path)
+                if problem.warning:
+                    yield _warn(source, path, problem.message)
+                else:
+                    yield source.issue(path, problem.message)
 
 
 def _warn(source: SourceMap, path: Path_, message: str) -> ConfigIssue:

@@ -11,7 +11,7 @@ This module builds values only; it must not run actions, touch a service or read
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 from inbound.actions.base import ActionContext, JsonObject
 from inbound.core.services import BounceRequest
 from inbound.core.steps import StepKey
-from inbound.core.verdicts import Verdicts
+from inbound.core.verdicts import DmarcPolicy, Verdicts
 from inbound.message.notification import (
     lambda_event,
     mail_object,
@@ -52,6 +52,8 @@ class RunSubject:
     ses_mail: JsonObject | None = None
     sns_max_bytes: int = SNS_MAX_BYTES
     sns_oversize: str = "bounce"
+    # The DMARC policy the From domain publishes, as measured at receipt (None: unknown).
+    dmarc_published: DmarcPolicy | None = None
     headers: bytes = field(init=False)
     # The `mail` object of each content the actions saw (by identity: add_header makes a new
     # one), so a message with several notifying actions has its header block parsed once.
@@ -81,9 +83,11 @@ def action_context(
     *,
     rule: str = "",
     step: StepKey | None = None,
+    patterns: Sequence[str] = (),
 ) -> ActionContext:
     """The context of one action: `content` as earlier actions left it, the rule's
-    `recipients`, the verdicts evaluation decided with, and the step (`rule` name, key)."""
+    `recipients` (and the `patterns` they matched), the verdicts evaluation decided with, and
+    the step (`rule` name, key)."""
 
     def mail() -> JsonObject:
         if subject.ses_mail is not None and content is subject.base:
@@ -129,6 +133,7 @@ def action_context(
         message_id=subject.message_id,
         content=content,
         mail_from=subject.mail_from,
+        received_at=subject.received_at,
         recipients=recipients,
         notification=lambda action: received_notification(mail(), receipt(action)),
         lambda_event=lambda action: lambda_event(mail(), receipt(action)),
@@ -138,5 +143,7 @@ def action_context(
         rule=rule,
         step=step if step is not None else StepKey(0, 0),
         verdicts=verdicts,
-        received_at=subject.received_at,
+        dmarc_published=subject.dmarc_published,
+        hostname=subject.hostname,
+        patterns=tuple(patterns),
     )

@@ -17,9 +17,10 @@ dispatcher or SES does), or log in a way particular to an entry point (`StepObse
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
+from inbound.actions.base import Parts
 from inbound.core.errors import ActionError
 from inbound.core.plan import Plan
 from inbound.core.services import Services
@@ -67,7 +68,13 @@ async def run_message(
             outcome = replayed
         else:
             context = action_context(
-                subject, content, step.recipients, walk.verdicts, rule=step.rule.name, step=key
+                subject,
+                content,
+                step.recipients,
+                walk.verdicts,
+                rule=step.rule.name,
+                step=key,
+                patterns=step.rule.model.recipients,
             )
             attempt = (record.attempts if record is not None else 0) + 1
             if action.pure:
@@ -75,7 +82,14 @@ async def run_message(
             else:
                 await ledger.flush()
                 try:
-                    outcome = await action.execute(context, services)
+                    parts = await action.parts(context, services)
+                    if parts is None:
+                        outcome = await action.execute(context, services)
+                    else:
+                        outcome = await _run_parts(step, parts, ledger, observer)
+                except _PartFailedError as failed:  # recorded and told under the part's own key
+                    ledger.put(key, StepRecord("failed", attempt, str(failed.error), None))
+                    return RunResult(walk.plan(), failed.error, step)
                 except ActionError as exc:
                     ledger.put(key, StepRecord("failed", attempt, str(exc), None))
                     if observer is not None:
@@ -88,6 +102,40 @@ async def run_message(
             content = outcome.content
         walk.send(outcome)
     return RunResult(walk.plan())
+
+
+class _PartFailedError(Exception):
+    """A part of a step failed (already recorded and told under its own key)."""
+
+    def __init__(self, error: ActionError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+async def _run_parts(
+    step: Step, parts: Parts, ledger: Ledger, observer: StepObserver | None
+) -> Outcome:
+    """Each part not yet done, in order, recorded apart as a step of its own: flushed before
+    it runs (a part that succeeded is never sent again), its record put after. The first
+    failing part raises; the parts after it wait for the next attempt."""
+    for name in parts.names:
+        key = replace(step.key, recipient=name)
+        record = ledger.get(key)
+        if record is not None and record.succeeded:
+            continue
+        attempt = (record.attempts if record is not None else 0) + 1
+        await ledger.flush()
+        try:
+            detail = await parts.send(name)
+        except ActionError as exc:
+            ledger.put(key, StepRecord("failed", attempt, str(exc), None))
+            if observer is not None:
+                observer.ran(step, key, attempt, exc)
+            raise _PartFailedError(exc) from exc
+        ledger.put(key, StepRecord("succeeded", attempt, None, detail))
+        if observer is not None:
+            observer.ran(step, key, attempt, None)
+    return parts.outcome
 
 
 def _replayed(step: Step, record: StepRecord | None) -> Outcome | None:

@@ -106,6 +106,7 @@ async def authenticate(
             dkim=checks.dkim or (),
             dmarc=dmarc.word,
             from_domain=dmarc.from_domain,
+            dmarc_policy=dmarc.published.value if dmarc.published is not None else "",
         ),
     )
 

@@ -105,6 +105,9 @@ class DmarcResult:
     verdict: Verdict
     policy: DmarcPolicy | None = None
     from_domain: str = ""
+    # The policy the From domain publishes (sp= applied), whatever the result: a forward
+    # needs it when DMARC passed on SPF alone (SPEC 3b, `when_dmarc`). None: no record.
+    published: DmarcPolicy | None = None
 
     def severity(self) -> tuple[int, int]:
         """Lower is worse: FAIL before PROCESSING_FAILED before GRAY before PASS; reject first."""
@@ -127,20 +130,20 @@ def dmarc_one(
     record = discovery.record
     if record is None:
         return DmarcResult("none", Verdict.GRAY, None, from_domain)
+    policy = record.policy
+    if discovery.found_at != from_domain and record.subdomain_policy is not None:
+        policy = record.subdomain_policy  # RFC 7489 §6.3 sp=
     spf_aligned = aligned(spf_domain, from_domain, strict=record.strict_spf)
     dkim_aligned = [
         r for r in dkim_results if aligned(r.domain, from_domain, strict=record.strict_dkim)
     ]
     if (spf_aligned and spf_word == "pass") or any(r.result == "pass" for r in dkim_aligned):
-        return DmarcResult("pass", Verdict.PASS, None, from_domain)
+        return DmarcResult("pass", Verdict.PASS, None, from_domain, policy)
     if (spf_aligned and spf_word == "temperror") or any(
         r.result == "temperror" for r in dkim_aligned
     ):
-        return DmarcResult("temperror", Verdict.PROCESSING_FAILED, None, from_domain)
-    policy = record.policy
-    if discovery.found_at != from_domain and record.subdomain_policy is not None:
-        policy = record.subdomain_policy  # RFC 7489 §6.3 sp=
-    return DmarcResult("fail", Verdict.FAIL, policy, from_domain)
+        return DmarcResult("temperror", Verdict.PROCESSING_FAILED, None, from_domain, policy)
+    return DmarcResult("fail", Verdict.FAIL, policy, from_domain, policy)
 
 
 def aligned_any(domain: str, from_domains: tuple[str, ...]) -> bool:

@@ -90,7 +90,7 @@ from inbound.ses.event import (
     parse_event,
     verdicts_of,
 )
-from inbound.targets.aws import AwsTargets, aws_session
+from inbound.targets.aws import AwsTargets, SesOutbound, aws_session
 from inbound.targets.http import WebhookHttp
 
 # Re-exported: the handler's callers catch these without knowing where events are parsed.
@@ -259,7 +259,9 @@ def lambda_handler(event: object, context: object) -> dict[str, str]:
     prefix = env.get("INBOUND_SES_STATE_PREFIX", DEFAULT_STATE_PREFIX)
     s3 = _s3() if bucket is not None else None
     ledger = S3Ledger.load(s3, bucket, f"{prefix}{found.message_id}.json", found.message_id)
-    result = asyncio.run(run_receipt(rules, found, raw, ledger, Services.of(_targets())))
+    targets = _targets()
+    services = Services.of(targets, ses_outbound=SesOutbound(targets))
+    result = asyncio.run(run_receipt(rules, found, raw, ledger, services))
     plan = result.plan
     stopped = plan.refused is not None or any(
         run.stop in ("Stop", "STOP_RULE_SET") for run in plan.rules

@@ -59,6 +59,7 @@ class SpoolMeta:
                 "dkim": [asdict(result) for result in self.auth.dkim],
                 "dmarc": self.auth.dmarc,
                 "from_domain": self.auth.from_domain,
+                "dmarc_policy": self.auth.dmarc_policy,
             },
             "facts": None if self.facts is None else facts_to_json(self.facts),
         }
@@ -124,6 +125,7 @@ def _auth_from_json(data: Mapping[str, Any] | None) -> AuthDetails:
         ),
         dmarc=str(data["dmarc"]),
         from_domain=str(data["from_domain"]),
+        dmarc_policy=str(data.get("dmarc_policy", "")),  # not kept before forwarding
     )
 
 

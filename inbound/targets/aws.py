@@ -1,4 +1,5 @@
-"""The AWS target set (SPEC section 3, `--targets aws`): S3, SNS and Lambda through boto3.
+"""The AWS target set (SPEC section 3, `--targets aws`): S3, SNS and Lambda through boto3, and
+SES SendEmail for `forward` with `via: ses` (`SesOutbound`).
 
 Configured only the standard AWS way (AWS_DEFAULT_REGION, not AWS_REGION; the credential chain,
 AWS_ENDPOINT_URL and AWS_ENDPOINT_URL_S3 …), so the same code talks to AWS, MinIO or a moto
@@ -24,7 +25,13 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from inbound.core.errors import PermanentActionError, TransientActionError
-from inbound.core.services import BounceRequest, HttpClient, HttpRequest, HttpResponse
+from inbound.core.services import (
+    BounceRequest,
+    HttpClient,
+    HttpRequest,
+    HttpResponse,
+    OutboundMail,
+)
 from inbound.message.notification import SNS_SUBJECT
 from inbound.targets.aws_errors import classify
 from inbound.targets.http import WebhookHttp
@@ -39,6 +46,8 @@ MULTIPART_THRESHOLD = 8 * 1024 * 1024
 # credentials that lapse in flight.
 ROLE_REFRESH_MARGIN = timedelta(minutes=5)
 ROLE_SESSION_NAME = "inbound-ses-receipt"
+# SES v2 SendEmail: a raw message of at most 40 MB (SPEC section 3b).
+SES_MAX_MESSAGE_BYTES = 40 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -241,3 +250,26 @@ class AwsTargets:
             )
             self._roles[role_arn] = _RoleClient(client, expires)
         return client
+
+
+class SesOutbound:
+    """The outbound service of `forward` with `via: ses`: SES v2 `SendEmail` with
+    `Content.Raw`, one call per send, through the AWS target set's clients, deadline and error
+    table. SES takes the sender from the message's From (which must be a verified identity:
+    otherwise `MessageRejected`, "Email address is not verified", a permanent failure) and
+    signs it with the identity's DKIM key."""
+
+    def __init__(self, targets: AwsTargets) -> None:
+        self.targets = targets
+
+    async def send(self, mail: OutboundMail) -> None:
+        def call() -> None:
+            self.targets._client("sesv2").send_email(
+                Destination={"ToAddresses": list(mail.rcpt_to)},
+                Content={"Raw": {"Data": mail.content}},
+            )
+
+        await self.targets._call(call, self.targets._deadline())
+
+    async def max_size(self) -> int | None:
+        return SES_MAX_MESSAGE_BYTES

@@ -43,6 +43,15 @@ ERROR_TABLE: tuple[tuple[str, bool], ...] = (
     # The instance metadata service or SSO may be briefly unreachable.
     ("NoCredentialsError", True),
     ("CredentialRetrievalError", True),
+    # SES sending: a daily quota or sending rate is a wait (LimitExceeded); a refused
+    # message ("Email address is not verified"), an unverified MAIL FROM domain, a paused or
+    # suspended account are not.
+    ("LimitExceededException", True),
+    ("MessageRejected", False),
+    ("MailFromDomainNotVerified*", False),
+    ("SendingPaused*", False),
+    ("AccountSuspended*", False),
+    ("BadRequestException", False),
     # Permanent: the target is gone, forbidden or the request can never be valid.
     ("AccessDenied*", False),
     ("AuthorizationError", False),

@@ -25,7 +25,13 @@ from inbound.batch import Batcher
 from inbound.config.fields import function_name, topic_name
 from inbound.core.errors import PermanentActionError, TransientActionError
 from inbound.core.ids import MessageIdGenerator
-from inbound.core.services import BounceRequest, HttpClient, HttpRequest, HttpResponse
+from inbound.core.services import (
+    BounceRequest,
+    HttpClient,
+    HttpRequest,
+    HttpResponse,
+    OutboundMail,
+)
 from inbound.datadir import fsync_dir, open_fd
 from inbound.message.notification import sns_envelope
 from inbound.targets.files import FileBatchWriter, make_dirs_synced, write_at
@@ -127,6 +133,51 @@ class LocalTargets:
         lock = self._locks.setdefault(path, asyncio.Lock())
         async with lock:
             await asyncio.to_thread(_append_line, path, line.encode("utf-8"))
+
+
+class LocalOutbox:
+    """The outbound service without `--relay` (SPEC section 3b): each message written whole to
+    `DATA_DIR/forward/MESSAGEID/N.eml`, then its envelope appended to `forward/outbox.jsonl`.
+
+    A retry writes the same file again (the name is the message ID and the send's index) and
+    appends its line only once the file is durable, so every line names a whole file."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = data_dir.resolve() / "forward"
+        self._writer = FileBatchWriter(syncfs=None)
+        self._lock = asyncio.Lock()
+
+    async def send(self, mail: OutboundMail) -> None:
+        # Message IDs are the receiver's own (letters, digits, dashes); checked all the same.
+        if not mail.message_id or "/" in mail.message_id or mail.message_id.startswith("."):
+            raise PermanentActionError(f"not a message ID: {mail.message_id!r}")
+        name = f"{mail.message_id}/{mail.index}.eml"
+        # One send at a time: the writer is run by one thread at a time, the file one line at a
+        # time (a local outbox is for development, not throughput).
+        async with self._lock:
+            [error] = await asyncio.to_thread(
+                self._writer.write_batch, [(self.root / name, mail.content)]
+            )
+            if isinstance(error, OSError):
+                raise TransientActionError(f"cannot write {name}: {error.strerror}") from error
+            if error is not None:
+                raise error
+            await asyncio.to_thread(_append_line, self.root / "outbox.jsonl", self._line(mail))
+
+    def _line(self, mail: OutboundMail) -> bytes:
+        record = {
+            "messageId": mail.message_id,
+            "index": mail.index,
+            "mailFrom": mail.mail_from,
+            "rcptTo": list(mail.rcpt_to),
+            "file": f"{mail.message_id}/{mail.index}.eml",
+            "size": len(mail.content),
+            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        }
+        return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+
+    async def max_size(self) -> int | None:
+        return None
 
 
 # The dispatcher forgets its spooled copy once an action succeeded, so "succeeded" must mean

@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 
 from inbound.config.fields import function_name
 from inbound.core.errors import ActionError
-from inbound.core.services import BounceRequest, HttpRequest, HttpResponse, Services
+from inbound.core.services import (
+    BounceRequest,
+    HttpRequest,
+    HttpResponse,
+    OutboundMail,
+    Services,
+)
 
 
 @dataclass
@@ -108,6 +114,21 @@ class MemoryHttp(_Fake):
         return HttpResponse(self.status, "", dict(self.headers))
 
 
+@dataclass
+class MemoryOutbound(_Fake):
+    """Whole messages, as sent; `size` is what `max_size` answers (the relay's SIZE)."""
+
+    sent: list[OutboundMail] = field(default_factory=list)
+    size: int | None = None
+
+    async def send(self, mail: OutboundMail) -> None:
+        self._called()
+        self.sent.append(mail)
+
+    async def max_size(self) -> int | None:
+        return self.size
+
+
 class MemoryServices:
     """One fake of each service, and the `Services` made of them."""
 
@@ -124,4 +145,7 @@ class MemoryServices:
         )
         self.mailer = MemoryMailer()
         self.http = MemoryHttp()
-        self.services = Services(self.blobs, self.topics, self.functions, self.mailer, self.http)
+        self.outbound = MemoryOutbound()
+        self.services = Services(
+            self.blobs, self.topics, self.functions, self.mailer, self.http, self.outbound
+        )

@@ -1,12 +1,14 @@
-"""Sending delivery status notifications through an outbound SMTP relay (`--relay HOST:PORT`).
+"""Sending mail through an outbound SMTP relay (`--relay HOST:PORT`): DSNs and whole messages.
 
 `RelayMailer` is the mailer service of `--relay`: it builds the RFC 3464 report and hands it
-to `RelaySender`. Without a relay, the target set's own mailer applies (the local one records
-the request in an outbox; the AWS one refuses).
+to `RelaySender`. `RelayOutbound` is its outbound service (forwards, and bounces relayed back
+through SRS): whole messages handed to the same sender. Without a relay, the target set's own
+mailer applies (the local one records the request in an outbox; the AWS one refuses), and the
+local outbox is the outbound service.
 
-This module owns one SMTP exchange per DSN: opportunistic STARTTLS, the null reverse path,
-exactly one recipient (the original envelope sender), and the mapping of SMTP replies and
-network failures onto `TransientActionError` / `PermanentActionError`. It builds no message.
+This module owns one SMTP exchange per message: opportunistic STARTTLS, the reverse path (the
+null one for DSNs), every recipient or none, the relay's SIZE, and the mapping of SMTP replies
+and network failures onto `TransientActionError` / `PermanentActionError`. It builds no message.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import contextlib
 import ipaddress
 import re
 import ssl
+import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import parseaddr
 
@@ -23,7 +27,7 @@ import aiosmtplib
 
 from inbound.core.errors import InputError, PermanentActionError, TransientActionError
 from inbound.core.ids import MessageIdGenerator
-from inbound.core.services import BounceRequest
+from inbound.core.services import BounceRequest, OutboundMail
 from inbound.message.dsn import build_dsn
 
 DEFAULT_PORT = 25
@@ -37,6 +41,8 @@ _FORMS = "HOST:PORT or [IPv6]:PORT"
 _BAD_PATH = re.compile("[\x00-\x20\x7f<>\x85\u2028\u2029]")
 _CONTROLS = re.compile("[\x00-\x1f\x7f]")
 _MAX_REPLY = 200
+# How long the relay's SIZE is trusted before it is asked again (a relay's limit rarely changes).
+SIZE_TTL = 300.0
 
 
 def parse_relay(text: str) -> tuple[str, int]:
@@ -102,6 +108,8 @@ class RelaySender:
         self.local_hostname = local_hostname
         self.tls_context = tls_context or opportunistic_tls_context()
         self.timeout = timeout
+        # (when learnt, SIZE or None): from the last EHLO.
+        self._size: tuple[float, int | None] | None = None
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -109,15 +117,19 @@ class RelaySender:
 
     async def send(self, bounce: BounceRequest, dsn: bytes) -> None:
         """Deliver `dsn` with `MAIL FROM:<>` and `RCPT TO:<bounce.to>`; raise an ActionError."""
-        to = bounce.to.strip()
         # RFC 3464 §2 / RFC 5321 §4.5.5: a DSN goes out with the null reverse path and is
         # never sent to the null reverse path (SPEC section 2: never to <>).
-        if not to:
+        if not bounce.to.strip():
             raise PermanentActionError("no DSN to the null sender <>")
-        # aiosmtplib quotes through email.utils.parseaddr; anything it would rewrite (comments,
-        # lists) is refused here, so the DSN can only go to exactly this address.
-        if _BAD_PATH.search(to) or parseaddr(to)[1] != to:
-            raise PermanentActionError(f"not an address for RCPT TO: {_printable(to)!r}")
+        await self.deliver("", (bounce.to,), dsn)
+
+    async def deliver(self, mail_from: str, rcpt_to: Sequence[str], content: bytes) -> None:
+        """One SMTP transaction: `content` to every address of `rcpt_to` or to none (a refused
+        recipient ends the transaction before DATA); raise an ActionError."""
+        paths = [_checked_path(address, "MAIL FROM") for address in (mail_from,) if address]
+        recipients = [_checked_path(address, "RCPT TO") for address in rcpt_to]
+        if not recipients:
+            raise PermanentActionError("no recipient")
         client = aiosmtplib.SMTP(
             hostname=self.host,
             port=self.port,
@@ -127,7 +139,7 @@ class RelaySender:
         )
         try:
             async with asyncio.timeout(self.timeout):
-                await self._exchange(client, to, dsn)
+                await self._exchange(client, paths[0] if paths else "", recipients, content)
         except aiosmtplib.SMTPResponseException as exc:
             raise _reply_error(self, exc.code, exc.message) from exc
         except (TimeoutError, aiosmtplib.SMTPException, ssl.SSLError, OSError) as exc:
@@ -136,25 +148,74 @@ class RelaySender:
         finally:
             client.close()
 
-    async def _exchange(self, client: aiosmtplib.SMTP, to: str, dsn: bytes) -> None:
+    async def announced_size(self) -> int | None:
+        """The SIZE the relay announced in its last EHLO (RFC 1870 §4; 0 or none: no limit),
+        asking it (connect, EHLO, QUIT) when it has not been asked for `SIZE_TTL` seconds."""
+        known = self._size
+        if known is not None and time.monotonic() - known[0] < SIZE_TTL:
+            return known[1]
+        client = aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            local_hostname=self.local_hostname,
+            timeout=self.timeout,
+            start_tls=False,
+        )
+        try:
+            async with asyncio.timeout(self.timeout):
+                await client.connect()
+                await client.ehlo()
+                self._learn_size(client)
+                with contextlib.suppress(TimeoutError, aiosmtplib.SMTPException, OSError):
+                    await client.quit()
+        except aiosmtplib.SMTPResponseException as exc:
+            raise _reply_error(self, exc.code, exc.message) from exc
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            raise TransientActionError(f"{self}: {_describe(exc)}") from exc
+        finally:
+            client.close()
+        assert self._size is not None
+        return self._size[1]
+
+    def _learn_size(self, client: aiosmtplib.SMTP) -> None:
+        value = client.esmtp_extensions.get("size", "").strip()
+        size = int(value) if value.isascii() and value.isdigit() else 0
+        self._size = (time.monotonic(), size or None)
+
+    async def _exchange(
+        self, client: aiosmtplib.SMTP, mail_from: str, rcpt_to: list[str], content: bytes
+    ) -> None:
         await client.connect()
         await client.ehlo()
         if client.supports_extension("starttls"):
             # Opportunistic (RFC 3207): STARTTLS when offered, then EHLO again (§4.2).
             await client.starttls(tls_context=self.tls_context, server_hostname=self.host)
             await client.ehlo()
+        self._learn_size(client)
         options: list[str] = []
-        if not to.isascii():
+        if not all(a.isascii() for a in (mail_from, *rcpt_to)):
             # RFC 6531 §3.4: a non-ASCII mailbox needs SMTPUTF8 on the MAIL command.
             if not client.supports_extension("smtputf8"):
-                raise PermanentActionError(f"{self} does not offer SMTPUTF8 for {to!r}")
+                raise PermanentActionError(f"{self} does not offer SMTPUTF8 for {rcpt_to!r}")
             options.append("SMTPUTF8")
-        await client.mail("", options=options, encoding="utf-8")
-        await client.rcpt(to, encoding="utf-8")
-        await client.data(dsn)
+        if client.supports_extension("size"):
+            options.append(f"SIZE={len(content)}")  # RFC 1870 §6: refused before DATA
+        await client.mail(mail_from, options=options, encoding="utf-8")
+        for address in rcpt_to:
+            await client.rcpt(address, encoding="utf-8")
+        await client.data(content)
         # The message was accepted at the end of DATA (RFC 5321 §4.1.1.4); QUIT is a courtesy.
         with contextlib.suppress(TimeoutError, aiosmtplib.SMTPException, OSError):
             await client.quit()
+
+
+def _checked_path(address: str, command: str) -> str:
+    value = address.strip()
+    # aiosmtplib quotes through email.utils.parseaddr; anything it would rewrite (comments,
+    # lists) is refused here, so the message can only go to exactly this address.
+    if not value or _BAD_PATH.search(value) or parseaddr(value)[1] != value:
+        raise PermanentActionError(f"not an address for {command}: {_printable(value)!r}")
+    return value
 
 
 def _reply_error(
@@ -188,3 +249,16 @@ class RelayMailer:
         now = datetime.now(UTC)
         dsn = build_dsn(bounce, arrival=bounce.arrival or now, now=now, dsn_id=self._ids.next())
         await self.relay.send(bounce, dsn)
+
+
+class RelayOutbound:
+    """The outbound service of `--relay`: whole messages (forwards, relayed bounces) as they are."""
+
+    def __init__(self, relay: RelaySender) -> None:
+        self.relay = relay
+
+    async def send(self, mail: OutboundMail) -> None:
+        await self.relay.deliver(mail.mail_from, mail.rcpt_to, mail.content)
+
+    async def max_size(self) -> int | None:
+        return await self.relay.announced_size()

@@ -70,6 +70,8 @@ class Expect(_Strict):
     recipients: dict[str, ExpectedReply] | None = None
     # The URLs of the webhook actions evaluation reached, in order, exactly.
     webhooks: list[str] | None = None
+    # The destinations of every forward step reached, in order (SPEC 3b).
+    forwards: list[str] | None = None
 
 
 class Case(_Strict):

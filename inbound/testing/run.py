@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
 
+from inbound.actions.forward import planned_forwards
 from inbound.config.yamlsource import SourceMap, parse_yaml
 from inbound.core.envelope import Connection, Envelope
 from inbound.core.errors import ConfigError, ConfigIssue, InputError
@@ -228,7 +229,7 @@ def run_case(
     plan = refuse_as_serve(plan, loaded.received)
     failures = [
         Failure(loaded.source.file, loaded.line_of(key), case.name, key, text)
-        for key, text in check_expectations(case.expect, plan)
+        for key, text in check_expectations(case.expect, plan, loaded.rules)
     ]
     return CaseResult(case.name, failures, plan)
 
@@ -238,8 +239,11 @@ def _reply_matches(expected: str, code: int, status: str) -> bool:
     return int(want_code) == code and (not want_status or want_status == status)
 
 
-def check_expectations(expect: Expect, plan: Plan) -> Iterable[tuple[str, str]]:
-    """Each expectation that failed: its key, and what was expected and what was seen."""
+def check_expectations(
+    expect: Expect, plan: Plan, rules: CompiledRuleSet | None = None
+) -> Iterable[tuple[str, str]]:
+    """Each expectation that failed: its key, and what was expected and what was seen
+    (`rules`: the rule set of the plan, for `forwards`)."""
     if expect.outcome is not None and expect.outcome != plan.outcome:
         yield "outcome", f"expected {expect.outcome}, saw {plan.outcome}"
     if "data_reply" in expect.model_fields_set:
@@ -269,6 +273,14 @@ def check_expectations(expect: Expect, plan: Plan) -> Iterable[tuple[str, str]]:
             yield "recipients", f"{address} was not in the envelope"
         elif not _reply_matches(wanted, decision.reply.code, decision.reply.status):
             yield "recipients", f"{address} expected {wanted}, saw {decision.reply}"
+    if expect.forwards is not None and rules is not None:
+        compiled = rules
+        planned = planned_forwards(
+            plan, lambda index: compiled.rules[index].model.recipients, mail_from=None
+        )
+        sent = [d.address for p in planned for d in p.forward.destinations]
+        if [a.lower() for a in expect.forwards] != [a.lower() for a in sent]:
+            yield "forwards", f"expected {_list(expect.forwards)}, saw {_list(sent)}"
 
 
 def _list(items: Sequence[str]) -> str:

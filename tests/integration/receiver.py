@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -158,17 +158,18 @@ def start_child(
     port: int = 0,
     umask: int = -1,
     preexec_fn: Callable[[], None] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Child:
     """`inbound serve` as a child process; waits for its `server.started` log line.
 
     `umask`: the child's, if not -1 (this process's). `preexec_fn` runs in the child before
-    `inbound` starts (e.g. to set its limits)."""
+    `inbound` starts (e.g. to set its limits). `env`: more environment variables."""
     rules = tmp_path / "rules.yaml"
     if not rules.exists():
         rules.write_text(RULES)
     data_dir = tmp_path / "data"
     log = tmp_path / f"serve-{time.monotonic_ns()}.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    environment = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
     handle = log.open("w")
     process = subprocess.Popen(
         [
@@ -191,7 +192,7 @@ def start_child(
         stdout=handle,
         stderr=handle,
         text=True,
-        env=env,
+        env=environment,
         umask=umask,
         preexec_fn=preexec_fn,  # noqa: PLW1509 - the tests' own limits, set before any thread
     )

@@ -427,3 +427,30 @@ rules:
     assert keys(out) == []  # x.exe seen, or the message refused: never "no .exe here"
     events = [getattr(r, "event", None) for r in caplog.records]
     assert ("ses.message_refused" in events) is refused
+
+
+def test_a_forward_via_ses_runs_in_the_handler(
+    aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mail SES received, forwarded by the handler with SendEmail (moto refuses any From that
+    is not a verified identity: the rewritten one is); each destination is a step of its own."""
+    message_id = unique("forwarded")
+    source = stored_message(message_id)
+    monkeypatch.setenv("INBOUND_SES_BUCKET", source)
+    monkeypatch.setenv("INBOUND_SES_PREFIX", "incoming/")
+    verified = f"{unique('fwd')}.test"
+    boto3.client("sesv2").create_email_identity(EmailIdentity=verified)
+    forward = (
+        "{type: forward, to: [a@dest.test, b@dest.test], via: ses, "
+        f"from_address: forwarder@{verified}}}"
+    )
+    text = (
+        "version: 1\nname: ses\ndomains: [example.com]\nrules:\n"
+        f"  - name: forward\n    actions:\n      - {forward}\n"
+    )
+    rules(tmp_path, monkeypatch, text)
+    assert lambda_handler(ses_event(message_id, "info@example.com"), None) == {
+        "disposition": "CONTINUE"
+    }
+    state = json.loads(get(source, f"{os.environ['INBOUND_SES_STATE_PREFIX']}{message_id}.json"))
+    assert sorted(state["steps"]) == ["0:0", "0:0:a@dest.test", "0:0:b@dest.test"]

@@ -121,6 +121,7 @@ def test_evaluate_json_has_the_spec_keys_then_skipped(capsys: pytest.CaptureFixt
     assert out["outcome"] == "accepted"
     assert out["skipped"] == [
         {"name": "drop-viruses", "reason": "when virus does not hold (saw virus=GRAY)"},
+        {"name": "forward-team", "reason": "no accepted recipient matches"},
         {"name": "invoices", "reason": "not evaluated: evaluation stopped"},
         {"name": "catch-all", "reason": "not evaluated: evaluation stopped"},
         {"name": "old-archive", "reason": "disabled"},
@@ -274,7 +275,7 @@ def test_test_command_on_the_example() -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == "fixtures/example.test.yaml"
     assert "  PASS  a virus is bounced in the session" in lines
-    assert lines[-1] == "9 passed, 0 failed"
+    assert lines[-1] == "11 passed, 0 failed"
 
 
 def test_test_command_reports_what_failed(tmp_path: Path) -> None:
@@ -409,7 +410,7 @@ def test_bad_input_exits_2_with_a_message(args: list[str], message: str) -> None
 def test_check_ok_prints_a_summary() -> None:
     result = inbound("check", EXAMPLE)
     assert result.returncode == 0
-    assert result.stdout.startswith("rules/example.yaml: ok: rule set 'example', 5 rules")
+    assert result.stdout.startswith("rules/example.yaml: ok: rule set 'example', 6 rules")
 
 
 def test_check_domain_naming_one_of_the_files_is_one_domain(tmp_path: Path) -> None:

@@ -172,7 +172,7 @@ def test_evaluate_reads_stdin_and_json_says_why_rules_were_skipped() -> None:
     out = json.loads(result.stdout)
     assert out["data_reply"]["code"] == 550
     assert out["rules"] == []
-    assert out["skipped"][1] == {
+    assert out["skipped"][2] == {
         "name": "support",
         "reason": "not evaluated: DATA refused (bare line ending), as inbound serve refuses it",
     }

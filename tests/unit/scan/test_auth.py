@@ -596,3 +596,21 @@ def test_a_senders_next_message_reuses_its_spf_check_while_the_answers_stand(
     changed = from_the_sender()
     assert changed.details.spf == "permerror"
     assert len(checks) == 2
+
+
+@pytest.mark.parametrize(
+    ("from_header", "mail_from", "published"),
+    [
+        ("a@reject.example", "b@reject.example", "reject"),  # DMARC passes on SPF alone
+        ("a@monitor.example", "b@spf-pass.example", "none"),  # fails, p=none
+        ("a@news.subpolicy.example", "b@news.subpolicy.example", "quarantine"),  # sp=
+        ("a@nodmarc.example", "b@spf-pass.example", ""),  # no record
+    ],
+)
+def test_the_published_policy_is_kept_whatever_the_result(
+    from_header: str, mail_from: str, published: str
+) -> None:
+    """A forward (when_dmarc) must know p=reject even when DMARC passed here on SPF alone:
+    SPF will not pass for the sender's domain at the next hop."""
+    outcome = check(message(from_header), mail_from=mail_from)
+    assert outcome.details.dmarc_policy == published

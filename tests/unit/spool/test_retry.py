@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -282,3 +283,14 @@ def test_window_starts_at_the_operators_retry() -> None:
 )
 def test_is_due(state: DispatchState, due: bool) -> None:
     assert is_due(state, T0) is due
+
+
+def test_the_published_dmarc_policy_round_trips_and_older_meta_reads() -> None:
+    meta = make_meta()
+    kept = replace(meta, auth=replace(meta.auth, dmarc_policy="reject"))
+    assert SpoolMeta.from_json(through_text(kept.to_json())).auth.dmarc_policy == "reject"
+    older = through_text(kept.to_json())
+    auth = older["auth"]
+    assert isinstance(auth, dict)
+    del auth["dmarc_policy"]  # spooled before forwarding existed
+    assert SpoolMeta.from_json(older).auth.dmarc_policy == ""
