@@ -284,6 +284,9 @@ class Spool:
                         f"message {message_ids[i]}: cannot finish: {exc.strerror}"
                     )
         for moved in gone:
+            # Into the pool only now, once leaving queue/ is durable: its files are written
+            # over in place, and overwritten blocks may reach the disk before the journal
+            # does; a crash must never find them back in queue/ half another message's.
             if not (reuse and self._pool.give(moved)):
                 _remove(moved)
             self.forget_due(moved.name)

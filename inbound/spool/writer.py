@@ -2,7 +2,9 @@
 
 This module owns the files of one message while it is received and sealed: message.eml, its
 bytes exactly as received, and meta.json, its envelope and verdicts; `inbound.spool.store`
-owns the rest of the layout, and queues what a writer sealed (`Spool.publish`).
+owns the rest of the layout, and queues what a writer sealed (`Spool.publish`). tmp/ID is a
+delivered message's folder when the pool has one (`inbound.spool.pool`): its two files are then
+written over and cut to length, so receiving a message makes no inode.
 """
 
 from __future__ import annotations
