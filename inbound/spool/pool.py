@@ -32,8 +32,12 @@ from inbound.datadir import make_dir
 from inbound.spool.writer import MESSAGE, META
 
 # Folders kept for reuse: past this many, a delivered message's folder is deleted as before.
-# More than the messages in flight at once (sessions in DATA plus those being committed).
-MAX_FREE = 1024
+# More than the messages committed at once (a batch per sealing thread); a burst beyond it
+# makes folders as before.
+MAX_FREE = 256
+# A delivered message larger than this is deleted, not kept: the pool holds at most
+# MAX_FREE * MAX_BYTES (64 MB) of disk for delivered messages, and most mail is smaller.
+MAX_BYTES = 256 * 1024
 # How often a process with no free folder of its own looks in pool/ for those another one put
 # there (`--workers`: the supervisor delivers, the workers receive).
 _RELIST_SECONDS = 0.5
@@ -100,6 +104,8 @@ class FolderPool:
             # than once, a temporary file) is not reused: the writer overwrites only the two
             # files, and a stale state.json would mark the next message's actions done.
             if sorted(os.listdir(folder)) != _FILES:
+                return False
+            if os.stat(folder / MESSAGE).st_size > MAX_BYTES:
                 return False
             try:
                 os.rename(folder, self._dir / folder.name)

@@ -11,7 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from inbound.core.ids import MessageIdGenerator
+from inbound.spool import pool
 from inbound.spool.store import DispatchState, Spool, StepRecord
 from tests.unit.spool.test_store import entries, make_meta
 
@@ -102,6 +105,7 @@ CHILD = """
 import hashlib, os, sys
 from pathlib import Path
 from inbound.core.ids import MessageIdGenerator
+from inbound.spool import pool
 from inbound.spool.store import Spool
 from tests.unit.spool.test_store import make_meta
 
@@ -170,3 +174,16 @@ def test_reused_folders_lose_nothing_and_deliver_nothing_twice_when_killed(
         finished |= queued | finishing
         finishing = set()
     assert len(finished) > 20, "the rounds delivered and reused folders"
+
+
+def test_the_pool_keeps_a_bounded_number_of_small_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool, "MAX_FREE", 2)
+    monkeypatch.setattr(pool, "MAX_BYTES", 1000)
+    spool = Spool(tmp_path)
+    small = [commit(spool, b"Subject: s\r\n\r\nx\r\n") for _ in range(3)]
+    big = commit(spool, b"Subject: big\r\n\r\n" + b"x" * 2000 + b"\r\n")
+    assert spool.finish_many([big, *small]) == [None] * 4
+    assert len(entries(tmp_path / "pool")) == 2, "the big one and one past MAX_FREE deleted"
+    assert entries(tmp_path / "tmp") == []
