@@ -38,8 +38,9 @@ MAX_FREE = 256
 # A delivered message larger than this is deleted, not kept: the pool holds at most
 # MAX_FREE * MAX_BYTES (64 MB) of disk for delivered messages, and most mail is smaller.
 MAX_BYTES = 256 * 1024
-# How often a process with no free folder of its own looks in pool/ for those another one put
-# there (`--workers`: the supervisor delivers, the workers receive).
+# How soon a process that found pool/ empty looks in it again for folders another one put
+# there (`--workers`: the supervisor delivers, the workers receive); one that found some there
+# looks again as soon as it has used them.
 _RELIST_SECONDS = 0.5
 _FILES = sorted([MESSAGE, META])
 
@@ -51,7 +52,7 @@ class FolderPool:
         self._dir = directory
         self._lock = threading.Lock()
         self._free: list[str] = []  # names in pool/ this process saw or put there
-        self._listed = 0.0  # monotonic time of the last listing
+        self._quiet_until = 0.0  # monotonic time before which pool/ is not listed again
         self._kept = 0  # an estimate of len(pool/), for MAX_FREE
 
     def take(self, target: Path) -> bool:
@@ -70,17 +71,19 @@ class FolderPool:
             return True
 
     def _relist(self) -> None:
-        """Look in pool/ again (under the lock), at most every _RELIST_SECONDS: the folders
-        other processes put there or took (`--workers`: the supervisor delivers, the workers
-        receive, so neither one's own count is right for long)."""
-        if time.monotonic() - self._listed < _RELIST_SECONDS:
+        """Look in pool/ again (under the lock): the folders other processes put there or
+        took (`--workers`: the supervisor delivers, the workers receive, so neither one's own
+        count is right for long). Not again within _RELIST_SECONDS of finding it empty (or
+        full, for `give`): one listing per batch of folders, not one per message."""
+        if time.monotonic() < self._quiet_until:
             return
-        self._listed = time.monotonic()
         try:
             self._free = os.listdir(self._dir)
         except FileNotFoundError:
             self._free = []
         self._kept = len(self._free)
+        if not self._free or self._kept >= MAX_FREE:
+            self._quiet_until = time.monotonic() + _RELIST_SECONDS
 
     def _next(self) -> str | None:
         with self._lock:
