@@ -86,7 +86,7 @@ class SpoolWriter:
         self._make_dir()
         try:
             if self._reused:  # the old bytes go now: this message streams over them
-                fd = open_fd(self._dir / MESSAGE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                fd = open_fd(self._dir / MESSAGE, os.O_WRONLY | os.O_TRUNC)
                 self._file = open(fd, "wb", buffering=_WRITE_BUFFER)  # noqa: SIM115 - kept open
             else:
                 self._file = create_file(self._dir / MESSAGE, buffering=_WRITE_BUFFER)
@@ -222,8 +222,10 @@ class SpoolWriter:
 def _write_file(path: Path, data: bytes | bytearray, reused: bool) -> int:
     """A file holding `data`, not yet fsynced, and its open descriptor: raw descriptor calls,
     no buffered stream. `reused`: the file of an earlier message is overwritten in place and
-    cut to length (its blocks are reused, and no inode is made)."""
-    flags = os.O_WRONLY | os.O_CREAT | (0 if reused else os.O_EXCL)
+    cut to length (its blocks are reused, and no inode is made). Never created then: the
+    folder's entries are not fsynced again, so a file missing from it is an error (451), not
+    a new entry that might not outlive a crash."""
+    flags = os.O_WRONLY if reused else os.O_WRONLY | os.O_CREAT | os.O_EXCL
     fd = open_fd(path, flags)
     try:
         view = memoryview(data)

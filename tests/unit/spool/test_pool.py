@@ -15,7 +15,7 @@ import pytest
 
 from inbound.core.ids import MessageIdGenerator
 from inbound.spool import pool
-from inbound.spool.store import DispatchState, Spool, StepRecord
+from inbound.spool.store import DispatchState, Spool, SpoolWriteError, StepRecord
 from tests.unit.spool.test_store import entries, make_meta
 
 IDS = MessageIdGenerator()
@@ -135,19 +135,23 @@ def test_reused_folders_lose_nothing_and_deliver_nothing_twice_when_killed(
     finishing: set[str] = set()  # a delivery under way when killed: gone or not, either is right
     root = Path(__file__).resolve().parents[3]
     for round_number in range(4):
-        child = subprocess.Popen(
+        with subprocess.Popen(
             [sys.executable, "-c", CHILD, str(tmp_path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             cwd=root,
-        )
-        assert child.stdout is not None
-        first = child.stdout.readline()
-        kill_delay = 0.05 + secrets.randbelow(100_000) / 1_000_000
-        time.sleep(kill_delay)
-        child.send_signal(signal.SIGKILL)
-        rest, errors = child.communicate(timeout=30)
+        ) as child:
+            assert child.stdout is not None
+            assert child.stderr is not None
+            first = child.stdout.readline()
+            kill_delay = 0.05 + secrets.randbelow(100_000) / 1_000_000
+            time.sleep(kill_delay)
+            child.send_signal(signal.SIGKILL)
+            # Read through the same buffered stream as `first`: `communicate` would read the
+            # pipe itself and miss the lines `readline` had already buffered.
+            rest, errors = child.stdout.read(), child.stderr.read()
+            child.wait(timeout=30)
         assert first, f"round {round_number}: the child died before committing: {errors}"
         assert child.returncode == -signal.SIGKILL, errors
         for line in [first.rstrip("\n"), *rest.split("\n")[:-1]]:
@@ -187,3 +191,16 @@ def test_the_pool_keeps_a_bounded_number_of_small_folders(
     assert spool.finish_many([big, *small]) == [None] * 4
     assert len(entries(tmp_path / "pool")) == 2, "the big one and one past MAX_FREE deleted"
     assert entries(tmp_path / "tmp") == []
+
+
+def test_a_pooled_folder_missing_a_file_fails_that_message_only(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.finish_many([commit(spool, b"Subject: a\r\n\r\nx\r\n")])
+    (folder,) = (tmp_path / "pool").iterdir()
+    (folder / "meta.json").unlink()  # not made again: its entry would not be fsynced
+    with pytest.raises(SpoolWriteError):
+        commit(spool, b"Subject: b\r\n\r\ny\r\n")
+    assert entries(tmp_path / "tmp") == []
+    assert spool.queued() == []
+    third = commit(spool, b"Subject: c\r\n\r\nz\r\n")  # a new folder, as before the pool
+    assert stored(spool, third) == b"Subject: c\r\n\r\nz\r\n"
