@@ -11,6 +11,8 @@ Layout under ROOT (IDs are `inbound.core.ids` message IDs, so names sort by rece
     ROOT/dead/ID/...             dead-lettered messages, same files plus the reason in state.json
     ROOT/rules/DIGEST.txt        the rule-set text a message was received with, by its SHA-256
     ROOT/due/TIME.ID             empty: a deferred message is due at TIME (inbound.spool.due)
+    ROOT/pool/NAME/              a delivered message's folder, to be written over by the next
+                                 message received (inbound.spool.pool): no inode per message
 
 A directory only ever appears in queue/ by `rename(2)` of one whose files were fsynced, so every
 message there is complete. This module speaks no SMTP and runs no actions; it is the one place
@@ -40,6 +42,7 @@ from inbound.core.ports import SpoolWriteError as SpoolWriteError  # noqa: PLC04
 from inbound.datadir import create_file, fsync_dir, make_dirs
 from inbound.message.source import FileSource
 from inbound.spool.due import DueIndex
+from inbound.spool.pool import FolderPool
 from inbound.spool.retry import DispatchState as DispatchState  # noqa: PLC0414 - re-export
 from inbound.spool.retry import SpoolMeta as SpoolMeta  # noqa: PLC0414 - re-export
 from inbound.spool.retry import StepRecord as StepRecord  # noqa: PLC0414 - re-export
@@ -94,6 +97,7 @@ class Spool:
         except OSError as exc:
             raise SpoolError(f"cannot create the spool in {root}: {exc}") from exc
         self._due = DueIndex(root / "due")  # made by the first deferral
+        self._pool = FolderPool(root / "pool")  # made by the first delivery
 
     def recover(self) -> int:
         """Remove unacknowledged messages (tmp/) and half-saved state; call once at start-up."""
@@ -113,6 +117,11 @@ class Spool:
     def open_writer(self, message_id: str, *, memory: int = 0) -> SpoolWriter:
         """A writer into tmp/ID; `memory`: bytes kept in memory until the seal (`SpoolWriter`)."""
         return SpoolWriter(self._tmp / _check_id(message_id), self, memory=memory)
+
+    def take_folder(self, target: Path) -> bool:
+        """For a `SpoolWriter`: a delivered message's folder moved to `target` (tmp/ID) to be
+        written over, or False (none free: the writer makes one)."""
+        return self._pool.take(target)
 
     def save_rules(self, text: str) -> str:
         data = text.encode("utf-8")
@@ -228,14 +237,18 @@ class Spool:
             raise SpoolWriteError(f"cannot move {source} to {target}: {exc.strerror}") from exc
 
     def finish(self, message_id: str) -> None:
-        """Delivered: remove the message (from queue/, or from dead/ when an operator purges)."""
-        error = self.finish_many([message_id])[0]
+        """Remove the message (from queue/, or from dead/ when an operator purges): its files
+        are deleted, not kept for reuse (`inbound spool delete` means gone)."""
+        error = self.finish_many([message_id], reuse=False)[0]
         if error is not None:
             raise error
 
-    def finish_many(self, message_ids: Sequence[str]) -> list[SpoolError | None]:
-        """`finish` for several messages, with one fsync of each folder they leave (the
-        dispatcher's group commit); one error (or None) per message, in order."""
+    def finish_many(
+        self, message_ids: Sequence[str], *, reuse: bool = True
+    ) -> list[SpoolError | None]:
+        """Delivered: `finish` for several messages, with one fsync of each folder they leave
+        (the dispatcher's group commit); one error (or None) per message, in order. `reuse`:
+        each folder goes to pool/ for the next message to be written over (`FolderPool`)."""
         errors: list[SpoolError | None] = []
         left: dict[Path, list[int]] = {}  # folder -> the messages that left it
         gone: list[Path] = []
@@ -271,7 +284,11 @@ class Spool:
                         f"message {message_ids[i]}: cannot finish: {exc.strerror}"
                     )
         for moved in gone:
-            _remove(moved)
+            # Into the pool only now, once leaving queue/ is durable: its files are written
+            # over in place, and overwritten blocks may reach the disk before the journal
+            # does; a crash must never find them back in queue/ half another message's.
+            if not (reuse and self._pool.give(moved)):
+                _remove(moved)
             self.forget_due(moved.name)
         return errors
 

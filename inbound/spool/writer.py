@@ -2,7 +2,9 @@
 
 This module owns the files of one message while it is received and sealed: message.eml, its
 bytes exactly as received, and meta.json, its envelope and verdicts; `inbound.spool.store`
-owns the rest of the layout, and queues what a writer sealed (`Spool.publish`).
+owns the rest of the layout, and queues what a writer sealed (`Spool.publish`). tmp/ID is a
+delivered message's folder when the pool has one (`inbound.spool.pool`): its two files are then
+written over and cut to length, so receiving a message makes no inode.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class SpoolWriter:
         self._snapshot: bytes | None = None  # the buffer as bytes, while no write changes it
         self._file: BinaryIO | None = None
         self._made = False  # tmp/ID is ours: delete it on abort
+        self._reused = False  # tmp/ID came from the pool, with an earlier message's files
         self._unsynced: list[int] = []  # descriptors of files written out, not yet fsynced
         self._closed = False
         # Set once sealing starts: from then on the message is the committer's, and an abort
@@ -64,6 +67,11 @@ class SpoolWriter:
         return self._dir
 
     def _make_dir(self) -> None:
+        if self._spool.take_folder(self._dir):
+            # A delivered message's folder (`inbound.spool.pool`): its two files are
+            # overwritten, and no inode is made (nor freed later).
+            self._made = self._reused = True
+            return
         try:
             make_dir(self._dir)
         except FileExistsError as exc:  # tmp/ID is another writer's: leave it alone
@@ -77,7 +85,11 @@ class SpoolWriter:
     def _create(self) -> None:
         self._make_dir()
         try:
-            self._file = create_file(self._dir / MESSAGE, buffering=_WRITE_BUFFER)
+            if self._reused:  # the old bytes go now: this message streams over them
+                fd = open_fd(self._dir / MESSAGE, os.O_WRONLY | os.O_TRUNC)
+                self._file = open(fd, "wb", buffering=_WRITE_BUFFER)  # noqa: SIM115 - kept open
+            else:
+                self._file = create_file(self._dir / MESSAGE, buffering=_WRITE_BUFFER)
         except OSError as exc:
             self._fail(exc, "cannot create")
 
@@ -173,7 +185,7 @@ class SpoolWriter:
             buffer, self._buffer, self._snapshot = self._snapshot or self._buffer, None, None
             if buffer is not None:  # nothing on disk yet: the directory, then the bytes at once
                 self._make_dir()
-                self._unsynced.append(_write_file(self._dir / MESSAGE, buffer))
+                self._unsynced.append(_write_file(self._dir / MESSAGE, buffer, self._reused))
             else:
                 f = self._file
                 assert f is not None
@@ -182,7 +194,7 @@ class SpoolWriter:
                 self._file = None
                 f.close()
             data = json.dumps(meta.to_json(), indent=2).encode()
-            self._unsynced.append(_write_file(self._dir / META, data))
+            self._unsynced.append(_write_file(self._dir / META, data, self._reused))
         except OSError as exc:
             self._fail(exc, "cannot seal")
 
@@ -194,7 +206,8 @@ class SpoolWriter:
                 os.fsync(fd)
                 self._unsynced.pop()
                 os.close(fd)
-            fsync_dir(self._dir)
+            if not self._reused:  # a reused folder's entries did not change
+                fsync_dir(self._dir)
         except OSError as exc:
             self._fail(exc, "cannot seal")
 
@@ -206,14 +219,20 @@ class SpoolWriter:
             raise error
 
 
-def _write_file(path: Path, data: bytes | bytearray) -> int:
-    """A new file holding `data`, not yet fsynced, and its open descriptor: raw descriptor
-    calls, no buffered stream."""
-    fd = open_fd(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+def _write_file(path: Path, data: bytes | bytearray, reused: bool) -> int:
+    """A file holding `data`, not yet fsynced, and its open descriptor: raw descriptor calls,
+    no buffered stream. `reused`: the file of an earlier message is overwritten in place and
+    cut to length (its blocks are reused, and no inode is made). Never created then: the
+    folder's entries are not fsynced again, so a file missing from it is an error (451), not
+    a new entry that might not outlive a crash."""
+    flags = os.O_WRONLY if reused else os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    fd = open_fd(path, flags)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
+        if reused:
+            os.ftruncate(fd, len(data))
     except BaseException:
         os.close(fd)
         raise
