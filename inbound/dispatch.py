@@ -22,7 +22,7 @@ from inbound.core.errors import ActionError, PermanentActionError
 from inbound.core.message import MessageFacts
 from inbound.core.ports import MessageSource, SpoolPort
 from inbound.core.services import Services
-from inbound.core.steps import StepKey
+from inbound.core.steps import StepKey, StepRecord
 from inbound.core.verdicts import DmarcPolicy
 from inbound.message.headers import ReceivedFacts, prepend_headers
 from inbound.message.read import need_for, read_facts, read_with_head
@@ -71,10 +71,11 @@ class Dispatcher:
         self.sns_oversize = sns_oversize
         self.clock = clock
         self._loads: Batcher[str, Loaded] = Batcher("dispatch-load", self._load_many)
-        # States saved before an action runs (a success earlier in the message must not be
-        # repeated), for every message running: one thread, one hop per batch.
-        self._states: Batcher[tuple[str, DispatchState], None] = Batcher(
-            "dispatch-state", self._save_many
+        # Successes recorded before the next action runs (a success earlier in the message
+        # must not be repeated), for every message running: one thread, one hop, one journal
+        # write and one fdatasync per batch.
+        self._steps: Batcher[tuple[str, list[tuple[str, StepRecord]]], None] = Batcher(
+            "dispatch-steps", self._record_many
         )
 
     def load(self, message_id: str) -> Loaded:
@@ -94,19 +95,15 @@ class Dispatcher:
                 loaded.append(exc)
         return loaded
 
-    def _save_many(self, saves: Sequence[tuple[str, DispatchState]]) -> list[Exception | None]:
-        errors: list[Exception | None] = []
-        for message_id, state in saves:
-            try:
-                self.spool.save_state(message_id, state)
-            except Exception as exc:  # that message's attempt fails, and no other
-                errors.append(exc)
-            else:
-                errors.append(None)
-        return errors
+    def _record_many(
+        self, batch: Sequence[tuple[str, list[tuple[str, StepRecord]]]]
+    ) -> list[Exception | None]:
+        # One write for the whole batch: if it fails, every message's attempt fails.
+        self.spool.record_steps([(m, key, record) for m, steps in batch for key, record in steps])
+        return [None] * len(batch)
 
-    async def _save(self, message_id: str, state: DispatchState) -> None:
-        await self._states.submit((message_id, state))
+    async def _record(self, message_id: str, steps: list[tuple[str, StepRecord]]) -> None:
+        await self._steps.submit((message_id, steps))
 
     async def process(self, message_id: str) -> Outcome:
         """Run what is left of one message; say how it went (a `RunMessage`)."""
@@ -137,7 +134,7 @@ class Dispatcher:
             sns_oversize=self.sns_oversize,
             dmarc_published=_policy(meta.auth.dmarc_policy),
         )
-        ledger = SpoolLedger(self.spool, message_id, state, save=self._save)
+        ledger = SpoolLedger(self.spool, message_id, state, record=self._record)
         result = await run_message(
             walk, subject, self.services, ledger, _ActionLog(message_id, self.metrics)
         )

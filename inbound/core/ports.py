@@ -12,10 +12,12 @@ spool's operations raise the `SpoolError` family below, never `OSError`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, BinaryIO, Protocol, TypeVar
 
 from inbound.core.errors import InboundError
+from inbound.core.steps import StepRecord
 
 # The longest header block `MessageSource.head` reads (the session refuses longer ones).
 MAX_HEAD_BYTES = 1024 * 1024
@@ -137,6 +139,11 @@ class SpoolPort(Protocol[Meta, State]):
     def state(self, message_id: str) -> State: ...
 
     def save_state(self, message_id: str, state: State) -> None: ...
+
+    def record_steps(self, steps: Sequence[tuple[str, str, StepRecord]]) -> None:
+        """Make succeeded steps (message ID, step key, record) durable together, so a retry
+        never repeats them; `state` includes them from then on. `SpoolWriteError`: none is."""
+        ...
 
     def finish(self, message_id: str) -> None:
         """Delivered (or purged): the message is gone."""

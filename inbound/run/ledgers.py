@@ -5,8 +5,9 @@ All three implement `inbound.core.steps.Ledger` (get, put, flush of `StepRecord`
 version is read as it was meant: a restart after an upgrade repeats no succeeded action.
 
 - `SpoolLedger` (`inbound serve`): the message's `DispatchState` in the spool, every record
-  (failed ones too, with their attempts); `flush` saves it when a success is not on disk yet
-  (through `save`, which the dispatcher batches with other messages' saves).
+  (failed ones too, with their attempts, saved when the message is deferred); `flush` appends
+  the successes not on disk yet to the spool's step journal (through `record`, which the
+  dispatcher batches with other messages' successes: one write and one fdatasync per batch).
 - `S3Ledger` (the SES Lambda handler, `ses consume`): `{"messageId", "steps": {KEY: result}}`
   in the bucket the message came from; only successes are kept.
 - `MemoryLedger` (tests, and anything that needs no durability).
@@ -45,7 +46,8 @@ class MemoryLedger:
 
 
 class SpoolLedger:
-    """The steps of one spooled message, in its `DispatchState` (keys "RULE:ACTION")."""
+    """The steps of one spooled message (keys "RULE:ACTION"): its `DispatchState`, and the
+    spool's step journal for the successes not yet in a state file."""
 
     def __init__(
         self,
@@ -53,32 +55,42 @@ class SpoolLedger:
         message_id: str,
         state: DispatchState,
         *,
-        save: Callable[[str, DispatchState], Awaitable[None]] | None = None,
+        record: Callable[[str, list[tuple[str, StepRecord]]], Awaitable[None]] | None = None,
     ) -> None:
         self.spool = spool
         self.message_id = message_id
         self.state = state
-        # Saves the state durably, returning once it is on disk; default: a thread of its own.
-        self._save = save
-        # A success not on disk yet: saved before the next action runs, so a retry never
-        # repeats it; after the last action the message is finished instead (a crash in
-        # between repeats that action: at least once, SPEC section 7).
-        self._unsaved = False
+        # Makes successes durable (the spool's journal), returning once they are; default: a
+        # thread of its own. The dispatcher batches them with other messages' successes.
+        self._record = record
+        # Successes not on disk yet: recorded before the next action runs, so a retry never
+        # repeats one; after the last action the message is finished instead (a crash in
+        # between repeats that action: at least once, SPEC section 7). Failures are saved
+        # with the deferral (the scheduler writes the whole state then).
+        self._unsaved: list[tuple[str, StepRecord]] = []
 
     def get(self, key: StepKey) -> StepRecord | None:
         return self.state.steps.get(str(key))
 
     def put(self, key: StepKey, record: StepRecord) -> None:
-        self.state.steps[str(key)] = record
-        self._unsaved = self._unsaved or record.succeeded
+        text = str(key)
+        self.state.steps[text] = record
+        if record.succeeded:
+            self._unsaved.append((text, record))
 
     async def flush(self) -> None:
-        if self._unsaved:
-            if self._save is not None:
-                await self._save(self.message_id, self.state)
+        if not self._unsaved:
+            return
+        unsaved, self._unsaved = self._unsaved, []
+        try:
+            if self._record is not None:
+                await self._record(self.message_id, unsaved)
             else:
-                await asyncio.to_thread(self.spool.save_state, self.message_id, self.state)
-            self._unsaved = False
+                steps = [(self.message_id, key, record) for key, record in unsaved]
+                await asyncio.to_thread(self.spool.record_steps, steps)
+        except BaseException:
+            self._unsaved = unsaved + self._unsaved
+            raise
 
 
 class S3Ledger:

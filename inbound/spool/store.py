@@ -13,6 +13,8 @@ Layout under ROOT (IDs are `inbound.core.ids` message IDs, so names sort by rece
     ROOT/due/TIME.ID             empty: a deferred message is due at TIME (inbound.spool.due)
     ROOT/pool/NAME/              a delivered message's folder, to be written over by the next
                                  message received (inbound.spool.pool): no inode per message
+    ROOT/steps.journal           the dispatch steps that succeeded (inbound.spool.journal);
+                                 state.json holds them too once it is written
 
 A directory only ever appears in queue/ by `rename(2)` of one whose files were fsynced, so every
 message there is complete. This module speaks no SMTP and runs no actions; it is the one place
@@ -42,6 +44,7 @@ from inbound.core.ports import SpoolWriteError as SpoolWriteError  # noqa: PLC04
 from inbound.datadir import create_file, fsync_dir, make_dirs
 from inbound.message.source import FileSource
 from inbound.spool.due import DueIndex
+from inbound.spool.journal import StepJournal
 from inbound.spool.pool import FolderPool
 from inbound.spool.retry import DispatchState as DispatchState  # noqa: PLC0414 - re-export
 from inbound.spool.retry import SpoolMeta as SpoolMeta  # noqa: PLC0414 - re-export
@@ -98,6 +101,7 @@ class Spool:
             raise SpoolError(f"cannot create the spool in {root}: {exc}") from exc
         self._due = DueIndex(root / "due")  # made by the first deferral
         self._pool = FolderPool(root / "pool")  # made by the first delivery
+        self._journal = StepJournal(root)
 
     def recover(self) -> int:
         """Remove unacknowledged messages (tmp/) and half-saved state; call once at start-up."""
@@ -110,6 +114,10 @@ class Spool:
                     entry.unlink()
             for stale in (*self._queue.glob("*/.*.tmp"), *self._dead.glob("*/.*.tmp")):
                 stale.unlink(missing_ok=True)
+            # This process dispatches: it owns the step journal (the finished messages'
+            # records and a torn tail are dropped).
+            kept = {p.name for parent in (self._queue, self._dead) for p in parent.iterdir()}
+            self._journal.open(kept.__contains__)
         except OSError as exc:
             raise SpoolError(f"cannot recover the spool in {self.root}: {exc}") from exc
         return len(removed)
@@ -189,11 +197,24 @@ class Spool:
         return FileSource(self._home(message_id) / _MESSAGE)
 
     def state(self, message_id: str) -> DispatchState:
+        """state.json (none: never deferred) with the journal's successes, which are final."""
         data = self._read_json(message_id, _STATE)
         try:
-            return DispatchState() if data is None else DispatchState.from_json(data)
+            state = DispatchState() if data is None else DispatchState.from_json(data)
+            state.steps.update(self._journal.records(message_id))
         except (KeyError, TypeError, ValueError) as exc:
             raise SpoolError(f"message {message_id}: bad {_STATE}: {exc!r}") from exc
+        except OSError as exc:
+            raise SpoolError(f"message {message_id}: cannot read the step journal: {exc}") from exc
+        return state
+
+    def record_steps(self, steps: Sequence[tuple[str, str, StepRecord]]) -> None:
+        """Make succeeded steps (message ID, step key, record) durable in the step journal,
+        all at once; `SpoolWriteError`: none of them is."""
+        try:
+            self._journal.append(steps)
+        except OSError as exc:
+            raise SpoolWriteError(f"cannot record dispatch steps: {exc}") from exc
 
     def save_state(self, message_id: str, state: DispatchState) -> None:
         home = self._home(message_id)
@@ -290,6 +311,7 @@ class Spool:
             if not (reuse and self._pool.give(moved)):
                 _remove(moved)
             self.forget_due(moved.name)
+        self._journal.forget(moved.name for moved in gone)
         return errors
 
     def dead_letter(self, message_id: str, reason: str) -> None:

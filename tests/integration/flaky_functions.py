@@ -79,3 +79,9 @@ def wait_for_flag(event: dict[str, Any], context: object) -> dict[str, str]:
     while not (_directory() / SUCCEED_FLAG).exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     return {"disposition": "CONTINUE"}
+
+
+def count_and_continue(event: dict[str, Any], context: object) -> dict[str, str]:
+    """Count the call and continue: an action whose repeats a test can see."""
+    _record("count_and_continue", event)
+    return {"disposition": "CONTINUE"}

@@ -20,7 +20,7 @@ from inbound.dispatch import Dispatcher
 from inbound.observe.metrics import DispatchMetrics
 from inbound.rules.book import RuleBook
 from inbound.schedule import Scheduler
-from inbound.spool.store import Spool, SpoolMeta
+from inbound.spool.store import DispatchState, Spool, SpoolMeta
 from inbound.targets import files
 from inbound.targets.local import LocalTargets
 
@@ -115,3 +115,49 @@ def test_messages_due_together_are_stored_and_removed_with_few_syncs(
     # once (or each file, in a batch too small for syncfs), their folder once and queue/ once.
     total = sum(syncs.values())
     assert total <= 2 * MESSAGES, syncs
+
+
+TWO_ACTIONS = RULES + "      - {type: s3, bucket: mail, prefix: copy/}\n"
+
+
+def test_messages_whose_actions_all_succeed_write_no_state_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first action's success is recorded in the spool's step journal (batched with the
+    other messages'), not in a state.json rewritten per message (issue 13)."""
+    (tmp_path / "rules.yaml").write_text(TWO_ACTIONS)
+    spool = Spool(tmp_path / "spool")
+    spool.recover()
+    book = RuleBook(tmp_path / "rules.yaml", save_text=spool.save_rules, load_text=spool.load_rules)
+    ids = spool_messages(spool, book.current.digest, MESSAGES)
+    saved: list[str] = []
+    real_save = Spool.save_state
+
+    def save_state(self: Spool, message_id: str, state: DispatchState) -> None:
+        saved.append(message_id)
+        real_save(self, message_id, state)
+
+    monkeypatch.setattr(Spool, "save_state", save_state)
+    metrics = DispatchMetrics()
+    dispatcher = Dispatcher(
+        spool, book, Services.of(LocalTargets(tmp_path / "data")), metrics=metrics
+    )
+    scheduler = Scheduler(spool, dispatcher.process, metrics=metrics, rescan_every=600.0)
+
+    async def test() -> None:
+        scheduler.load_queue()
+        stop = asyncio.Event()
+        task = asyncio.create_task(scheduler.run(stop))
+        deadline = time.monotonic() + DEADLINE
+        while spool.queued():
+            assert time.monotonic() < deadline, "the queue was never emptied"
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.wait_for(task, DEADLINE)
+
+    asyncio.run(asyncio.wait_for(test(), 2 * DEADLINE))
+    for prefix in ("in", "copy"):
+        stored = tmp_path / "data" / "s3" / "mail" / prefix
+        assert sorted(p.name for p in stored.iterdir()) == sorted(ids)
+    assert saved == []
+    assert spool.queued() == []
