@@ -328,8 +328,10 @@ def test_a_reload_that_needs_srs_without_secrets_keeps_the_rules_in_force(
         [failed] = wait_for(lambda: events_of(child, "rules.reload_failed"), "the refused reload")
         # Where the rule needs it, as every error of a rule file is told.
         [error] = failed["errors"]
-        assert "rules.yaml:" in error and "rules[0].actions[0].srs_domain" in error
-        assert "forwards with SRS" in error and "INBOUND_SRS_SECRETS is not set" in error
+        assert "rules.yaml:" in error
+        assert "rules[0].actions[0].srs_domain" in error
+        assert "forwards with SRS" in error
+        assert "INBOUND_SRS_SECRETS is not set" in error
         # The old rules are in force: example.com's catch-all still takes any recipient.
         assert rcpt_replies(child.port, ["anyone@example.com"])[0][:9] == "250 2.1.5"
     finally:
