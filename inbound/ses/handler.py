@@ -63,6 +63,7 @@ import binascii
 import dataclasses
 import logging
 import os
+import re
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -74,13 +75,15 @@ from inbound.core.errors import ActionError, ConfigError, InboundError
 from inbound.core.message import MessageFacts, Reads
 from inbound.core.services import Services
 from inbound.core.steps import StepKey
+from inbound.message.notification import DIGEST_ATTRIBUTE
 from inbound.message.parse import parse_headers, parse_message
 from inbound.message.read import need_for
 from inbound.observe.log import emit, emit_fields
+from inbound.rules.book import digest_of
 from inbound.rules.compiled import CompiledRuleSet
 from inbound.rules.condition_table import CONDITIONS
 from inbound.rules.evaluate import Evaluation, Step, message_keys
-from inbound.rules.load import environment_issues, load_rule_set
+from inbound.rules.load import LoadedRuleSet, environment_issues, load_rule_set, parse_rule_set
 from inbound.run.context import RunSubject
 from inbound.run.ledgers import S3Ledger
 from inbound.run.runner import RunResult, run_message
@@ -150,7 +153,37 @@ def rules_at(path: str) -> CompiledRuleSet:
         cached = _rules.get(path)
     if cached is not None:
         return cached
-    loaded = load_rule_set(Path(path))
+    compiled = _usable(load_rule_set(Path(path)), path)
+    with _lock:
+        _rules[path] = compiled
+    return compiled
+
+
+def rules_by_digest(bucket: str, prefix: str, digest: str) -> CompiledRuleSet:
+    """The rule set a receiver of `inbound serve --spool s3://` stored for the message at
+    PREFIX + rules/DIGEST.yaml (SPEC 7b), read and checked once per process."""
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise SesEventError(f"message attribute {DIGEST_ATTRIBUTE} {digest!r} is not a digest")
+    with _lock:
+        cached = _rules.get(digest)
+    if cached is not None:
+        return cached
+    key = f"{prefix}rules/{digest}.yaml"
+    try:
+        text = _s3().get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+    except Exception as exc:  # botocore's errors: the rule set missing, a denied read, ...
+        raise SesConfigError(f"cannot read the rule set s3://{bucket}/{key}: {exc}") from exc
+    if digest_of(text) != digest:
+        raise SesConfigError(f"s3://{bucket}/{key}: its content does not have that digest")
+    where = f"s3://{bucket}/{key}"
+    compiled = _usable(parse_rule_set(text, where), where)
+    with _lock:
+        _rules[digest] = compiled
+    return compiled
+
+
+def _usable(loaded: LoadedRuleSet, path: str) -> CompiledRuleSet:
+    """`loaded` compiled for SES receipts, or the reason it cannot be used for them."""
     if issues := environment_issues(loaded, os.environ):
         raise ConfigError(issues)  # a webhook's secret_env not set in the function's environment
     compiled = CompiledRuleSet.build(loaded.rule_set)
@@ -165,10 +198,7 @@ def rules_at(path: str) -> CompiledRuleSet:
             f"cannot be evaluated: {'; '.join(unusable)}"
         )
     # SES applied its own IP filters when it accepted the connection.
-    compiled = dataclasses.replace(compiled, filters=())
-    with _lock:
-        _rules[path] = compiled
-    return compiled
+    return dataclasses.replace(compiled, filters=())
 
 
 def _used_keys(rule: Any) -> set[str]:
@@ -251,10 +281,7 @@ def lambda_handler(event: object, context: object) -> dict[str, str]:
         emit(log, "ses.setup_notification_ignored")
         return dict(CONTINUE)
     env = os.environ
-    path = env.get("INBOUND_RULES")
-    if not path:
-        raise SesConfigError("INBOUND_RULES is not set: the path of the YAML rule set")
-    rules = rules_at(path)
+    rules = _rules_for(event, found, env)
     raw, bucket = raw_message(found, env)
     prefix = env.get("INBOUND_SES_STATE_PREFIX", DEFAULT_STATE_PREFIX)
     s3 = _s3() if bucket is not None else None
@@ -267,6 +294,29 @@ def lambda_handler(event: object, context: object) -> dict[str, str]:
         run.stop in ("Stop", "STOP_RULE_SET") for run in plan.rules
     )
     return dict(STOP_RULE_SET if stopped else CONTINUE)
+
+
+def _rules_for(event: object, found: Receipt, env: Mapping[str, str]) -> CompiledRuleSet:
+    """The rule set the message names (a receiver of `--spool s3://` sets the digest as a
+    message attribute), else the one at `INBOUND_RULES`."""
+    digest = _digest_attribute(event)
+    action = found.action
+    if digest is not None and action.get("type") == "S3" and action.get("bucketName"):
+        prefix = str(action.get("objectKeyPrefix") or "")
+        return rules_by_digest(str(action["bucketName"]), prefix, digest)
+    path = env.get("INBOUND_RULES")
+    if not path:
+        raise SesConfigError("INBOUND_RULES is not set: the path of the YAML rule set")
+    return rules_at(path)
+
+
+def _digest_attribute(event: object) -> str | None:
+    """`Records[0].Sns.MessageAttributes[DIGEST_ATTRIBUTE].Value`, if the event has one."""
+    try:
+        value = event["Records"][0]["Sns"]["MessageAttributes"][DIGEST_ATTRIBUTE]["Value"]  # type: ignore[index]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _facts(rules: CompiledRuleSet, envelope: Envelope, raw: bytes) -> MessageFacts:
