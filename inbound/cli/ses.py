@@ -104,6 +104,12 @@ def add_parser(commands: Any) -> None:
         "s3://` names its own, read from S3 by digest",
     )
     consume.add_argument(
+        "--named-rules-only",
+        action="store_true",
+        help="no --rules: run only notifications that name their rule set (inbound serve "
+        "--spool s3://); any other fails and is left to the queue's redrive policy",
+    )
+    consume.add_argument(
         "--concurrency",
         type=int,
         default=1,
@@ -255,8 +261,11 @@ def run_consume(args: argparse.Namespace) -> int:
     if not 1 <= args.concurrency <= MAX_CONCURRENCY:
         raise InputError(f"--concurrency {args.concurrency}: expected 1 to {MAX_CONCURRENCY}")
     path = args.rules or os.environ.get("INBOUND_RULES")
-    # Without a rule set only notifications that name theirs (by digest, SPEC 7b) can run;
-    # the others fail (and the queue's redrive policy decides).
+    if not path and not args.named_rules_only:
+        raise InputError(
+            "no rule set: pass --rules PATH or set INBOUND_RULES (or --named-rules-only for "
+            "the notifications of inbound serve --spool s3://)"
+        )
     if path:
         # The handler reads INBOUND_RULES, as in the Lambda; check the rules before polling.
         os.environ["INBOUND_RULES"] = path
