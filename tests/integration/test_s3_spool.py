@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import smtplib
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import pytest
 
 from inbound.message.notification import DIGEST_ATTRIBUTE
 from inbound.ses.consume import Consumer
-from tests.integration.receiver import Child, start_child, wait_for
+from tests.integration.receiver import ROOT, Child, start_child, wait_for
 from tests.integration.test_aws_receive import Gate
 from tests.integration.test_ses_consume import queue, receive, sqs
 from tests.integration.test_ses_handler import bucket, get, keys, s3, unique
@@ -98,10 +100,10 @@ def serve(tmp_path: Path, rules: str, spool: str, queue_url: str, **env: str) ->
 
 
 @pytest.fixture
-def setup(aws: str, tmp_path: Path) -> Iterator[dict[str, str]]:
+def setup(aws: str) -> dict[str, str]:
     spool, out = bucket(), bucket(versioned=True)
     topic, topic_queue = topic_with_queue()
-    yield {
+    return {
         "spool": spool,
         "out": out,
         "topic": topic,
@@ -176,7 +178,9 @@ def test_s3_or_sqs_unreachable_is_451_and_mail_flows_when_it_is_back(
     gate = Gate(int(moto.rpartition(":")[2]))
     endpoint = f"http://127.0.0.1:{gate.port}"
     # Everything through the gate, or S3 straight to moto and SQS through the gate.
-    env = {"AWS_ENDPOINT_URL": endpoint} if service == "both" else {"AWS_ENDPOINT_URL_SQS": endpoint}
+    env = (
+        {"AWS_ENDPOINT_URL": endpoint} if service == "both" else {"AWS_ENDPOINT_URL_SQS": endpoint}
+    )
     child = serve(tmp_path, s["rules"], f"s3://{s['spool']}/in/", s["queue"], **env)
     try:
         code, text = send(child.port)
@@ -194,9 +198,7 @@ def test_s3_or_sqs_unreachable_is_451_and_mail_flows_when_it_is_back(
     assert json.loads(notice["Body"])["mail"]["messageId"] == message_id
 
 
-def test_a_slow_s3_gets_451_within_the_data_timeout(
-    setup: dict[str, str], tmp_path: Path
-) -> None:
+def test_a_slow_s3_gets_451_within_the_data_timeout(setup: dict[str, str], tmp_path: Path) -> None:
     """A endpoint that accepts connections and never answers: the session is not held."""
     import socket  # noqa: PLC0415
 
@@ -316,3 +318,105 @@ rules:
     assert _SlowHook.most >= 3, _SlowHook.most  # one at a time would be 1
     assert took < 3.5, took  # four one-second webhooks, one after another: 4 s at least
     assert count(s["queue"]) == 0
+
+
+def test_workers_store_through_s3_too(setup: dict[str, str], tmp_path: Path) -> None:
+    s = setup
+    (tmp_path / "rules.yaml").write_text(s["rules"])
+    child = start_child(
+        tmp_path, "--spool", f"s3://{s['spool']}/in/", "--queue", s["queue"], "--workers", "2"
+    )
+    try:
+        ids = {queued_id(send(child.port)[1]) for _ in range(4)}
+    finally:
+        child.kill()
+    assert {f"in/{i}" for i in ids} <= set(keys(s["spool"], "in/"))
+    noticed = {json.loads(m["Body"])["mail"]["messageId"] for m in drain(s["queue"])}
+    assert noticed == ids
+
+
+# -- the cluster: three receivers, two consumers, one of each killed mid-run -------------------
+
+CLUSTER_MESSAGES = 200
+SENDERS = 10
+
+
+def start_consumer(tmp_path: Path, queue_url: str, name: str) -> subprocess.Popen[bytes]:
+    log = (tmp_path / f"{name}-{time.monotonic_ns()}.log").open("wb")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = ["--queue", queue_url, "--named-rules-only", "--wait", "1", "--visibility", "30"]
+    command = [sys.executable, "-m", "inbound", "ses", "consume", *args, "--concurrency", "3"]
+    with log:  # the child has its own descriptor
+        return subprocess.Popen(command, stdout=log, stderr=log, env=env)
+
+
+@pytest.mark.timeout(400)
+def test_a_cluster_survives_a_receiver_and_a_consumer_killed(
+    setup: dict[str, str], tmp_path: Path
+) -> None:
+    s = setup
+    spool = f"s3://{s['spool']}/in/"
+
+    def receiver(index: int, port: int = 0) -> Child:
+        home = tmp_path / f"r{index}"
+        home.mkdir(exist_ok=True)
+        (home / "rules.yaml").write_text(s["rules"])
+        return start_child(home, "--spool", spool, "--queue", s["queue"], port=port)
+
+    receivers = [receiver(i) for i in range(3)]
+    consumers = [start_consumer(tmp_path, s["queue"], f"c{i}") for i in range(2)]
+    replies: dict[str, tuple[int, str]] = {}  # token: (code, text); code 0: no reply
+    sent = threading.Semaphore(0)
+
+    def sender(worker: int) -> None:
+        for n in range(worker, CLUSTER_MESSAGES, SENDERS):
+            token = f"m{n:04d}"
+            message = MESSAGE.replace(b"spooled in S3", token.encode())
+            port = receivers[n % 3].port
+            try:
+                replies[token] = send(port, message)
+            except (OSError, smtplib.SMTPException) as exc:
+                replies[token] = (0, type(exc).__name__)
+            sent.release()
+
+    threads = [threading.Thread(target=sender, args=(w,)) for w in range(SENDERS)]
+    try:
+        for thread in threads:
+            thread.start()
+        for _ in range(CLUSTER_MESSAGES // 3):
+            sent.acquire(timeout=60)
+        receivers[0].kill()
+        consumers[0].kill()
+        consumers[0].wait(20)
+        receivers[0] = receiver(0, port=receivers[0].port)
+        consumers[0] = start_consumer(tmp_path, s["queue"], "c0-again")
+        for thread in threads:
+            thread.join(240)
+        wait_for(lambda: count(s["queue"]) == 0, "an empty queue", deadline=240)
+    finally:
+        for child in receivers:
+            child.kill()
+        for process in consumers:
+            process.kill()
+            process.wait(20)
+
+    accepted = {t: queued_id(text) for t, (code, text) in replies.items() if code == 250}
+    refused = {t for t, (code, _) in replies.items() if code not in {0, 250}}
+    assert len(accepted) > CLUSTER_MESSAGES // 2, replies  # receiver 0 is down a while
+    versions = s3().list_object_versions(Bucket=s["out"]).get("Versions", [])
+    kept: dict[str, int] = {}
+    for version in versions:
+        kept[version["Key"]] = kept.get(version["Key"], 0) + 1
+    published: dict[str, int] = {}
+    for message in drain(s["topic_queue"]):
+        notification = json.loads(json.loads(message["Body"])["Message"])
+        message_id = notification["mail"]["messageId"]
+        published[message_id] = published.get(message_id, 0) + 1
+    for message_id in accepted.values():
+        assert kept.get(f"kept/{message_id}") == 1, message_id
+        assert published.get(message_id) == 1, message_id
+    # Nothing else ran but what got no reply at all (a receiver killed in the middle).
+    unreplied = sum(1 for code, _ in replies.values() if code == 0)
+    assert len(kept) - len(accepted) <= unreplied
+    for token in refused:
+        assert not any(token.encode() in get(s["out"], key) for key in kept), token
