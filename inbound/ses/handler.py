@@ -175,8 +175,7 @@ def rules_by_digest(bucket: str, prefix: str, digest: str) -> CompiledRuleSet:
         raise SesConfigError(f"cannot read the rule set s3://{bucket}/{key}: {exc}") from exc
     if digest_of(text) != digest:
         raise SesConfigError(f"s3://{bucket}/{key}: its content does not have that digest")
-    where = f"s3://{bucket}/{key}"
-    compiled = _usable(parse_rule_set(text, where), where)
+    compiled = _usable(parse_rule_set(text, f"s3://{bucket}/{key}"), f"s3://{bucket}/{key}")
     with _lock:
         _rules[digest] = compiled
     return compiled
@@ -297,8 +296,7 @@ def lambda_handler(event: object, context: object) -> dict[str, str]:
 
 
 def _rules_for(event: object, found: Receipt, env: Mapping[str, str]) -> CompiledRuleSet:
-    """The rule set the message names (a receiver of `--spool s3://` sets the digest as a
-    message attribute), else the one at `INBOUND_RULES`."""
+    """The rule set the message names (`serve --spool s3://`'s digest), else INBOUND_RULES's."""
     digest = _digest_attribute(event)
     action = found.action
     if digest is not None and action.get("type") == "S3" and action.get("bucketName"):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 from urllib.parse import urlsplit
 
 from botocore.config import Config
@@ -339,12 +340,14 @@ def _parts(start: bytes, stream: BinaryIO, size: int) -> Iterator[bytearray]:
     """`start` then the rest of `stream`, in parts of `size` bytes (the last one shorter), read
     into one buffer used again for each part: a part's upload is done before the next is read,
     so a message of any size costs one part of memory."""
+    # A file or memory stream (`MessageSource.open`): both read into a buffer.
+    readinto = cast("io.BufferedIOBase", stream).readinto
     buffer = bytearray(size)
     view = memoryview(buffer)
     filled = len(start)
     view[:filled] = start
     while True:
-        while filled < size and (got := stream.readinto(view[filled:])):
+        while filled < size and (got := readinto(view[filled:])):
             filled += got
         if filled < size:
             break
