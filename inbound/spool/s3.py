@@ -49,7 +49,7 @@ from inbound.message.notification import (
 from inbound.message.read import MAX_HEADER_BYTES
 from inbound.message.source import BytesSource, FileSource, header_end
 from inbound.spool.retry import SpoolMeta
-from inbound.targets.aws import aws_session
+from inbound.targets.aws import NO_REGION, aws_session
 
 # S3's smallest part (but the last) is 5 MiB; 8 MiB parts keep a 40 MB message to 5 requests.
 MIN_PART_BYTES = 5 * 1024 * 1024
@@ -163,6 +163,8 @@ class S3Committer:
         # Above the longest header block read before the first part, too.
         self.part_bytes = max(part_bytes, MIN_PART_BYTES)
         session = session if session is not None else aws_session()
+        if session.region_name is None:  # at start, not as a 451 for every message
+            raise InputError(NO_REGION)
         # One attempt more than none, each bounded: a dead endpoint fails well inside the
         # deadline, and the sender retries later (451 4.3.0).
         config = Config(
@@ -208,8 +210,10 @@ class S3Committer:
     async def commit(self, writer: S3Writer, meta: SpoolMeta) -> None:
         if self._pool is None:
             raise SpoolError("the S3 committer is not running")
+        # Taken here, on the session's loop: an abort (the client gone) closes the writer on it.
+        source = writer.source()
         loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(self._pool, self._store, writer, meta)
+        work = loop.run_in_executor(self._pool, self._store, writer, source, meta)
         try:
             await asyncio.wait_for(asyncio.shield(work), self.timeout)
         except TimeoutError:
@@ -230,10 +234,9 @@ class S3Committer:
 
     # -- one commit, in a thread ---------------------------------------------------------------
 
-    def _store(self, writer: S3Writer, meta: SpoolMeta) -> None:
+    def _store(self, writer: S3Writer, source: MessageSource, meta: SpoolMeta) -> None:
         try:
             self._store_rules(meta.rules_digest)
-            source = writer.source()
             head = self._upload(source, meta)
             if writer.abandoned.is_set():
                 raise SpoolWriteError(f"message {meta.message_id}: abandoned before queueing")

@@ -18,6 +18,7 @@ from typing import Any
 import boto3
 import pytest
 
+from inbound.cli.main import main
 from inbound.message.notification import DIGEST_ATTRIBUTE
 from inbound.ses.consume import Consumer
 from tests.integration.receiver import Child, start_child, wait_for
@@ -330,3 +331,31 @@ def test_workers_store_through_s3_too(setup: dict[str, str], tmp_path: Path) -> 
     assert {f"in/{i}" for i in ids} <= set(keys(s["spool"], "in/"))
     noticed = {json.loads(m["Body"])["mail"]["messageId"] for m in drain(s["queue"])}
     assert noticed == ids
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--spool", "s3://spool/in/"], "needs --queue"),
+        (["--queue", "http://127.0.0.1:1/q"], "--queue goes with --spool"),
+        (["--spool", "/var/spool", "--queue", "http://127.0.0.1:1/q"], "expected s3://"),
+    ],
+)
+def test_spool_flags_are_checked(
+    flags: list[str], said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "rules.yaml").write_text(rules_text("out", "arn:aws:sns:us-east-1:1:t"))
+    args = ["serve", "--rules", str(tmp_path / "rules.yaml"), "--data-dir", str(tmp_path / "d")]
+    assert main([*args, *flags]) == 2
+    assert said in capsys.readouterr().err
+
+
+def test_no_region_is_said_at_start(
+    aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("AWS_REGION")
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    (tmp_path / "rules.yaml").write_text(rules_text("out", "arn:aws:sns:us-east-1:1:t"))
+    args = ["serve", "--rules", str(tmp_path / "rules.yaml"), "--data-dir", str(tmp_path / "d")]
+    assert main([*args, "--spool", "s3://spool/in/", "--queue", "http://127.0.0.1:1/q"]) == 2
+    assert "region" in capsys.readouterr().err
