@@ -51,6 +51,7 @@ from inbound.scan.dns import DnsPythonResolver, Resolver, ZoneResolver
 from inbound.scan.run import Scanners
 from inbound.scan.spamd import SpamdScanner
 from inbound.schedule import Scheduler
+from inbound.ses.rulesets import connection_issues
 from inbound.spool.commit import GroupCommitter
 from inbound.spool.retry import RetryPolicy
 from inbound.spool.s3 import S3Committer, S3Spool, S3Writer
@@ -254,7 +255,10 @@ def rule_book(settings: ServeSettings, spool: Spool | S3Committer) -> RuleBook:
         # What the rules need from the environment (a webhook's secret_env, the SRS secrets of
         # a forward) fails the start (exit 2) or the reload (the old rules stay), not each
         # message.
-        check=lambda loaded: environment_issues(loaded, os.environ),
+        check=lambda loaded: (
+            environment_issues(loaded, os.environ)
+            + (connection_issues(loaded) if settings.s3_spool is not None else [])
+        ),
     )
 
 

@@ -60,10 +60,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import dataclasses
 import logging
 import os
-import re
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -71,19 +69,16 @@ from pathlib import Path
 from typing import Any
 
 from inbound.core.envelope import Connection, Envelope
-from inbound.core.errors import ActionError, ConfigError, InboundError
-from inbound.core.message import MessageFacts, Reads
+from inbound.core.errors import ActionError, InboundError
+from inbound.core.message import MessageFacts
 from inbound.core.services import Services
 from inbound.core.steps import StepKey
 from inbound.message.notification import DIGEST_ATTRIBUTE
 from inbound.message.parse import parse_headers, parse_message
 from inbound.message.read import need_for
 from inbound.observe.log import emit, emit_fields
-from inbound.rules.book import digest_of
 from inbound.rules.compiled import CompiledRuleSet
-from inbound.rules.condition_table import CONDITIONS
 from inbound.rules.evaluate import Evaluation, Step, message_keys
-from inbound.rules.load import LoadedRuleSet, environment_issues, load_rule_set, parse_rule_set
 from inbound.run.context import RunSubject
 from inbound.run.ledgers import S3Ledger
 from inbound.run.runner import RunResult, run_message
@@ -93,29 +88,36 @@ from inbound.ses.event import (
     parse_event,
     verdicts_of,
 )
+from inbound.ses.rulesets import (
+    CONNECTION_KEYS,
+    SesConfigError,
+    SesRuleSetError,
+    clear_rules,
+    rules_at,
+    rules_by_digest,
+)
 from inbound.targets.aws import AwsTargets, SesOutbound, aws_session
 from inbound.targets.http import WebhookHttp
 
 # Re-exported: the handler's callers catch these without knowing where events are parsed.
-__all__ = ["Receipt", "SesEventError", "lambda_handler", "parse_event", "verdicts_of"]
+__all__ = [
+    "CONNECTION_KEYS",
+    "Receipt",
+    "SesEventError",
+    "SesRuleSetError",
+    "lambda_handler",
+    "parse_event",
+    "rules_at",
+    "verdicts_of",
+]
 
 log = logging.getLogger("inbound.ses")
 
 DEFAULT_STATE_PREFIX = "inbound-state/"
 # Connection facts SES does not give: see the module docstring.
 UNKNOWN_CLIENT = Connection.of("0.0.0.0", "unknown", tls=True)  # noqa: S104 - not a bind address
-# The conditions that read the SMTP session (a view of the condition table).
-CONNECTION_KEYS = CONDITIONS.keys_reading(Reads.CONNECTION)
 CONTINUE = {"disposition": "CONTINUE"}
 STOP_RULE_SET = {"disposition": "STOP_RULE_SET"}
-
-
-class SesConfigError(InboundError):
-    """The handler's environment is incomplete (`INBOUND_RULES`, no bucket for the message)."""
-
-
-class SesRuleSetError(InboundError):
-    """The rule set uses conditions that cannot be evaluated against SES receipts."""
 
 
 class SesMessageError(InboundError):
@@ -136,76 +138,14 @@ def _timestamp(body: Mapping[str, object], fallback: datetime) -> datetime:
 # -- the rule set and the clients, once per container -----------------------------------------
 
 _lock = threading.Lock()
-_rules: dict[str, CompiledRuleSet] = {}
 _clients: dict[str, Any] = {}
 
 
 def clear_caches() -> None:
     """Forget the cached rule sets, targets and clients (tests; a new configuration)."""
     with _lock:
-        _rules.clear()
         _clients.clear()
-
-
-def rules_at(path: str) -> CompiledRuleSet:
-    """The rule set at `path`, loaded and checked once per container."""
-    with _lock:
-        cached = _rules.get(path)
-    if cached is not None:
-        return cached
-    compiled = _usable(load_rule_set(Path(path)), path)
-    with _lock:
-        _rules[path] = compiled
-    return compiled
-
-
-def rules_by_digest(bucket: str, prefix: str, digest: str) -> CompiledRuleSet:
-    """The rule set a receiver of `inbound serve --spool s3://` stored for the message at
-    PREFIX + rules/DIGEST.yaml (SPEC 7b), read and checked once per process."""
-    if not re.fullmatch(r"[0-9a-f]{64}", digest):
-        raise SesEventError(f"message attribute {DIGEST_ATTRIBUTE} {digest!r} is not a digest")
-    with _lock:
-        cached = _rules.get(digest)
-    if cached is not None:
-        return cached
-    key = f"{prefix}rules/{digest}.yaml"
-    try:
-        text = _s3().get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
-    except Exception as exc:  # botocore's errors: the rule set missing, a denied read, ...
-        raise SesConfigError(f"cannot read the rule set s3://{bucket}/{key}: {exc}") from exc
-    if digest_of(text) != digest:
-        raise SesConfigError(f"s3://{bucket}/{key}: its content does not have that digest")
-    compiled = _usable(parse_rule_set(text, f"s3://{bucket}/{key}"), f"s3://{bucket}/{key}")
-    with _lock:
-        _rules[digest] = compiled
-    return compiled
-
-
-def _usable(loaded: LoadedRuleSet, path: str) -> CompiledRuleSet:
-    """`loaded` compiled for SES receipts, or the reason it cannot be used for them."""
-    if issues := environment_issues(loaded, os.environ):
-        raise ConfigError(issues)  # a webhook's secret_env not set in the function's environment
-    compiled = CompiledRuleSet.build(loaded.rule_set)
-    unusable = [
-        f"{rule.name} ({', '.join(sorted(keys))})"
-        for rule in compiled.rules
-        if rule.enabled and (keys := _used_keys(rule.model) & CONNECTION_KEYS)
-    ]
-    if unusable:
-        raise SesRuleSetError(
-            f"{path}: SES receipts carry no client IP or TLS facts, so these rules' conditions "
-            f"cannot be evaluated: {'; '.join(unusable)}"
-        )
-    # SES applied its own IP filters when it accepted the connection.
-    return dataclasses.replace(compiled, filters=())
-
-
-def _used_keys(rule: Any) -> set[str]:
-    keys: set[str] = set()
-    for conditions in (rule.when, rule.unless):
-        if conditions is not None:
-            keys.update(conditions.used())
-    return keys
+    clear_rules()
 
 
 def _s3() -> Any:
@@ -301,7 +241,7 @@ def _rules_for(event: object, found: Receipt, env: Mapping[str, str]) -> Compile
     action = found.action
     if digest is not None and action.get("type") == "S3" and action.get("bucketName"):
         prefix = str(action.get("objectKeyPrefix") or "")
-        return rules_by_digest(str(action["bucketName"]), prefix, digest)
+        return rules_by_digest(_s3(), str(action["bucketName"]), prefix, digest)
     path = env.get("INBOUND_RULES")
     if not path:
         raise SesConfigError("INBOUND_RULES is not set: the path of the YAML rule set")

@@ -344,7 +344,7 @@ def test_workers_store_through_s3_too(setup: dict[str, str], tmp_path: Path) -> 
 def test_spool_flags_are_checked(
     flags: list[str], said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "rules.yaml").write_text(rules_text("out", "arn:aws:sns:us-east-1:1:t"))
+    (tmp_path / "rules.yaml").write_text(rules_text("out", "arn:aws:sns:us-east-1:123456789012:t"))
     args = ["serve", "--rules", str(tmp_path / "rules.yaml"), "--data-dir", str(tmp_path / "d")]
     assert main([*args, *flags]) == 2
     assert said in capsys.readouterr().err
@@ -355,7 +355,23 @@ def test_no_region_is_said_at_start(
 ) -> None:
     monkeypatch.delenv("AWS_REGION")
     monkeypatch.delenv("AWS_DEFAULT_REGION")
-    (tmp_path / "rules.yaml").write_text(rules_text("out", "arn:aws:sns:us-east-1:1:t"))
+    (tmp_path / "rules.yaml").write_text(rules_text("out", "arn:aws:sns:us-east-1:123456789012:t"))
     args = ["serve", "--rules", str(tmp_path / "rules.yaml"), "--data-dir", str(tmp_path / "d")]
     assert main([*args, "--spool", "s3://spool/in/", "--queue", "http://127.0.0.1:1/q"]) == 2
     assert "region" in capsys.readouterr().err
+
+
+def test_rules_a_consumer_cannot_evaluate_are_refused_at_start(
+    aws: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    office = "  - name: office\n    when: {client_ip: [198.51.100.0/24]}\n    actions:\n"
+    office += "      - {type: stop}\n"
+    (tmp_path / "rules.yaml").write_text(
+        rules_text("out", "arn:aws:sns:us-east-1:123456789012:t", office)
+    )
+    args = ["serve", "--rules", str(tmp_path / "rules.yaml"), "--data-dir", str(tmp_path / "d")]
+    assert main([*args, "--spool", "s3://spool/in/", "--queue", "http://127.0.0.1:1/q"]) == 2
+    err = capsys.readouterr().err
+    assert "rules.yaml:" in err
+    assert "client_ip" in err
+    assert "receipt filters" in err
