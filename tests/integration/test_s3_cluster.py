@@ -2,7 +2,8 @@
 s3://` and two `inbound ses consume --concurrency 3` processes on loopback, messages over ten
 connections spread across the receivers, one receiver and one consumer SIGKILLed mid-run and
 started again. Every message that got a 250 has its actions done exactly once (S3 object
-versions and SNS notifications counted), no refused one has any, and the queue ends empty."""
+versions and SNS notifications counted) but for those the killed consumer had in hand (the S3
+ledger's at-least-once window), no refused one has any, and the queue ends empty."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ __all__ = ["setup"]  # the fixture, shared
 
 # The issue asks for 1,000 (INBOUND_CLUSTER_MESSAGES=1000); a few hundred keep the suite short.
 CLUSTER_MESSAGES = int(os.environ.get("INBOUND_CLUSTER_MESSAGES", "200"))
+CONCURRENCY = 3
 PATIENCE = 240 + CLUSTER_MESSAGES / 5  # seconds, on two shared cores
 SENDERS = 10
 
@@ -34,7 +36,16 @@ def start_consumer(tmp_path: Path, queue_url: str, name: str) -> subprocess.Pope
     log = (tmp_path / f"{name}-{time.monotonic_ns()}.log").open("wb")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = ["--queue", queue_url, "--named-rules-only", "--wait", "1", "--visibility", "30"]
-    command = [sys.executable, "-m", "inbound", "ses", "consume", *args, "--concurrency", "3"]
+    command = [
+        sys.executable,
+        "-m",
+        "inbound",
+        "ses",
+        "consume",
+        *args,
+        "--concurrency",
+        str(CONCURRENCY),
+    ]
     with log:  # the child has its own descriptor
         return subprocess.Popen(command, stdout=log, stderr=log, env=env)
 
@@ -102,8 +113,13 @@ def test_a_cluster_survives_a_receiver_and_a_consumer_killed(
         message_id = notification["mail"]["messageId"]
         published[message_id] = published.get(message_id, 0) + 1
     for message_id in accepted.values():
-        assert kept.get(f"kept/{message_id}") == 1, message_id
-        assert published.get(message_id) == 1, message_id
+        assert kept.get(f"kept/{message_id}", 0) >= 1, message_id
+        assert published.get(message_id, 0) >= 1, message_id
+    # Exactly once, but for the ledger's one window: a consumer killed after an action
+    # succeeded and before the S3 ledger recorded it runs that action again (at least once,
+    # README). Only the messages the killed consumer had in hand (--concurrency 3) can.
+    repeated = [i for i in accepted.values() if kept[f"kept/{i}"] + published[i] > 2]
+    assert len(repeated) <= CONCURRENCY, repeated
     # Nothing else ran but what got no reply at all (a receiver killed in the middle).
     unreplied = sum(1 for code, _ in replies.values() if code == 0)
     assert len(kept) - len(accepted) <= unreplied
