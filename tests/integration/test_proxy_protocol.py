@@ -24,8 +24,8 @@ import pytest
 from inbound.receive.proxy import V2_SIGNATURE
 from tests.integration.receiver import (
     DEADLINE,
-    RULES,
     ROOT,
+    RULES,
     Child,
     events_of,
     start_child,
