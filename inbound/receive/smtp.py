@@ -225,7 +225,8 @@ class InboundSMTP(SmtpCommands):
     def connection_facts(self) -> Connection:
         """Who the client is, as the policy and the logs see it."""
         helo = self.greeting.helo or "unknown"
-        return Connection(ip_address(self._client_ip), helo, self.greeting.tls)
+        proxy = None if self.proxy_ip is None else ip_address(self.proxy_ip)
+        return Connection(ip_address(self._client_ip), helo, self.greeting.tls, proxy)
 
     def recipient(self, address: str) -> SmtpReply:
         if address.lower() == "postmaster":

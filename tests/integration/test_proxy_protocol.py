@@ -176,6 +176,7 @@ def test_the_proxied_address_is_the_client_in_headers_and_logs(
     assert f"client-ip={client_ip};" in spf
     (line,) = wait_for(lambda: events_of(server, "message.received", message_id), "the log")
     assert line["client_ip"] == client_ip
+    assert line["proxy_ip"] == BALANCER
 
 
 def test_a_receipt_filter_judges_the_proxied_address(server: Child) -> None:
