@@ -176,7 +176,7 @@ def _parse_v1(data: bytes) -> ProxyHeader | None:
     for port in (source_port, destination_port):
         if not _PORT.fullmatch(port) or int(port) > 0xFFFF:
             raise MalformedHeaderError
-    return ProxyHeader(1, client, end + 1)
+    return ProxyHeader(1, _unmapped(client), end + 1)
 
 
 def _v1_address(family: type[Address], text: str) -> Address:
@@ -223,4 +223,12 @@ def _parse_v2(data: bytes) -> ProxyHeader | None:
     else:
         # AF_UNSPEC, or AF_UNIX (a local process has no IP to judge): the spec's fallback.
         return ProxyHeader(2, None, total)
-    return ProxyHeader(2, source, total)
+    return ProxyHeader(2, _unmapped(source), total)
+
+
+def _unmapped(address: Address) -> Address:
+    """An IPv4 client seen by a dual-stack balancer arrives as ::ffff:a.b.c.d (HAProxy on
+    `:::25 v4v6`): it is the IPv4 address that filters, limits and SPF must judge."""
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address

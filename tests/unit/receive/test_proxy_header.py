@@ -54,6 +54,9 @@ V1_TCP4 = b"PROXY TCP4 198.51.100.7 10.0.0.1 40000 25\r\n"
         (v2_tcp4("198.51.100.7"), "198.51.100.7", 2),
         (v2_tcp4("198.51.100.7", tlvs=b"\x05\x00\x02ab"), "198.51.100.7", 2),
         (v2_tcp6("2001:db8::7"), "2001:db8::7", 2),
+        # A dual-stack balancer's IPv4 client: judged as the IPv4 address it is.
+        (b"PROXY TCP6 ::ffff:198.51.100.7 ::1 1 2\r\n", "198.51.100.7", 1),
+        (v2_tcp6("::ffff:198.51.100.7"), "198.51.100.7", 2),
         # LOCAL (a health check) and the families without an IP: the connection's own address.
         (v2(0, 0x00, b""), None, 2),
         (v2(0, 0x11, bytes(12)), None, 2),
