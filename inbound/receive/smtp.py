@@ -152,8 +152,9 @@ class InboundSMTP(SmtpCommands):
 
     def _refuse_proxy(self, reason: str) -> None:
         """A trusted peer without a valid header is no SMTP client and no balancer we know:
-        closed with no reply (the spec, section 2.1: "abort the connection"), as Postfix's
-        smtpd and postscreen do with `smtpd_upstream_proxy_protocol = haproxy`."""
+        closed with no reply (the spec, section 2.1: "abort the connection"). Postfix's smtpd
+        with `smtpd_upstream_proxy_protocol = haproxy` hangs up too: without the address "we
+        can't maintain an audit trail or enforce access control" (smtpd_peer.c)."""
         emit(log, "proxy.refused", level=logging.WARNING, reason=reason, proxy_ip=self._client_ip)
         self._header = None
         self.close()
