@@ -1,6 +1,7 @@
 """One SMTP session: inbound's own engine (engine.py, commands.py) with inbound's decisions.
 
-What this module adds: refusals before the greeting (receipt filters, connection limits),
+What this module adds: behind `--proxy-protocol`, the client's address from the balancer's
+PROXY header (proxy.py); refusals before the greeting (receipt filters, connection limits),
 per-RCPT decisions and the recipient limit through a `SessionPolicy`, DATA streamed to the
 policy's writer and its end answered after the commit, STARTTLS (RFC 3207) on asyncio's TLS
 layer where nothing sent before a completed handshake is ever read as a command, and the
@@ -20,7 +21,7 @@ from inbound.core import reply as replies
 from inbound.core.envelope import Connection
 from inbound.core.envelope import Envelope as SmtpEnvelope
 from inbound.core.reply import SmtpReply
-from inbound.observe.log import emit
+from inbound.observe.log import emit, emit_fields
 from inbound.receive.commands import SmtpCommands, commands
 from inbound.receive.connections import ConnectionCounter
 from inbound.receive.data import DataScanner
@@ -172,13 +173,8 @@ class InboundSMTP(SmtpCommands):
             return
         self._sniffed = None
         if verdict:
-            emit(
-                log,
-                "proxy.refused",
-                level=logging.WARNING,
-                reason="untrusted",
-                client_ip=self._client_ip,
-            )
+            refused = {"reason": "untrusted", "client_ip": self._client_ip}
+            emit_fields(log, "proxy.refused", refused, level=logging.WARNING)
             self.close_saying(wire(replies.PROXY_NOT_TRUSTED))
             return
         super().data_received(sniffed)
