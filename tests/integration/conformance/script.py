@@ -233,7 +233,7 @@ def _case(path: Path, title: str, start: int, lines: list[tuple[int, str]]) -> C
 def _settings(path: Path, number: int, tokens: list[str]) -> Iterator[str]:
     for setting in tokens:
         name, _, value = setting.partition("=")
-        known = name in LIMIT_SETTINGS and re.fullmatch(r"\d+(\.\d+)?", value)
+        known = bool(name in LIMIT_SETTINGS and re.fullmatch(r"\d+(\.\d+)?", value))
         known = known or (name == "proxy" and bool(value))  # --proxy-protocol CIDR,...
         if setting != "tls" and not known:
             raise ScriptError(path, number, f"unknown setting {setting!r}")
