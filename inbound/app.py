@@ -41,6 +41,7 @@ from inbound.observe.metrics import (
 )
 from inbound.receive.connections import ConnectionCounter, SharedConnections
 from inbound.receive.limits import ReceiverLimits
+from inbound.receive.proxy import ProxyTrust
 from inbound.receive.server import SmtpServer
 from inbound.rules.book import RuleBook
 from inbound.rules.load import environment_issues, load_rule_set
@@ -100,6 +101,8 @@ class ServeSettings:
     log_format: Literal["json", "text"] = "json"
     # CA certificates trusted for webhook HTTPS besides the system store (--webhook-ca).
     webhook_ca: Path | None = None
+    # Balancers whose connections start with a PROXY v1/v2 header (--proxy-protocol).
+    proxy_protocol: ProxyTrust | None = None
 
 
 def load_functions(mapping: Mapping[str, str]) -> dict[str, LambdaFunction]:
@@ -352,6 +355,7 @@ def build(settings: ServeSettings, role: Role, worker: WorkerWiring | None = Non
                 shared=None if worker is None else worker.connections, crowding=DescriptorGauge()
             ),
             sock=None if worker is None else worker.sock,
+            proxies=s.proxy_protocol,
         )
         receiving = Receiving(server, intake, committer, auth_pool, drain_timeout=s.drain_timeout)
     served = metrics if isinstance(metrics, DispatchMetrics) else None
