@@ -41,6 +41,7 @@ from inbound.observe.metrics import (
 )
 from inbound.receive.connections import ConnectionCounter, SharedConnections
 from inbound.receive.limits import ReceiverLimits
+from inbound.receive.proxy import ProxyTrust
 from inbound.receive.server import SmtpServer
 from inbound.rules.book import RuleBook
 from inbound.rules.load import environment_issues, load_rule_set
@@ -105,6 +106,8 @@ class ServeSettings:
     webhook_ca: Path | None = None
     # `--spool s3://BUCKET/PREFIX --queue URL`: no local spool, no dispatch (SPEC section 7b).
     s3_spool: S3Spool | None = None
+    # Balancers whose connections start with a PROXY v1/v2 header (--proxy-protocol).
+    proxy_protocol: ProxyTrust | None = None
 
 
 def load_functions(mapping: Mapping[str, str]) -> dict[str, LambdaFunction]:
@@ -357,6 +360,7 @@ def build(settings: ServeSettings, role: Role, worker: WorkerWiring | None = Non
                 shared=None if worker is None else worker.connections, crowding=DescriptorGauge()
             ),
             sock=None if worker is None else worker.sock,
+            proxies=s.proxy_protocol,
         )
         receiving = Receiving(server, intake, committer, auth_pool, drain_timeout=s.drain_timeout)
     served = metrics if isinstance(metrics, DispatchMetrics) else None

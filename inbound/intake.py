@@ -104,17 +104,17 @@ class Intake(Generic[Writer]):
             self.metrics.recipients_rejected.labels(reason=decision.reply.status).inc()
             # Addresses are the metadata an operator traces mail by (as Postfix's "reject:"
             # lines); a body or a subject never is.
-            emit(
-                log,
-                "recipient.rejected",
-                recipient=address,
-                client_ip=str(connection.client_ip),
-                helo=connection.helo,
-                sender=sender,
-                code=decision.reply.code,
-                status=decision.reply.status,
-                reason=decision.reason,
-            )
+            fields: dict[str, object] = {
+                "recipient": address,
+                "client_ip": str(connection.client_ip),
+                **_via(connection),
+                "helo": connection.helo,
+                "sender": sender,
+                "code": decision.reply.code,
+                "status": decision.reply.status,
+                "reason": decision.reason,
+            }
+            emit_fields(log, "recipient.rejected", fields)
         return decision.reply
 
     def refused(
@@ -295,10 +295,16 @@ def _who(connection: Connection, envelope: Envelope) -> dict[str, object]:
     """Who sent a message to whom: the fields every line about one message carries."""
     return {
         "client_ip": str(connection.client_ip),
+        **_via(connection),
         "helo": connection.helo,
         "sender": envelope.mail_from,
         "recipients": list(envelope.rcpt_tos),
     }
+
+
+def _via(connection: Connection) -> dict[str, object]:
+    """The balancer a client came through (`proxy_ip`), behind --proxy-protocol; else nothing."""
+    return {} if connection.proxy_ip is None else {"proxy_ip": str(connection.proxy_ip)}
 
 
 def _trace(connection: Connection, envelope: Envelope, reply: SmtpReply) -> dict[str, object]:

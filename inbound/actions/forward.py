@@ -185,23 +185,39 @@ class ForwardAction(ActionModel):
                 )
 
     def environment_issues(self, env: Mapping[str, str]) -> list[tuple[tuple[str | int, ...], str]]:
-        """A forward that rewrites the envelope sender with SRS needs `INBOUND_SRS_SECRETS`:
-        without it `inbound serve` does not start and a reload keeps the rules in force."""
+        """A forward that rewrites the envelope sender with SRS needs `INBOUND_SRS_SECRETS`, and
+        one that signs a usable key file: without them `inbound serve` does not start and a
+        reload keeps the rules in force."""
+        issues: list[tuple[tuple[str | int, ...], str]] = []
+        if (problem := self.key_problem()) is not None:
+            issues.append((("dkim", "key_file"), problem))
         if self.via != "relay" or self.mode == "rewrite":
-            return []
+            return issues
         try:
             keys = SrsKeys.from_env(env)
         except InputError as exc:
-            return [(("srs_domain",), str(exc))]
+            issues.append((("srs_domain",), str(exc)))
+            return issues
         if keys is None:
-            return [
+            issues.append(
                 (
                     ("srs_domain",),
                     f"forwards with SRS (via: relay, from_mode: {self.mode}) and {SECRETS_ENV} "
                     "is not set: set it to one or more secrets, comma separated",
                 )
-            ]
-        return []
+            )
+        return issues
+
+    def key_problem(self) -> str | None:
+        """Why the `dkim:` key file cannot sign (unreadable, no key), or None: every forward of
+        the rule would fail, so `inbound check` and `inbound serve`'s start refuse it."""
+        if self.dkim is None:
+            return None
+        try:
+            load_key(Path(self.dkim.key_file))
+        except DkimKeyError as exc:
+            return str(exc)
+        return None
 
     def plan_forward(
         self,

@@ -27,7 +27,6 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
-    BeforeValidator,
     Field,
     ValidationInfo,
     field_validator,
@@ -37,7 +36,7 @@ from pydantic import (
 from inbound import __version__
 from inbound.actions.base import ActionContext, ActionModel, JsonObject
 from inbound.actions.s3 import BucketName
-from inbound.config.fields import HeaderName, HeaderValue
+from inbound.config.fields import ByteSize, HeaderName, HeaderValue
 from inbound.core.errors import PermanentActionError, TransientActionError
 from inbound.core.message import MimeLimits
 from inbound.core.services import HttpRequest, HttpResponse, Services
@@ -50,7 +49,6 @@ from inbound.targets.http import endpoint
 USER_AGENT = f"inbound/{__version__}"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m)")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SIZE = re.compile(r"(\d+)\s*(?:([kmg])i?)?b?", re.IGNORECASE)
 # Set by inbound on every request: the YAML's `headers` may not replace them.
 RESERVED_HEADERS = frozenset(
     {
@@ -109,15 +107,6 @@ def _seconds(match: re.Match[str]) -> float:
     return float(match.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[match.group(2)]
 
 
-def _size(value: object) -> object:
-    """`max_inline_bytes: 1 MB` (or 512KB, 1MiB) as bytes, as the serve flags read sizes."""
-    if isinstance(value, str) and (match := _SIZE.fullmatch(value.strip())):
-        return int(match.group(1)) * 1024 ** "_kmg".index((match.group(2) or "_").lower())
-    if isinstance(value, str):
-        raise ValueError(f"{value!r} is not a size like 1048576, 512KB or 1MB")
-    return value
-
-
 def _check_env_name(value: str) -> str:
     if not _ENV_NAME.fullmatch(value):
         raise ValueError(f"{value!r} is not an environment variable name")
@@ -149,7 +138,7 @@ class WebhookAction(ActionModel):
     format: Literal["parsed", "ses", "raw"] = "parsed"
     secret_env: Annotated[str, AfterValidator(_check_env_name)] | None = None
     attachments: Literal["inline", "url", "omit"] = "inline"
-    max_inline_bytes: Annotated[int, BeforeValidator(_size), Field(ge=0)] = 1024 * 1024
+    max_inline_bytes: Annotated[ByteSize, Field(ge=0)] = 1024 * 1024
     attachments_bucket: BucketName | None = None
     timeout: Annotated[str, AfterValidator(_check_timeout)] = "10s"
     headers: Annotated[dict[HeaderName, HeaderValue], AfterValidator(_check_headers)] = {}

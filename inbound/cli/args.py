@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from pathlib import Path
 from typing import Any
 
+from inbound.config.fields import size_in_bytes
 from inbound.core.errors import InputError
 from inbound.receive.limits import ReceiverLimits
 
-_SIZE = re.compile(r"(\d+)([kKmMgG]?)[bB]?")
 _DEFAULTS = ReceiverLimits()
 
 
@@ -92,11 +91,10 @@ def _read_only(path: Path) -> bool:
 
 def parse_size(flag: str, value: str) -> int:
     """`40MB`, `512k`, `1000` as bytes; anything else is an `InputError` naming the flag."""
-    match = _SIZE.fullmatch(value.strip())
-    if not match:
+    size = size_in_bytes(value)
+    if size is None:
         raise InputError(f"{flag} {value!r}: expected a size like 40MB or 512k")
-    unit = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2).lower()]
-    return int(match.group(1)) * unit
+    return size
 
 
 def add_data_limit_flags(parser: argparse.ArgumentParser) -> None:

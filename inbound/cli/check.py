@@ -14,7 +14,6 @@ from inbound.actions.forward import ForwardAction
 from inbound.cli.args import add_domain_flag
 from inbound.config.yamlsource import SourceMap
 from inbound.core.errors import ConfigError, ConfigIssue
-from inbound.message.dkim_sign import DkimKeyError, load_key
 from inbound.rules.load import load_rule_set
 from inbound.rules.model import RuleSet
 from inbound.ses.export import guard_collisions, ses_capabilities, ses_problems
@@ -66,10 +65,7 @@ def _unusable_keys(rule_set: RuleSet, source: SourceMap) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
     for i, rule in enumerate(rule_set.rules):
         for j, action in enumerate(rule.actions):
-            if isinstance(action, ForwardAction) and action.dkim is not None:
-                try:
-                    load_key(Path(action.dkim.key_file))
-                except DkimKeyError as exc:
-                    path = ("rules", i, "actions", j, "dkim", "key_file")
-                    issues.append(source.issue(path, str(exc)))
+            if isinstance(action, ForwardAction) and (problem := action.key_problem()):
+                path = ("rules", i, "actions", j, "dkim", "key_file")
+                issues.append(source.issue(path, problem))
     return issues

@@ -27,6 +27,7 @@ from inbound.datadir import restrict_umask
 from inbound.descriptors import ensure_limit
 from inbound.observe.log import configure
 from inbound.receive.limits import ReceiverLimits
+from inbound.receive.proxy import BadNetworkError, ProxyTrust
 from inbound.running import Controls
 from inbound.spool.retry import RetryPolicy
 from inbound.spool.s3 import S3Spool
@@ -225,6 +226,12 @@ def add_parser(commands: Any) -> None:
         help="connections at once from one address; more get 421 4.7.0",
     )
     limits.add_argument(
+        "--proxy-protocol",
+        metavar="CIDR,...",
+        help="connections from these addresses (load balancers) must start with a PROXY "
+        "v1/v2 header, whose client address then counts; a header from elsewhere is refused",
+    )
+    limits.add_argument(
         "--max-junk-commands",
         type=int,
         default=_DEFAULTS.max_junk_commands,
@@ -312,6 +319,15 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
         raise InputError(f"--max-mime-parts {args.max_mime_parts}: expected 1 or more")
     if not 1 <= args.max_mime_depth <= MAX_MIME_DEPTH:
         raise InputError(f"--max-mime-depth {args.max_mime_depth}: expected 1 to {MAX_MIME_DEPTH}")
+    proxies = None
+    if args.proxy_protocol is not None:
+        try:
+            proxies = ProxyTrust.parse(args.proxy_protocol)
+        except BadNetworkError as exc:
+            raise InputError(
+                f"--proxy-protocol {exc.entry!r}: expected addresses or networks like "
+                "10.0.0.0/8,2001:db8::/32"
+            ) from None
     if not 1 <= args.workers <= _MAX_WORKERS:
         raise InputError(f"--workers {args.workers}: expected 1 to {_MAX_WORKERS}")
     return ServeSettings(
@@ -343,6 +359,7 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
         mime_limits=MimeLimits(args.max_mime_parts, args.max_mime_depth),
         webhook_ca=args.webhook_ca,
         s3_spool=_s3_spool(args.spool, args.queue),
+        proxy_protocol=proxies,
     )
 
 

@@ -18,6 +18,7 @@ _HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,50}")
 _REPLY_CODE = re.compile(r"[45][0-9][0-9]")
 _STATUS_CODE = re.compile(r"[45]\.[0-9]{1,3}\.[0-9]{1,3}")
 _ADDRESS = re.compile(r"[^@\s]+@[^@\s]+")
+_SIZE = re.compile(r"(\d+)\s*(?:([kmg])i?)?b?", re.IGNORECASE)
 
 
 def _check_name(value: str) -> str:
@@ -131,3 +132,27 @@ def function_name(function_arn: str) -> str:
 
 def topic_name(topic_arn: str) -> str:
     return topic_arn.split(":")[5]
+
+
+def size_in_bytes(text: str) -> int | None:
+    """`40MB`, `512k`, `1 MiB`, `1000` as bytes (units of 1024, as Postfix and the SMTP `SIZE`
+    flags count them), or None when `text` is no size: the one reading of sizes, for flags and
+    rule fields alike."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        return None
+    unit: int = 1024 ** "_kmg".index((match.group(2) or "_").lower())
+    return int(match.group(1)) * unit
+
+
+def _size(value: object) -> object:
+    if not isinstance(value, str):
+        return value  # a number: the model's int checks it
+    size = size_in_bytes(value)
+    if size is None:
+        raise ValueError(f"{value!r} is not a size like 1048576, 512KB or 1MB")
+    return size
+
+
+# A byte count written as a number or a size (`1MB`, `512KB`).
+ByteSize = Annotated[int, BeforeValidator(_size)]

@@ -13,6 +13,9 @@ class Connection:
     client_ip: IpAddress
     helo: str = "localhost"
     tls: bool = False
+    # Behind --proxy-protocol: the balancer the client came through (for the log only; every
+    # decision is on client_ip, the address in its PROXY header).
+    proxy_ip: IpAddress | None = None
 
     @classmethod
     def of(cls, client_ip: str, helo: str = "localhost", *, tls: bool = False) -> Connection:

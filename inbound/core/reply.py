@@ -43,6 +43,8 @@ UNDECLARED_SMTPUTF8 = SmtpReply(553, "5.6.7", "Must declare SMTPUTF8 to send uni
 # RFC 3207 §4: the text SES and Postfix use.
 TLS_REQUIRED = SmtpReply(530, "5.7.0", "Must issue a STARTTLS command first")
 CLIENT_REFUSED = SmtpReply(554, "5.7.1", "Access denied")
+# --proxy-protocol: a PROXY header from an address not trusted to send one (a spoofing attempt).
+PROXY_NOT_TRUSTED = SmtpReply(554, "5.7.1", "PROXY header not accepted from this address")
 TOO_MANY_RECIPIENTS = SmtpReply(452, "4.5.3", "Too many recipients")
 MESSAGE_TOO_BIG = SmtpReply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 HEADER_TOO_BIG = SmtpReply(552, "5.3.4", "Message header size exceeds fixed maximum header size")

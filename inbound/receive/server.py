@@ -19,6 +19,7 @@ from inbound.core.errors import InputError
 from inbound.receive.connections import ConnectionCounter
 from inbound.receive.limits import ReceiverLimits
 from inbound.receive.policy import SessionPolicy
+from inbound.receive.proxy import ProxyTrust
 from inbound.receive.smtp import InboundSMTP
 
 
@@ -65,6 +66,8 @@ class SmtpServer:
     tls_context: ssl.SSLContext | None = None
     counter: ConnectionCounter = field(default_factory=ConnectionCounter)
     sock: socket.socket | None = None
+    # --proxy-protocol: connections from these addresses start with a PROXY header.
+    proxies: ProxyTrust | None = None
     _server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -88,6 +91,7 @@ class SmtpServer:
             hostname=self.hostname,
             tls_context=self.tls_context,
             loop=asyncio.get_running_loop(),
+            proxies=self.proxies,
         )
 
     def stop_accepting(self) -> None:

@@ -1,6 +1,7 @@
 """One SMTP session: inbound's own engine (engine.py, commands.py) with inbound's decisions.
 
-What this module adds: refusals before the greeting (receipt filters, connection limits),
+What this module adds: behind `--proxy-protocol`, the client's address from the balancer's
+PROXY header (proxy.py); refusals before the greeting (receipt filters, connection limits),
 per-RCPT decisions and the recipient limit through a `SessionPolicy`, DATA streamed to the
 policy's writer and its end answered after the commit, STARTTLS (RFC 3207) on asyncio's TLS
 layer where nothing sent before a completed handshake is ever read as a command, and the
@@ -20,12 +21,13 @@ from inbound.core import reply as replies
 from inbound.core.envelope import Connection
 from inbound.core.envelope import Envelope as SmtpEnvelope
 from inbound.core.reply import SmtpReply
-from inbound.observe.log import emit
+from inbound.observe.log import emit, emit_fields
 from inbound.receive.commands import SmtpCommands, commands
 from inbound.receive.connections import ConnectionCounter
 from inbound.receive.data import DataScanner
 from inbound.receive.limits import ReceiverLimits
 from inbound.receive.policy import MessageWriter, SessionPolicy
+from inbound.receive.proxy import ProxyHeaderError, ProxyTrust, looks_like_header, parse
 from inbound.receive.session import (
     DATA_SYNTAX,
     NEED_RCPT,
@@ -52,12 +54,19 @@ class InboundSMTP(SmtpCommands):
         hostname: str,
         tls_context: ssl.SSLContext | None,
         loop: asyncio.AbstractEventLoop,
+        proxies: ProxyTrust | None = None,
     ) -> None:
         super().__init__(limits, loop, hostname, tls_context)
         self.policy = policy
         self.counter = counter
+        self.proxies = proxies
         self._client_ip = ""
         self._counted = False
+        # --proxy-protocol: the balancer's address once a header named the client's; the bytes
+        # of a header still being read (from a trusted address) or sniffed (from another).
+        self.proxy_ip: str | None = None
+        self._header: bytearray | None = None
+        self._sniffed: bytes | None = None
         # From the 354 to the reply after the end of data (the commit included).
         self._answering_data = False
         self._message: tuple[str, MessageWriter] | None = None
@@ -69,6 +78,14 @@ class InboundSMTP(SmtpCommands):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self._client_ip = str(peer[0]) if peer else "0.0.0.0"  # noqa: S104 - a value
+        if self.proxies is not None:
+            if self.proxies.trusts(self._client_ip):
+                self._await_header()
+                return
+            self._sniffed = b""
+        self.greet()
+
+    def greet(self) -> None:
         # Refusals come instead of the greeting (RFC 5321 §3.1: 554 then close; 421 for load).
         refusal = self._refusal()
         if refusal is not None:
@@ -90,6 +107,89 @@ class InboundSMTP(SmtpCommands):
         except ValueError:
             return replies.CLIENT_REFUSED
         return self.policy.connect(client_ip)
+
+    # -- the PROXY protocol (proxy.py) ---------------------------------------------------
+
+    def _await_header(self) -> None:
+        """A trusted balancer speaks first: its header, then the greeting (the spec, section 1:
+        "The receiver MUST NOT start processing the connection before it receives a complete
+        and valid PROXY protocol header"). Only the session table has it meanwhile (a SIGTERM
+        ends it); it is counted against the limits once its client's address is known."""
+        self._header = bytearray()
+        self.counter.sessions.add(self)
+        # Absolute, not renewed by each byte: a header comes in one segment, and a slowloris
+        # one byte at a time gets no more time than a silent peer.
+        self.touch(self.proxies.header_timeout(self.limits) if self.proxies else None)
+
+    def data_received(self, data: bytes) -> None:
+        if self._header is not None:
+            self._read_header(data)
+        elif self._sniffed is not None:
+            self._sniff(data)
+        else:
+            super().data_received(data)
+
+    def _read_header(self, data: bytes) -> None:
+        assert self._header is not None
+        if self.closing or self.lost:
+            return
+        self._header += data
+        try:
+            header = parse(bytes(self._header))
+        except ProxyHeaderError as error:
+            self._refuse_proxy(error.reason)
+            return
+        if header is None:
+            return
+        rest = bytes(self._header[header.length :])
+        self._header = None
+        self.stop_timer()
+        if header.source is not None:
+            self.proxy_ip, self._client_ip = self._client_ip, str(header.source)
+        self.counter.sessions.discard(self)  # `greet` adds it back once counted
+        self.greet()
+        if rest and not (self.closing or self.lost):
+            super().data_received(rest)  # the client's own first bytes, early
+
+    def _refuse_proxy(self, reason: str) -> None:
+        """A trusted peer without a valid header is no SMTP client and no balancer we know:
+        closed with no reply (the spec, section 2.1: "abort the connection"). Postfix's smtpd
+        with `smtpd_upstream_proxy_protocol = haproxy` hangs up too: without the address "we
+        can't maintain an audit trail or enforce access control" (smtpd_peer.c)."""
+        emit(log, "proxy.refused", level=logging.WARNING, reason=reason, proxy_ip=self._client_ip)
+        self._header = None
+        self.close()
+
+    def _sniff(self, data: bytes) -> None:
+        """From an untrusted address, a connection that starts with a PROXY header is an
+        attempt to choose its own address: refused, its address never read."""
+        assert self._sniffed is not None
+        sniffed = self._sniffed + data
+        verdict = looks_like_header(sniffed)
+        if verdict is None:
+            # "PROX", or the v2 signature's first octets (at most 11): wait for the rest,
+            # within the command timeout that runs since the greeting.
+            self._sniffed = sniffed
+            return
+        self._sniffed = None
+        if verdict:
+            refused = {"reason": "untrusted", "client_ip": self._client_ip}
+            emit_fields(log, "proxy.refused", refused, level=logging.WARNING)
+            self.close_saying(wire(replies.PROXY_NOT_TRUSTED))
+            return
+        super().data_received(sniffed)
+
+    def on_timeout(self) -> None:
+        if self._header is not None:
+            self._refuse_proxy("timeout")
+            return
+        super().on_timeout()
+
+    def eof_received(self) -> bool:
+        if self._header is not None and not self.closing:
+            self._refuse_proxy("truncated" if self._header else "missing")
+            return False
+        return super().eof_received()
 
     def on_lost(self) -> None:
         self.stop_lifetime()
@@ -122,7 +222,8 @@ class InboundSMTP(SmtpCommands):
     def connection_facts(self) -> Connection:
         """Who the client is, as the policy and the logs see it."""
         helo = self.greeting.helo or "unknown"
-        return Connection(ip_address(self._client_ip), helo, self.greeting.tls)
+        proxy = None if self.proxy_ip is None else ip_address(self.proxy_ip)
+        return Connection(ip_address(self._client_ip), helo, self.greeting.tls, proxy)
 
     def recipient(self, address: str) -> SmtpReply:
         if address.lower() == "postmaster":

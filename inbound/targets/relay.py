@@ -123,6 +123,16 @@ class RelaySender:
             raise PermanentActionError("no DSN to the null sender <>")
         await self.deliver("", (bounce.to,), dsn)
 
+    def _client(self) -> aiosmtplib.SMTP:
+        # STARTTLS is ours to decide after EHLO (opportunistic: only when offered).
+        return aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            local_hostname=self.local_hostname,
+            timeout=self.timeout,
+            start_tls=False,
+        )
+
     async def deliver(self, mail_from: str, rcpt_to: Sequence[str], content: bytes) -> None:
         """One SMTP transaction: `content` to every address of `rcpt_to` or to none (a refused
         recipient ends the transaction before DATA); raise an ActionError."""
@@ -130,13 +140,7 @@ class RelaySender:
         recipients = [_checked_path(address, "RCPT TO") for address in rcpt_to]
         if not recipients:
             raise PermanentActionError("no recipient")
-        client = aiosmtplib.SMTP(
-            hostname=self.host,
-            port=self.port,
-            local_hostname=self.local_hostname,
-            timeout=self.timeout,
-            start_tls=False,
-        )
+        client = self._client()
         try:
             async with asyncio.timeout(self.timeout):
                 await self._exchange(client, paths[0] if paths else "", recipients, content)
@@ -154,13 +158,7 @@ class RelaySender:
         known = self._size
         if known is not None and time.monotonic() - known[0] < SIZE_TTL:
             return known[1]
-        client = aiosmtplib.SMTP(
-            hostname=self.host,
-            port=self.port,
-            local_hostname=self.local_hostname,
-            timeout=self.timeout,
-            start_tls=False,
-        )
+        client = self._client()
         try:
             async with asyncio.timeout(self.timeout):
                 await client.connect()

@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 import pytest
 
 from inbound.receive.limits import ReceiverLimits
+from inbound.receive.proxy import ProxyTrust
 from tests.integration.conformance.script import (
     Case,
     Expect,
@@ -63,11 +64,20 @@ def limits_of(settings: tuple[str, ...]) -> ReceiverLimits:
     values: dict[str, Any] = {}
     for token in settings:
         name, _, value = token.partition("=")
-        if value:
+        if value and name != "proxy":
             field = name.replace("-", "_")
             assert field in _LIMIT_FIELDS, token
             values[field] = float(value) if "." in value else int(value)
     return ReceiverLimits(**values)
+
+
+def proxies_of(settings: tuple[str, ...]) -> ProxyTrust | None:
+    """`proxy=CIDR,...`: the receiver's --proxy-protocol (the client connects from 127.0.0.1)."""
+    for token in settings:
+        name, _, value = token.partition("=")
+        if name == "proxy":
+            return ProxyTrust.parse(value)
+    return None
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +93,7 @@ def receivers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Ca
                     tmp,
                     RULES,
                     tls_self_signed="tls" in case.settings,
+                    proxy_protocol=proxies_of(case.settings),
                     limits=limits_of(case.settings),
                 )
                 started[case.settings] = stack.enter_context(in_process(settings))

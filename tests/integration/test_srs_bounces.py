@@ -287,18 +287,16 @@ def test_a_forwards_bounce_comes_back_to_the_original_sender(tmp_path: Path) -> 
     assert any(e.get("rule") == "[srs bounces]" for e in relayed), relayed
 
 
-def test_serve_exits_2_naming_the_rule_without_srs_secrets(tmp_path: Path) -> None:
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(CHAIN_FORWARDER)
-    env = {k: v for k, v in os.environ.items() if k != "INBOUND_SRS_SECRETS"}
-    done = subprocess.run(
+def _start_serve(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`inbound serve` on tmp_path/rules.yaml, expected to refuse to start."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
             "inbound",
             "serve",
             "--rules",
-            str(rules),
+            str(tmp_path / "rules.yaml"),
             "--data-dir",
             str(tmp_path / "data"),
             "--listen",
@@ -310,11 +308,29 @@ def test_serve_exits_2_naming_the_rule_without_srs_secrets(tmp_path: Path) -> No
         timeout=60,
         check=False,
     )
+
+
+def test_serve_exits_2_naming_the_rule_without_srs_secrets(tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text(CHAIN_FORWARDER)
+    env = {k: v for k, v in os.environ.items() if k != "INBOUND_SRS_SECRETS"}
+    done = _start_serve(tmp_path, env)
     assert done.returncode == 2, done.stderr
     assert "rule 'forward-team' forwards with SRS" in done.stderr
     assert "INBOUND_SRS_SECRETS is not set" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "data").exists()  # refused before anything is made on disk
+
+
+def test_serve_exits_2_naming_a_dkim_key_file_it_cannot_sign_with(tmp_path: Path) -> None:
+    # Every forward of the rule would fail (dead letters); the start is the time to say so.
+    key = tmp_path / "missing.pem"
+    dkim = f"        dkim: {{domain: fwd.chain.test, selector: s1, key_file: {key}}}\n"
+    (tmp_path / "rules.yaml").write_text(CHAIN_FORWARDER + dkim)
+    done = _start_serve(tmp_path, {**os.environ, "INBOUND_SRS_SECRETS": "a-secret"})
+    assert done.returncode == 2, done.stderr
+    assert "rules.yaml:12:" in done.stderr
+    assert f"rules[0].actions[0].dkim.key_file: dkim key_file {key}: no such file" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_a_reload_that_needs_srs_without_secrets_keeps_the_rules_in_force(

@@ -221,8 +221,11 @@ def _case(path: Path, title: str, start: int, lines: list[tuple[int, str]]) -> C
     if reply:
         raise ScriptError(path, start, "the last reply is not finished")
     flush()
-    if not steps or not isinstance(steps[0], Expect):
-        steps.insert(0, Expect(((GREETING,),)))  # the greeting, unless the case says otherwise
+    proxied = any(setting.startswith("proxy=") for setting in settings)
+    if not proxied and (not steps or not isinstance(steps[0], Expect)):
+        # The greeting, unless the case says otherwise. Behind --proxy-protocol a trusted
+        # client speaks first (its header): those cases place the greeting themselves.
+        steps.insert(0, Expect(((GREETING,),)))
     text = "\n".join([f"=== {title}", *(line for _, line in lines)]).rstrip()
     return Case(title, path, start, ref, settings, tuple(steps), text)
 
@@ -230,7 +233,8 @@ def _case(path: Path, title: str, start: int, lines: list[tuple[int, str]]) -> C
 def _settings(path: Path, number: int, tokens: list[str]) -> Iterator[str]:
     for setting in tokens:
         name, _, value = setting.partition("=")
-        known = name in LIMIT_SETTINGS and re.fullmatch(r"\d+(\.\d+)?", value)
+        known = bool(name in LIMIT_SETTINGS and re.fullmatch(r"\d+(\.\d+)?", value))
+        known = known or (name == "proxy" and bool(value))  # --proxy-protocol CIDR,...
         if setting != "tls" and not known:
             raise ScriptError(path, number, f"unknown setting {setting!r}")
         yield setting
