@@ -52,9 +52,12 @@ from inbound.scan.dns import DnsPythonResolver, Resolver, ZoneResolver
 from inbound.scan.run import Scanners
 from inbound.scan.spamd import SpamdScanner
 from inbound.schedule import Scheduler
+from inbound.ses.rulesets import connection_issues
 from inbound.spool.commit import GroupCommitter
 from inbound.spool.retry import RetryPolicy
-from inbound.spool.store import Spool
+from inbound.spool.s3 import S3Committer, S3Spool, S3Writer
+from inbound.spool.store import Spool, SpoolWriter
+from inbound.srs import SrsKeys
 from inbound.targets.aws import NO_REGION, AwsTargets, SesOutbound, aws_session
 from inbound.targets.http import WebhookHttp
 from inbound.targets.local import LambdaFunction, LocalOutbox, LocalTargets
@@ -101,6 +104,8 @@ class ServeSettings:
     log_format: Literal["json", "text"] = "json"
     # CA certificates trusted for webhook HTTPS besides the system store (--webhook-ca).
     webhook_ca: Path | None = None
+    # `--spool s3://BUCKET/PREFIX --queue URL`: no local spool, no dispatch (SPEC section 7b).
+    s3_spool: S3Spool | None = None
     # Balancers whose connections start with a PROXY v1/v2 header (--proxy-protocol).
     proxy_protocol: ProxyTrust | None = None
 
@@ -243,7 +248,7 @@ def tls_context(
     return None
 
 
-def rule_book(settings: ServeSettings, spool: Spool) -> RuleBook:
+def rule_book(settings: ServeSettings, spool: Spool | S3Committer) -> RuleBook:
     """The rules at `--rules`, each version kept in the spool for the messages received under it."""
     return RuleBook(
         settings.rules,
@@ -253,7 +258,10 @@ def rule_book(settings: ServeSettings, spool: Spool) -> RuleBook:
         # What the rules need from the environment (a webhook's secret_env, the SRS secrets of
         # a forward) fails the start (exit 2) or the reload (the old rules stay), not each
         # message.
-        check=lambda loaded: environment_issues(loaded, os.environ),
+        check=lambda loaded: (
+            environment_issues(loaded, os.environ)
+            + (connection_issues(loaded) if settings.s3_spool is not None else [])
+        ),
     )
 
 
@@ -296,8 +304,7 @@ def build(settings: ServeSettings, role: Role, worker: WorkerWiring | None = Non
         srs_keys_for(load_rule_set(s.rules, extra_domains=s.domains).rule_set, os.environ)
         protect(s.data_dir)
         lock = lock_data_dir(s.data_dir)
-    spool = Spool(s.data_dir / "spool")
-    book = rule_book(s, spool)
+    spool, s3, book = storage(s, owner=owner)
     srs_keys = srs_keys_for(book.current.compiled.model, os.environ)
     # Checks the certificate (and makes a self-signed one) before any worker starts.
     tls = tls_context(s, book, announce=owner)
@@ -321,28 +328,26 @@ def build(settings: ServeSettings, role: Role, worker: WorkerWiring | None = Non
         metrics = worker_metrics(worker.metrics_dir)
     dispatcher = scheduler = None
     on_queued: Callable[[str], None] | None = None
-    if isinstance(metrics, DispatchMetrics):
+    if isinstance(metrics, DispatchMetrics) and spool is not None:
         dispatcher = Dispatcher(
             spool, book, build_services(s, book), metrics=metrics, sns_oversize=s.sns_oversize
         )
         scheduler = Scheduler(spool, dispatcher.process, metrics=metrics, policy=s.retry)
         on_queued = scheduler.notify
-    if worker is not None:
+    if worker is not None and s3 is None:
         on_queued = worker.on_queued
     receiving = None
     if isinstance(metrics, ReceiveMetrics):
-        assert on_queued is not None, "received messages are told to a dispatcher"
-        committer = GroupCommitter(spool)
         auth_pool = ThreadPoolExecutor(8, thread_name_prefix="inbound-auth")
-        intake = Intake(
+        scanners = build_scanners(s, auth_pool)
+        intake, committer = build_intake(
+            s,
             book,
-            committer,
-            build_scanners(s, auth_pool),
-            hostname=s.hostname,
+            scanners,
             metrics=metrics,
-            on_queued=on_queued,
-            mime_limits=s.mime_limits,
             srs_keys=srs_keys,
+            stores=(spool, s3),
+            on_queued=on_queued,
         )
         server = SmtpServer(
             intake,
@@ -362,6 +367,62 @@ def build(settings: ServeSettings, role: Role, worker: WorkerWiring | None = Non
     return App(s, role, spool, book, tls, served, dispatcher, scheduler, receiving, lock, run_dir)
 
 
+def storage(s: ServeSettings, *, owner: bool) -> tuple[Spool | None, S3Committer | None, RuleBook]:
+    """The local spool, or with `--spool s3://` the S3 committer (a receiver that keeps no
+    state: messages to S3 and SQS, the consumers run them); the rule book kept by either."""
+    if s.s3_spool is None:
+        spool = Spool(s.data_dir / "spool")
+        return spool, None, rule_book(s, spool)
+    s3 = S3Committer(s.s3_spool, s.data_dir / "s3-tmp", timeout=s.limits.data_timeout)
+    if owner:
+        s3.recover()
+    return None, s3, rule_book(s, s3)
+
+
+def build_intake(
+    s: ServeSettings,
+    book: RuleBook,
+    scanners: Scanners,
+    *,
+    metrics: ReceiveMetrics,
+    srs_keys: SrsKeys | None,
+    stores: tuple[Spool | None, S3Committer | None],
+    on_queued: Callable[[str], None] | None,
+) -> tuple[Intake[SpoolWriter] | Intake[S3Writer], GroupCommitter | S3Committer]:
+    """The SMTP sessions' policy and the committer it stores messages through."""
+    spool, s3 = stores
+    if s3 is not None:
+        intake = Intake(
+            book,
+            s3,
+            scanners,
+            hostname=s.hostname,
+            metrics=metrics,
+            on_queued=_queued_in_sqs,
+            mime_limits=s.mime_limits,
+            srs_keys=srs_keys,
+        )
+        return intake, s3
+    assert spool is not None, "without --spool s3:// there is a local spool"
+    assert on_queued is not None, "received messages are told to a dispatcher"
+    committer = GroupCommitter(spool)
+    local = Intake(
+        book,
+        committer,
+        scanners,
+        hostname=s.hostname,
+        metrics=metrics,
+        on_queued=on_queued,
+        mime_limits=s.mime_limits,
+        srs_keys=srs_keys,
+    )
+    return local, committer
+
+
+def _queued_in_sqs(message_id: str) -> None:
+    """`--spool s3://`: the notification in the queue is the consumers' news of a message."""
+
+
 class Receiver:
     """A running `inbound serve` in one process: it receives and dispatches."""
 
@@ -369,10 +430,9 @@ class Receiver:
         self.settings = settings
         self.app = build(settings, "single")
         assert self.app.receiving is not None
-        assert self.app.dispatcher is not None
-        assert self.app.scheduler is not None
         self.receiving = self.app.receiving
         self.server = self.receiving.server
+        # None with `--spool s3://` (the consumers run the actions).
         self.dispatcher = self.app.dispatcher
         self.scheduler = self.app.scheduler
         self.stopping = asyncio.Event()

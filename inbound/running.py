@@ -28,6 +28,7 @@ from inbound.receive.server import SmtpServer
 from inbound.rules.book import RuleBook, RuleSnapshot
 from inbound.schedule import Scheduler
 from inbound.spool.commit import GroupCommitter
+from inbound.spool.s3 import S3Committer, S3Writer
 from inbound.spool.store import Spool, SpoolWriter
 
 if TYPE_CHECKING:
@@ -57,8 +58,8 @@ class Receiving:
     def __init__(
         self,
         server: SmtpServer,
-        intake: Intake[SpoolWriter],
-        committer: GroupCommitter,
+        intake: Intake[SpoolWriter] | Intake[S3Writer],
+        committer: GroupCommitter | S3Committer,
         auth_pool: ThreadPoolExecutor,
         *,
         drain_timeout: float,
@@ -92,7 +93,7 @@ class App:
 
     settings: ServeSettings
     role: Role
-    spool: Spool
+    spool: Spool | None  # None: `--spool s3://`, nothing of the messages is kept here
     book: RuleBook
     tls: ssl.SSLContext | None
     metrics: DispatchMetrics | None  # the registry the metrics endpoint serves
@@ -106,6 +107,8 @@ class App:
 
     def resume(self) -> tuple[int, int]:
         """Forget what was never acknowledged, schedule what is queued: (discarded, queued)."""
+        if self.spool is None:  # `--spool s3://`: the consumers dispatch
+            return 0, 0
         assert self.scheduler is not None, "only a dispatching process resumes"
         recovered = self.spool.recover()
         return recovered, self.scheduler.load_queue()
@@ -130,6 +133,8 @@ class App:
         """The scheduler running the dispatcher, until `stop` is set (restarted, backed off,
         if it fails)."""
         scheduler = self.scheduler
+        if scheduler is None and self.spool is None:  # `--spool s3://`: nothing to dispatch
+            return asyncio.create_task(_until(stop))
         assert scheduler is not None, "only a dispatching process dispatches"
         return asyncio.create_task(supervise("dispatcher", lambda: scheduler.run(stop), stop=stop))
 
@@ -141,6 +146,10 @@ class App:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         if self.lock is not None:
             self.lock.close()
+
+
+async def _until(stop: asyncio.Event) -> None:
+    await stop.wait()
 
 
 def reload_rules(

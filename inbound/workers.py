@@ -169,8 +169,8 @@ class Supervisor:
         self.worker_main = worker_main
         # Bad rules, certificates and flags are reported before anything starts.
         self.app = build(settings, "supervisor")
-        assert self.app.scheduler is not None
         assert self.app.run_dir is not None
+        # None with `--spool s3://`: the workers' messages go to SQS, not to this dispatcher.
         self.scheduler = self.app.scheduler
         self.run_dir = self.app.run_dir
         self.metrics_dir = self.run_dir / "metrics"
@@ -260,7 +260,7 @@ class Supervisor:
         self._pending = lines.pop()
         for line in lines:
             kind, _, value = line.decode("ascii", "replace").partition(" ")
-            if kind == "q" and is_message_id(value):
+            if kind == "q" and is_message_id(value) and self.scheduler is not None:
                 self.scheduler.notify(value)
             elif kind == "r" and value.isdigit():
                 self._ready.add(int(value))

@@ -30,6 +30,7 @@ from inbound.receive.limits import ReceiverLimits
 from inbound.receive.proxy import BadNetworkError, ProxyTrust
 from inbound.running import Controls
 from inbound.spool.retry import RetryPolicy
+from inbound.spool.s3 import S3Spool
 from inbound.targets.relay import parse_relay
 from inbound.workers import Supervisor, WorkerArgs, run_worker
 
@@ -126,6 +127,13 @@ def add_parser(commands: Any) -> None:
         "or publish the notification without content",
     )
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
+    p.add_argument(
+        "--spool",
+        metavar="s3://BUCKET/PREFIX",
+        help="keep no state: store each message in S3 and queue its notification (--queue); "
+        "`inbound ses consume` runs the actions (SPEC 7b)",
+    )
+    p.add_argument("--queue", metavar="SQS_URL", help="the SQS queue of --spool's notifications")
     p.add_argument(
         "--workers",
         type=int,
@@ -350,8 +358,17 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
         workers=args.workers,
         mime_limits=MimeLimits(args.max_mime_parts, args.max_mime_depth),
         webhook_ca=args.webhook_ca,
+        s3_spool=_s3_spool(args.spool, args.queue),
         proxy_protocol=proxies,
     )
+
+
+def _s3_spool(url: str | None, queue: str | None) -> S3Spool | None:
+    if url is None:
+        if queue is not None:
+            raise InputError("--queue goes with --spool s3://BUCKET/PREFIX")
+        return None
+    return S3Spool.parse(url, queue)
 
 
 def default_hostname() -> str:

@@ -97,9 +97,29 @@ def add_parser(commands: Any) -> None:
         "--max-messages", type=int, default=None, metavar="N", help="stop after N messages"
     )
     consume.add_argument(
-        "--rules", metavar="PATH", default=None, help="the rule set (default: $INBOUND_RULES)"
+        "--rules",
+        metavar="PATH",
+        default=None,
+        help="the rule set (default: $INBOUND_RULES); a notification of `inbound serve --spool "
+        "s3://` names its own, read from S3 by digest",
+    )
+    consume.add_argument(
+        "--named-rules-only",
+        action="store_true",
+        help="no --rules: run only notifications that name their rule set (inbound serve "
+        "--spool s3://); any other fails and is left to the queue's redrive policy",
+    )
+    consume.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run up to N messages at once in this process (default 1)",
     )
     consume.set_defaults(run=run_consume)
+
+
+MAX_CONCURRENCY = 256
 
 
 def _guard(args: argparse.Namespace) -> Guard | None:
@@ -238,15 +258,25 @@ def run_consume(args: argparse.Namespace) -> int:
         raise InputError(f"--visibility {args.visibility}: must not be negative")
     if args.max_messages is not None and args.max_messages < 1:
         raise InputError(f"--max-messages {args.max_messages}: must be at least 1")
+    if not 1 <= args.concurrency <= MAX_CONCURRENCY:
+        raise InputError(f"--concurrency {args.concurrency}: expected 1 to {MAX_CONCURRENCY}")
     path = args.rules or os.environ.get("INBOUND_RULES")
-    if not path:
-        raise InputError("no rule set: pass --rules PATH or set INBOUND_RULES")
-    # The handler reads INBOUND_RULES, as in the Lambda; check the rules before polling.
-    os.environ["INBOUND_RULES"] = path
-    handler.rules_at(path)
+    if not path and not args.named_rules_only:
+        raise InputError(
+            "no rule set: pass --rules PATH or set INBOUND_RULES (or --named-rules-only for "
+            "the notifications of inbound serve --spool s3://)"
+        )
+    if path:
+        # The handler reads INBOUND_RULES, as in the Lambda; check the rules before polling.
+        os.environ["INBOUND_RULES"] = path
+        handler.rules_at(path)
     configure()
     consumer = consume.Consumer(
-        args.queue, wait=args.wait, visibility=args.visibility, max_messages=args.max_messages
+        args.queue,
+        wait=args.wait,
+        visibility=args.visibility,
+        max_messages=args.max_messages,
+        concurrency=args.concurrency,
     )
     previous = {sig: signal.signal(sig, consumer.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

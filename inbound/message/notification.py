@@ -21,6 +21,9 @@ JsonObject = dict[str, Any]
 # SES: "headersTruncated ... true if the headers were > 10 KB" (bytes of names and values).
 HEADERS_BUDGET = 10 * 1024
 SNS_SUBJECT = "Amazon SES Email Receipt Notification"
+# Not SES's: the SQS message attribute by which a receiver of `inbound serve --spool s3://`
+# names the rule set a message was received under (stored at PREFIX + rules/DIGEST.yaml).
+DIGEST_ATTRIBUTE = "inbound.rules-digest"
 # commonHeaders keys in SES's order: (key, header name, list of addresses?).
 _COMMON_HEADERS = (
     ("returnPath", "return-path", False),

@@ -34,7 +34,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 from botocore.parsers import ResponseParserError
 
 from inbound.core.errors import InboundError
+from inbound.message.notification import DIGEST_ATTRIBUTE
 from inbound.observe.log import emit
 from inbound.ses.event import SesEventError, parse_event
 from inbound.ses.handler import lambda_handler
@@ -77,8 +79,12 @@ class ConsumeStats:
         return self.succeeded + self.failed + self.ignored
 
 
-def sns_event(body: str, sqs_message_id: str = "") -> dict[str, Any]:
-    """The SNS Lambda event for an SQS body: an SNS envelope, or a raw-delivery notification."""
+def sns_event(
+    body: str, sqs_message_id: str = "", attributes: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The SNS Lambda event for an SQS body: an SNS envelope, or a raw-delivery notification.
+    The SQS message's string attributes become the SNS message's (the rule-set digest of a
+    receiver of `inbound serve --spool s3://`)."""
     try:
         loaded = json.loads(body)
     except json.JSONDecodeError as exc:
@@ -98,6 +104,12 @@ def sns_event(body: str, sqs_message_id: str = "") -> dict[str, Any]:
             "notification (with a notificationType)"
         )
     sns.setdefault("MessageId", sqs_message_id)
+    for name, value in (attributes or {}).items():
+        if isinstance(value, dict) and isinstance(value.get("StringValue"), str):
+            sns.setdefault("MessageAttributes", {})[name] = {
+                "Type": "String",
+                "Value": value["StringValue"],
+            }
     return {"Records": [{"EventSource": "aws:sns", "EventVersion": "1.0", "Sns": sns}]}
 
 
@@ -114,6 +126,7 @@ class Consumer:
         sqs: Any = None,
         handle: Handler = lambda_handler,
         retry_delay: float = DEFAULT_RETRY_DELAY,
+        concurrency: int = 1,
     ) -> None:
         self.queue_url = queue_url
         self.wait = wait
@@ -125,6 +138,8 @@ class Consumer:
             raise ConsumeError(NO_REGION) from None
         self.handle = handle
         self.retry_delay = retry_delay
+        self.concurrency = concurrency
+        self._stats_lock = threading.Lock()
         self.stopping = threading.Event()
         self.stats = ConsumeStats()
         self._received = False  # has a receive ever succeeded?
@@ -140,8 +155,18 @@ class Consumer:
         return max(0, min(SQS_BATCH_MAX, self.max_messages - self.stats.handled))
 
     def run(self) -> ConsumeStats:
-        emit(log, "sqs.consuming", queue=self.queue_url, max_messages=self.max_messages)
-        while not self.stopping.is_set() and (count := self._remaining()) > 0:
+        emit(
+            log,
+            "sqs.consuming",
+            queue=self.queue_url,
+            max_messages=self.max_messages,
+            concurrency=self.concurrency,
+        )
+        if self.concurrency > 1:
+            self._run_concurrently()
+        while self.concurrency == 1 and not self.stopping.is_set():
+            if (count := self._remaining()) <= 0:
+                break
             received = self._receive(count)
             messages: list[dict[str, Any]] = received.get("Messages", [])
             for position, message in enumerate(messages):
@@ -159,15 +184,37 @@ class Consumer:
         )
         return self.stats
 
-    def _receive(self, count: int) -> dict[str, Any]:
+    def _run_concurrently(self) -> None:
+        """`--concurrency N`: up to N messages run at once, each in its own thread (the
+        handler's run is its own); a receive asks only for as many as there are free slots,
+        so no message waits in this process while its visibility timeout runs."""
+        running: set[Future[None]] = set()
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="sqs-consume") as pool:
+            while not self.stopping.is_set():
+                free = self.concurrency - len(running)
+                count = min(free, self._remaining() - len(running))
+                if count <= 0:
+                    if not running:
+                        break
+                    _, running = wait(running, return_when=FIRST_COMPLETED)
+                    continue
+                # With messages in hand, a short poll: their slots free up meanwhile.
+                received = self._receive(count, wait=1 if running else self.wait)
+                for message in received.get("Messages", []):
+                    running.add(pool.submit(self.consume, message))
+                running = {f for f in running if not f.done()}
+            wait(running)
+
+    def _receive(self, count: int, wait: int | None = None) -> dict[str, Any]:
         """One long poll; {} after a transient failure (once the queue has been read)."""
         try:
             received: dict[str, Any] = self.sqs.receive_message(
                 QueueUrl=self.queue_url,
                 MaxNumberOfMessages=count,
-                WaitTimeSeconds=self.wait,
+                WaitTimeSeconds=self.wait if wait is None else wait,
                 VisibilityTimeout=self.visibility,
                 MessageSystemAttributeNames=["ApproximateReceiveCount"],
+                MessageAttributeNames=[DIGEST_ATTRIBUTE],
             )
         except ClientError as exc:  # no such queue, access denied, throttled, 5xx ...
             error = exc.response.get("Error", {})
@@ -195,17 +242,19 @@ class Consumer:
         attributes = message.get("Attributes", {})
         receive_count = attributes.get("ApproximateReceiveCount")
         try:
-            event = sns_event(str(message.get("Body", "")), sqs_id)
+            event = sns_event(
+                str(message.get("Body", "")), sqs_id, message.get("MessageAttributes")
+            )
             found = parse_event(event)
             if found is None:
                 self._delete(message)
-                self.stats.ignored += 1
+                self._count("ignored")
                 emit(log, "sqs.setup_notification_ignored", sqs_message_id=sqs_id)
                 return
             result = self.handle(event, None)
             self._delete(message)
         except Exception as exc:  # any failure: the redrive policy decides what happens next
-            self.stats.failed += 1
+            self._count("failed")
             emit(
                 log,
                 "sqs.failed",
@@ -215,7 +264,7 @@ class Consumer:
                 receive_count=receive_count,
             )
             return
-        self.stats.succeeded += 1
+        self._count("succeeded")
         emit(
             log,
             "sqs.succeeded",
@@ -223,6 +272,10 @@ class Consumer:
             message_id=found.message_id,
             disposition=result.get("disposition"),
         )
+
+    def _count(self, outcome: str) -> None:
+        with self._stats_lock:  # `--concurrency`: several threads count
+            setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
 
     def _delete(self, message: dict[str, Any]) -> None:
         self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])

@@ -60,7 +60,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import dataclasses
 import logging
 import os
 import threading
@@ -70,17 +69,16 @@ from pathlib import Path
 from typing import Any
 
 from inbound.core.envelope import Connection, Envelope
-from inbound.core.errors import ActionError, ConfigError, InboundError
-from inbound.core.message import MessageFacts, Reads
+from inbound.core.errors import ActionError, InboundError
+from inbound.core.message import MessageFacts
 from inbound.core.services import Services
 from inbound.core.steps import StepKey
+from inbound.message.notification import DIGEST_ATTRIBUTE
 from inbound.message.parse import parse_headers, parse_message
 from inbound.message.read import need_for
 from inbound.observe.log import emit, emit_fields
 from inbound.rules.compiled import CompiledRuleSet
-from inbound.rules.condition_table import CONDITIONS
 from inbound.rules.evaluate import Evaluation, Step, message_keys
-from inbound.rules.load import environment_issues, load_rule_set
 from inbound.run.context import RunSubject
 from inbound.run.ledgers import S3Ledger
 from inbound.run.runner import RunResult, run_message
@@ -90,29 +88,36 @@ from inbound.ses.event import (
     parse_event,
     verdicts_of,
 )
+from inbound.ses.rulesets import (
+    CONNECTION_KEYS,
+    SesConfigError,
+    SesRuleSetError,
+    clear_rules,
+    rules_at,
+    rules_by_digest,
+)
 from inbound.targets.aws import AwsTargets, SesOutbound, aws_session
 from inbound.targets.http import WebhookHttp
 
 # Re-exported: the handler's callers catch these without knowing where events are parsed.
-__all__ = ["Receipt", "SesEventError", "lambda_handler", "parse_event", "verdicts_of"]
+__all__ = [
+    "CONNECTION_KEYS",
+    "Receipt",
+    "SesEventError",
+    "SesRuleSetError",
+    "lambda_handler",
+    "parse_event",
+    "rules_at",
+    "verdicts_of",
+]
 
 log = logging.getLogger("inbound.ses")
 
 DEFAULT_STATE_PREFIX = "inbound-state/"
 # Connection facts SES does not give: see the module docstring.
 UNKNOWN_CLIENT = Connection.of("0.0.0.0", "unknown", tls=True)  # noqa: S104 - not a bind address
-# The conditions that read the SMTP session (a view of the condition table).
-CONNECTION_KEYS = CONDITIONS.keys_reading(Reads.CONNECTION)
 CONTINUE = {"disposition": "CONTINUE"}
 STOP_RULE_SET = {"disposition": "STOP_RULE_SET"}
-
-
-class SesConfigError(InboundError):
-    """The handler's environment is incomplete (`INBOUND_RULES`, no bucket for the message)."""
-
-
-class SesRuleSetError(InboundError):
-    """The rule set uses conditions that cannot be evaluated against SES receipts."""
 
 
 class SesMessageError(InboundError):
@@ -133,50 +138,14 @@ def _timestamp(body: Mapping[str, object], fallback: datetime) -> datetime:
 # -- the rule set and the clients, once per container -----------------------------------------
 
 _lock = threading.Lock()
-_rules: dict[str, CompiledRuleSet] = {}
 _clients: dict[str, Any] = {}
 
 
 def clear_caches() -> None:
     """Forget the cached rule sets, targets and clients (tests; a new configuration)."""
     with _lock:
-        _rules.clear()
         _clients.clear()
-
-
-def rules_at(path: str) -> CompiledRuleSet:
-    """The rule set at `path`, loaded and checked once per container."""
-    with _lock:
-        cached = _rules.get(path)
-    if cached is not None:
-        return cached
-    loaded = load_rule_set(Path(path))
-    if issues := environment_issues(loaded, os.environ):
-        raise ConfigError(issues)  # a webhook's secret_env not set in the function's environment
-    compiled = CompiledRuleSet.build(loaded.rule_set)
-    unusable = [
-        f"{rule.name} ({', '.join(sorted(keys))})"
-        for rule in compiled.rules
-        if rule.enabled and (keys := _used_keys(rule.model) & CONNECTION_KEYS)
-    ]
-    if unusable:
-        raise SesRuleSetError(
-            f"{path}: SES receipts carry no client IP or TLS facts, so these rules' conditions "
-            f"cannot be evaluated: {'; '.join(unusable)}"
-        )
-    # SES applied its own IP filters when it accepted the connection.
-    compiled = dataclasses.replace(compiled, filters=())
-    with _lock:
-        _rules[path] = compiled
-    return compiled
-
-
-def _used_keys(rule: Any) -> set[str]:
-    keys: set[str] = set()
-    for conditions in (rule.when, rule.unless):
-        if conditions is not None:
-            keys.update(conditions.used())
-    return keys
+    clear_rules()
 
 
 def _s3() -> Any:
@@ -251,10 +220,7 @@ def lambda_handler(event: object, context: object) -> dict[str, str]:
         emit(log, "ses.setup_notification_ignored")
         return dict(CONTINUE)
     env = os.environ
-    path = env.get("INBOUND_RULES")
-    if not path:
-        raise SesConfigError("INBOUND_RULES is not set: the path of the YAML rule set")
-    rules = rules_at(path)
+    rules = _rules_for(event, found, env)
     raw, bucket = raw_message(found, env)
     prefix = env.get("INBOUND_SES_STATE_PREFIX", DEFAULT_STATE_PREFIX)
     s3 = _s3() if bucket is not None else None
@@ -267,6 +233,28 @@ def lambda_handler(event: object, context: object) -> dict[str, str]:
         run.stop in ("Stop", "STOP_RULE_SET") for run in plan.rules
     )
     return dict(STOP_RULE_SET if stopped else CONTINUE)
+
+
+def _rules_for(event: object, found: Receipt, env: Mapping[str, str]) -> CompiledRuleSet:
+    """The rule set the message names (`serve --spool s3://`'s digest), else INBOUND_RULES's."""
+    digest = _digest_attribute(event)
+    action = found.action
+    if digest is not None and action.get("type") == "S3" and action.get("bucketName"):
+        prefix = str(action.get("objectKeyPrefix") or "")
+        return rules_by_digest(_s3(), str(action["bucketName"]), prefix, digest)
+    path = env.get("INBOUND_RULES")
+    if not path:
+        raise SesConfigError("INBOUND_RULES is not set: the path of the YAML rule set")
+    return rules_at(path)
+
+
+def _digest_attribute(event: object) -> str | None:
+    """`Records[0].Sns.MessageAttributes[DIGEST_ATTRIBUTE].Value`, if the event has one."""
+    try:
+        value = event["Records"][0]["Sns"]["MessageAttributes"][DIGEST_ATTRIBUTE]["Value"]  # type: ignore[index]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _facts(rules: CompiledRuleSet, envelope: Envelope, raw: bytes) -> MessageFacts:
