@@ -32,7 +32,7 @@ from inbound.spool.s3 import S3Committer, S3Writer
 from inbound.spool.store import Spool, SpoolWriter
 
 if TYPE_CHECKING:
-    from inbound.app import ServeSettings
+    from inbound.settings import ServeSettings
 
 log = logging.getLogger("inbound.app")
 

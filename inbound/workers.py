@@ -40,7 +40,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from inbound.app import ServeSettings, WorkerWiring, build
+from inbound.app import WorkerWiring, build
 from inbound.core.errors import InboundError
 from inbound.core.ids import is_message_id
 from inbound.observe.log import capture_asyncio, configure, emit
@@ -48,6 +48,7 @@ from inbound.observe.supervise import Backoff
 from inbound.receive.connections import SharedConnections
 from inbound.receive.server import listening_socket
 from inbound.running import AcceptSignals, Receiving
+from inbound.settings import ServeSettings
 
 log = logging.getLogger("inbound.workers")
 

@@ -6,13 +6,14 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from inbound.app import ServeSettings, build_scanners
 from inbound.core.envelope import Connection, Envelope
 from inbound.core.ports import MessageSource
 from inbound.core.verdicts import Verdicts
 from inbound.rules.compiled import CompiledRuleSet
 from inbound.rules.evaluate import check_recipient, scanning_enabled
 from inbound.scan.run import Scanners
+from inbound.settings import ServeSettings
+from inbound.stages import build_scanners
 
 
 def add_scan_flags(parser: argparse.ArgumentParser, title: str) -> None:

@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from inbound.app import Receiver, ServeSettings
+from inbound.app import Receiver
 from inbound.cli.args import add_domain_flag, pairs
 from inbound.cli.args import parse_size as _size
 from inbound.core.errors import InputError
@@ -29,6 +29,7 @@ from inbound.observe.log import configure
 from inbound.receive.limits import ReceiverLimits
 from inbound.receive.proxy import BadNetworkError, ProxyTrust
 from inbound.running import Controls
+from inbound.settings import ServeSettings
 from inbound.spool.retry import RetryPolicy
 from inbound.spool.s3 import S3Spool
 from inbound.targets.relay import parse_relay

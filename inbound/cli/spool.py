@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from inbound.actions import ActionModel
-from inbound.app import DataDirInUse, lock_data_dir
 from inbound.core.clock import utc_now
 from inbound.core.errors import ConfigError, InputError
 from inbound.core.ports import MessageSource
@@ -34,6 +33,7 @@ from inbound.run.ledgers import SpoolLedger
 from inbound.run.runner import pending_steps
 from inbound.spool.retry import DispatchState, SpoolMeta
 from inbound.spool.store import Spool, SpoolError
+from inbound.stages import DataDirInUse, lock_data_dir
 
 # While `inbound serve` runs, a queued message is deleted only if it is not due for this long:
 # its scheduler rescans the spool every 5 s and forgets a message gone from it before its turn.

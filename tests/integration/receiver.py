@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from inbound.app import Receiver, ServeSettings
+from inbound.app import Receiver
+from inbound.settings import ServeSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 20.0

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from inbound.app import lock_data_dir
 from inbound.cli.main import main
 from inbound.core.clock import utc_now
 from inbound.spool.retry import DispatchState
 from inbound.spool.store import Spool
+from inbound.stages import lock_data_dir
 from tests.unit.spool.test_store import spool_one
 
 
