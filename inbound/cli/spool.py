@@ -1,4 +1,5 @@
-"""`inbound spool list|show|retry|delete|purge`: look at, retry and remove spooled messages.
+"""`inbound spool list|show|retry|delete|purge`: look at, retry and remove spooled messages
+(`drain`, the hand-off to S3 + SQS, is `inbound.cli.drain`).
 
 It opens the receiver's spool (`inbound.spool.store.Spool`) through its public interface and
 describes each message with the rule set it was received with (kept by digest): its steps by
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from inbound.actions import ActionModel
+from inbound.cli import drain
 from inbound.core.clock import utc_now
 from inbound.core.errors import ConfigError, InputError
 from inbound.core.ports import MessageSource
@@ -50,7 +52,7 @@ def add_parser(commands: Any) -> None:
         "--data-dir", type=Path, default=Path("inbound-data"), metavar="DIR", help=data_dir_help
     )
     sub = p.add_subparsers(
-        dest="spool_command", required=True, metavar="list|show|retry|delete|purge"
+        dest="spool_command", required=True, metavar="list|show|retry|delete|purge|drain"
     )
     # `--data-dir` is taken before or after the subcommand (`spool list --data-dir DIR`, as
     # the README writes it); SUPPRESS keeps the value given before when none comes after.
@@ -96,6 +98,7 @@ def add_parser(commands: Any) -> None:
         "--dry-run", action="store_true", help="print what would be removed, remove nothing"
     )
     p.set_defaults(run=run)
+    drain.add_parser(sub, data_dir)  # its own `run`
 
 
 class _Rules:

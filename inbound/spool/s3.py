@@ -240,11 +240,18 @@ class S3Committer:
             head = self._upload(source, meta)
             if writer.abandoned.is_set():
                 raise SpoolWriteError(f"message {meta.message_id}: abandoned before queueing")
-            self._notify(head, meta)
+            self.notify(head, meta)
         except SpoolError:
             raise
         except Exception as exc:  # botocore's errors, a vanished temporary file, ...
             raise SpoolWriteError(f"message {meta.message_id}: {type(exc).__name__}") from exc
+
+    def store(self, source: MessageSource, meta: SpoolMeta) -> bytes:
+        """The rule set (once per digest) and the message at PREFIX + ID, as a commit stores
+        them; returns the new header block for `notify`. For `inbound spool drain`: no writer,
+        no deadline (botocore's own timeouts), botocore's errors raised as they come."""
+        self._store_rules(meta.rules_digest)
+        return self._upload(source, meta)
 
     def _store_rules(self, digest: str) -> None:
         with self._lock:
@@ -292,7 +299,8 @@ class S3Committer:
                 raise
         return head
 
-    def _notify(self, head: bytes, meta: SpoolMeta) -> None:
+    def notify(self, head: bytes, meta: SpoolMeta) -> None:
+        """The message's `Received` notification to the queue, with the digest attribute."""
         now = datetime.now(UTC)
         action = {
             "type": "S3",
