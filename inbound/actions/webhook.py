@@ -36,7 +36,7 @@ from pydantic import (
 from inbound import __version__
 from inbound.actions.base import ActionContext, ActionModel, JsonObject
 from inbound.actions.s3 import BucketName
-from inbound.config.fields import ByteSize, HeaderName, HeaderValue
+from inbound.config.fields import ByteSize, HeaderName, HeaderValue, duration_in_seconds
 from inbound.core.errors import PermanentActionError, TransientActionError
 from inbound.core.message import MimeLimits
 from inbound.core.services import HttpRequest, HttpResponse, Services
@@ -47,7 +47,6 @@ from inbound.message.signing import SecretError, signed_headers, signing_key, we
 from inbound.targets.http import endpoint
 
 USER_AGENT = f"inbound/{__version__}"
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m)")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Set by inbound on every request: the YAML's `headers` may not replace them.
 RESERVED_HEADERS = frozenset(
@@ -94,17 +93,12 @@ def _check_url(value: str) -> str:
 
 
 def _check_timeout(value: str) -> str:
-    match = _DURATION.fullmatch(value.strip())
-    if not match:
+    seconds = duration_in_seconds(value)
+    if seconds is None:
         raise ValueError(f"{value!r} is not a duration like 10s, 500ms or 1m")
-    seconds = _seconds(match)
     if not 0 < seconds <= MAX_TIMEOUT:
         raise ValueError(f"{value!r}: must be more than 0 and at most {MAX_TIMEOUT:g}s")
     return value
-
-
-def _seconds(match: re.Match[str]) -> float:
-    return float(match.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[match.group(2)]
 
 
 def _check_env_name(value: str) -> str:
@@ -158,9 +152,9 @@ class WebhookAction(ActionModel):
 
     @property
     def timeout_seconds(self) -> float:
-        match = _DURATION.fullmatch(self.timeout.strip())
-        assert match is not None  # validated
-        return _seconds(match)
+        seconds = duration_in_seconds(self.timeout)
+        assert seconds is not None  # validated
+        return seconds
 
     def config_warnings(self) -> list[tuple[tuple[str | int, ...], str]]:
         warnings: list[tuple[tuple[str | int, ...], str]] = []

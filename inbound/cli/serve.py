@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import re
 import signal
 import socket
 from datetime import timedelta
@@ -21,6 +20,7 @@ from typing import Any
 from inbound.app import Receiver
 from inbound.cli.args import add_domain_flag, pairs
 from inbound.cli.args import parse_size as _size
+from inbound.config.fields import duration_in_seconds
 from inbound.core.errors import InputError
 from inbound.core.message import MAX_MIME_DEPTH, MimeLimits
 from inbound.datadir import restrict_umask
@@ -37,7 +37,6 @@ from inbound.workers import Supervisor, WorkerArgs, run_worker
 
 _DEFAULTS = ReceiverLimits()
 _MAX_WORKERS = 64
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 
 
 def _host_port(flag: str, value: str) -> tuple[str, int]:
@@ -48,11 +47,10 @@ def _host_port(flag: str, value: str) -> tuple[str, int]:
 
 
 def _duration(flag: str, value: str) -> float:
-    match = _DURATION.fullmatch(value.strip())
-    if not match:
+    seconds = duration_in_seconds(value)
+    if seconds is None:
         raise InputError(f"{flag} {value!r}: expected a duration like 30s, 10m, 4h")
-    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-    return float(match.group(1)) * unit
+    return seconds
 
 
 def add_parser(commands: Any) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -21,6 +20,7 @@ from typing import IO, Any
 
 from inbound.actions import ActionModel
 from inbound.cli import drain
+from inbound.config.fields import duration_in_seconds
 from inbound.core.clock import utc_now
 from inbound.core.errors import ConfigError, InputError
 from inbound.core.ports import MessageSource
@@ -40,7 +40,6 @@ from inbound.stages import DataDirInUse, lock_data_dir
 # While `inbound serve` runs, a queued message is deleted only if it is not due for this long:
 # its scheduler rescans the spool every 5 s and forgets a message gone from it before its turn.
 SAFE_MARGIN = timedelta(seconds=15)
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")  # as `inbound serve`'s durations
 
 Row = dict[str, Any]
 
@@ -335,11 +334,10 @@ def _seconds(delay: timedelta) -> str:
 
 
 def _duration(flag: str, value: str) -> timedelta:
-    match = _DURATION.fullmatch(value.strip())
-    if not match:
+    seconds = duration_in_seconds(value)
+    if seconds is None:
         raise InputError(f"{flag} {value!r}: expected a duration like 30m, 12h, 7d")
-    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-    return timedelta(seconds=float(match.group(1)) * unit)
+    return timedelta(seconds=seconds)
 
 
 def _purge(spool: Spool, older_than: timedelta | None, dry_run: bool) -> int:

@@ -19,6 +19,8 @@ _REPLY_CODE = re.compile(r"[45][0-9][0-9]")
 _STATUS_CODE = re.compile(r"[45]\.[0-9]{1,3}\.[0-9]{1,3}")
 _ADDRESS = re.compile(r"[^@\s]+@[^@\s]+")
 _SIZE = re.compile(r"(\d+)\s*(?:([kmg])i?)?b?", re.IGNORECASE)
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
+_SECONDS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def _check_name(value: str) -> str:
@@ -156,3 +158,12 @@ def _size(value: object) -> object:
 
 # A byte count written as a number or a size (`1MB`, `512KB`).
 ByteSize = Annotated[int, BeforeValidator(_size)]
+
+
+def duration_in_seconds(text: str) -> float | None:
+    """`500ms`, `30s`, `10m`, `4h`, `7d`, `30` (seconds) as seconds, or None when `text` is no
+    duration: the one reading of durations, for flags and rule fields alike."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        return None
+    return float(match.group(1)) * _SECONDS[match.group(2)]
