@@ -5,22 +5,20 @@ It opens the receiver's spool (`inbound.spool.store.Spool`) through its public i
 describes each message with the rule set it was received with (kept by digest): its steps by
 rule name and action type, and what is still to run, found by walking the evaluation with the
 recorded outcomes as the dispatcher does (`inbound.run.runner.pending_steps`), running nothing.
-`delete` never removes a message a running `inbound serve` may be dispatching (see `_delete`).
+`delete` and `purge` are `inbound.cli.spool_remove`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from inbound.actions import ActionModel
-from inbound.cli import drain
-from inbound.config.fields import duration_in_seconds
+from inbound.cli import drain, spool_remove
 from inbound.core.clock import utc_now
 from inbound.core.errors import ConfigError, InputError
 from inbound.core.ports import MessageSource
@@ -35,11 +33,6 @@ from inbound.run.ledgers import SpoolLedger
 from inbound.run.runner import pending_steps
 from inbound.spool.retry import DispatchState, SpoolMeta
 from inbound.spool.store import Spool, SpoolError
-from inbound.stages import DataDirInUse, lock_data_dir
-
-# While `inbound serve` runs, a queued message is deleted only if it is not due for this long:
-# its scheduler rescans the spool every 5 s and forgets a message gone from it before its turn.
-SAFE_MARGIN = timedelta(seconds=15)
 
 Row = dict[str, Any]
 
@@ -283,82 +276,6 @@ def _print_show(row: Row) -> None:
     print(f"last error  {row['last_error'] or '-'}")
 
 
-def _where(spool: Spool, message_id: str) -> str:
-    """ "queued" or "dead"; `MessageNotFound` (exit 2) for an ID that is neither."""
-    spool.meta(message_id)  # raises for a bad or unknown ID, naming it
-    return "dead" if message_id in spool.dead() else "queued"
-
-
-def _delete(spool: Spool, data_dir: Path, message_ids: list[str]) -> int:
-    """Remove each message. A dead letter is never touched by a running server, so it always
-    goes. A queued one goes if no `inbound serve` holds the data directory (held by us
-    meanwhile, so none starts and dispatches it while it is removed), or if it is deferred
-    and not due within SAFE_MARGIN; otherwise the server may be running its actions right
-    now, and it is left alone (exit 1)."""
-    where = {m: _where(spool, m) for m in message_ids}  # every ID checked before any goes
-    lock: IO[bytes] | None = None
-    serving = False
-    if "queued" in where.values():
-        try:
-            lock = lock_data_dir(data_dir)
-        except DataDirInUse:
-            serving = True
-    try:
-        due, now = spool.due(), utc_now()
-        refused = 0
-        for message_id, place in where.items():
-            when = due.get(message_id)
-            if serving and place == "queued" and (when is None or when <= now + SAFE_MARGIN):
-                # Say when: "due now" for one due in 6 s sent users looking for a bug.
-                soon = (
-                    "due now" if when is None or when <= now else f"due in {_seconds(when - now)}"
-                )
-                print(
-                    f"{message_id}: not deleted: it is {soon} and the running inbound serve "
-                    "may be dispatching it (wait until it is deferred or dead-lettered, "
-                    "or stop the server)",
-                    file=sys.stderr,
-                )
-                refused += 1
-                continue
-            spool.finish(message_id)
-            print(f"{message_id}: deleted ({'deferred' if when and when > now else place})")
-        return 1 if refused else 0
-    finally:
-        if lock is not None:
-            lock.close()
-
-
-def _seconds(delay: timedelta) -> str:
-    return f"{max(1, round(delay.total_seconds()))} s"
-
-
-def _duration(flag: str, value: str) -> timedelta:
-    seconds = duration_in_seconds(value)
-    if seconds is None:
-        raise InputError(f"{flag} {value!r}: expected a duration like 30m, 12h, 7d")
-    return timedelta(seconds=seconds)
-
-
-def _purge(spool: Spool, older_than: timedelta | None, dry_run: bool) -> int:
-    """Remove dead letters (received longer than `older_than` ago). Never a queued message:
-    a dead letter is one the dispatcher has given up on, so a running server is no obstacle."""
-    cutoff: datetime | None = None if older_than is None else utc_now() - older_than
-    removed = 0
-    for message_id in spool.dead():
-        if cutoff is not None:
-            received = spool.meta(message_id).received_at
-            if received > cutoff:
-                continue
-        if not dry_run:
-            spool.finish(message_id)
-        print(f"{message_id}: {'would delete' if dry_run else 'deleted'} (dead)")
-        removed += 1
-    verb = "would be deleted" if dry_run else "deleted"
-    print(f"{removed} dead letter{'s' if removed != 1 else ''} {verb}")
-    return 0
-
-
 def run(args: argparse.Namespace) -> int:
     if not (args.data_dir / "spool").is_dir():
         # Spool() would create it: a mistyped --data-dir would show an empty spool, and leave
@@ -382,7 +299,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if command == "show":
         row = _describe(
-            spool, _Rules(spool), args.message_id, _where(spool, args.message_id), spool.due()
+            spool,
+            _Rules(spool),
+            args.message_id,
+            spool_remove.place_of(spool, args.message_id),
+            spool.due(),
         )
         if args.json:
             # With the records as kept, for what the summary leaves out (verdicts, facts).
@@ -393,10 +314,14 @@ def run(args: argparse.Namespace) -> int:
             _print_show(row)
         return 0
     if command == "delete":
-        return _delete(spool, args.data_dir, args.message_ids)
+        return spool_remove.delete(spool, args.data_dir, args.message_ids)
     if command == "purge":
-        older = None if args.older_than is None else _duration("--older-than", args.older_than)
-        return _purge(spool, older, args.dry_run)
+        older = (
+            None
+            if args.older_than is None
+            else spool_remove.duration("--older-than", args.older_than)
+        )
+        return spool_remove.purge(spool, older, args.dry_run)
     targets = spool.dead() if args.all else args.message_ids
     for message_id in targets:
         spool.retry(message_id)
