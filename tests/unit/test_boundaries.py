@@ -94,8 +94,10 @@ def test_the_stages_of_serve_are_built_in_one_place() -> None:
         "inbound/app.py": sorted(set(STAGES) - {"Scanners"}),
         # The builders `inbound.app.build` calls, one per stage that needs more than a call.
         "inbound/stages.py": ["Scanners"],
-        # `inbound spool list|show|retry|delete|purge` opens the spool, nothing else.
+        # `inbound spool list|show|retry|delete|purge` opens the spool, nothing else ...
         "inbound/cli/spool.py": ["Spool"],
+        # ... and so does `inbound spool drain`, to hand its messages to S3 + SQS.
+        "inbound/cli/drain.py": ["Spool"],
     }
 
 
