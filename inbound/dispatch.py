@@ -24,7 +24,7 @@ from inbound.core.ports import MessageSource, SpoolPort
 from inbound.core.services import Services
 from inbound.core.steps import StepKey, StepRecord
 from inbound.core.verdicts import DmarcPolicy
-from inbound.message.headers import ReceivedFacts, prepend_headers
+from inbound.message.headers import prepend_headers
 from inbound.message.read import need_for, read_facts, read_with_head
 from inbound.observe.log import emit_fields
 from inbound.observe.metrics import DispatchMetrics
@@ -187,19 +187,7 @@ def read_message(
     3): the one place the dispatcher reads a message, through the spool's message source."""
     source = spool.source(meta.message_id)
     facts = message_facts(source, meta, rules)
-    received = ReceivedFacts(
-        message_id=meta.message_id,
-        hostname=meta.hostname,
-        mail_from=meta.envelope.mail_from,
-        rcpt_tos=meta.envelope.rcpt_tos,
-        helo=meta.connection.helo,
-        client_ip=meta.connection.client_ip,
-        rdns=None,
-        tls=meta.connection.tls,
-        received_at=meta.received_at,
-        verdicts=meta.verdicts,
-        auth=meta.auth,
-    )
+    received = meta.received()
     return facts, read_with_head(source, lambda block: prepend_headers(block, received))
 
 

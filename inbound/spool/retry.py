@@ -17,7 +17,7 @@ from inbound.core.envelope import Connection, Envelope
 from inbound.core.message import Attachment, Header, MessageFacts
 from inbound.core.steps import StepRecord as StepRecord  # noqa: PLC0414 - moved to core; re-exported
 from inbound.core.verdicts import VERDICT_KINDS, DmarcPolicy, Verdict, Verdicts
-from inbound.message.headers import AuthDetails, DkimResult
+from inbound.message.headers import AuthDetails, DkimResult, ReceivedFacts
 
 # The longest exponent worth computing: 2**1000 already exceeds any sensible cap.
 _MAX_DOUBLINGS = 1000
@@ -40,6 +40,23 @@ class SpoolMeta:
     # The message facts the rules needed at receipt, so the dispatcher never reads the message
     # for them again (parse once); None: none were needed, or spooled before they were kept.
     facts: MessageFacts | None = None
+
+    def received(self) -> ReceivedFacts:
+        """What the prepended headers (SPEC section 5) say of this message: the same whether
+        the dispatcher or the S3 spool prepends them."""
+        return ReceivedFacts(
+            message_id=self.message_id,
+            hostname=self.hostname,
+            mail_from=self.envelope.mail_from,
+            rcpt_tos=self.envelope.rcpt_tos,
+            helo=self.connection.helo,
+            client_ip=self.connection.client_ip,
+            rdns=None,
+            tls=self.connection.tls,
+            received_at=self.received_at,
+            verdicts=self.verdicts,
+            auth=self.auth,
+        )
 
     def to_json(self) -> dict[str, Any]:
         env, conn, ver = self.envelope, self.connection, self.verdicts

@@ -39,7 +39,7 @@ from botocore.config import Config
 from inbound.core.errors import InputError
 from inbound.core.ports import MessageSource, SpoolError, SpoolWriteError
 from inbound.datadir import create_file, make_dir
-from inbound.message.headers import ReceivedFacts, prepend_headers
+from inbound.message.headers import prepend_headers
 from inbound.message.notification import (
     DIGEST_ATTRIBUTE,
     mail_object,
@@ -274,7 +274,7 @@ class S3Committer:
             first = stream.read(MAX_HEADER_BYTES)
             end = header_end(first)
             cut = len(first) if end is None else end
-            head = prepend_headers(first[:cut], _received(meta))
+            head = prepend_headers(first[:cut], meta.received())
             size = len(head) + source.size - cut
             if size <= self.part_bytes:
                 body = head + first[cut:] + stream.read()
@@ -329,22 +329,6 @@ class S3Committer:
                 DIGEST_ATTRIBUTE: {"DataType": "String", "StringValue": meta.rules_digest}
             },
         )
-
-
-def _received(meta: SpoolMeta) -> ReceivedFacts:
-    return ReceivedFacts(
-        message_id=meta.message_id,
-        hostname=meta.hostname,
-        mail_from=meta.envelope.mail_from,
-        rcpt_tos=meta.envelope.rcpt_tos,
-        helo=meta.connection.helo,
-        client_ip=meta.connection.client_ip,
-        rdns=None,
-        tls=meta.connection.tls,
-        received_at=meta.received_at,
-        verdicts=meta.verdicts,
-        auth=meta.auth,
-    )
 
 
 def _parts(start: bytes, stream: BinaryIO, size: int) -> Iterator[bytearray]:
