@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 
 from inbound.core import reply as replies
 from inbound.core.clock import utc_now
-from inbound.core.envelope import Connection, Envelope, IpAddress
+from inbound.core.envelope import Connection, Envelope
 from inbound.core.ids import MessageIdGenerator
 from inbound.core.message import MessageFacts, MimeLimits
 from inbound.core.ports import Committer, MessageSource, MessageWriter, SpoolError
@@ -82,13 +82,15 @@ class Intake(Generic[Writer]):
         """Shutdown: every read of a message ends at its next chunk (the session gets 421)."""
         self._stopping.set()
 
-    def connect(self, client_ip: IpAddress) -> SmtpReply | None:
-        decision = check_connection(self.book.current.compiled, Connection(client_ip))
+    def connect(self, connection: Connection) -> SmtpReply | None:
+        decision = check_connection(self.book.current.compiled, connection)
         if decision.accepted:
             self.metrics.connections.labels(result="accepted").inc()
             return None
         self.metrics.connections.labels(result="refused").inc()
-        emit(log, "connection.refused", client_ip=str(client_ip), filter=decision.filter)
+        client_ip = str(connection.client_ip)
+        fields = {"client_ip": client_ip, "filter": decision.filter, **_via(connection)}
+        emit_fields(log, "connection.refused", fields)
         return decision.reply
 
     def recipient(self, address: str, connection: Connection, sender: str) -> SmtpReply:

@@ -17,7 +17,7 @@ from typing import Any
 
 from inbound.core import reply as replies
 from inbound.core.reply import SmtpReply
-from inbound.observe.log import emit
+from inbound.observe.log import emit_fields
 from inbound.receive import session as say
 from inbound.receive.address import (
     ParamError,
@@ -91,8 +91,8 @@ class SmtpCommands(SmtpEngine):
         self._before: Progress | None = None
         self._lifetime: asyncio.TimerHandle | None = None
 
-    @property
-    def peer_ip(self) -> str:
+    def peer_fields(self) -> dict[str, str]:
+        """Who the client is, for a log line: `client_ip`, and `proxy_ip` behind a balancer."""
         raise NotImplementedError
 
     def recipient(self, address: str) -> SmtpReply:
@@ -150,7 +150,7 @@ class SmtpCommands(SmtpEngine):
 
     def limited(self, reply: SmtpReply, reason: str) -> None:
         """A limit is reached: say so and end; nothing pipelined after it runs."""
-        emit(log, "session.limited", reason=reason, client_ip=self.peer_ip)
+        emit_fields(log, "session.limited", {"reason": reason, **self.peer_fields()})
         self.close_saying(wire(reply))
 
     def start_lifetime(self) -> None:
@@ -171,7 +171,7 @@ class SmtpCommands(SmtpEngine):
             return
         if self.closing or self.lost:
             return
-        emit(log, "session.limited", reason="lifetime", client_ip=self.peer_ip)
+        emit_fields(log, "session.limited", {"reason": "lifetime", **self.peer_fields()})
         self.close_saying(wire(replies.SESSION_TIME_EXCEEDED))
 
     # -- the commands --------------------------------------------------------------------

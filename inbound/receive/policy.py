@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol, TypeVar
 
-from inbound.core.envelope import Connection, IpAddress
+from inbound.core.envelope import Connection
 from inbound.core.envelope import Envelope as SmtpEnvelope
 from inbound.core.reply import SmtpReply
 
@@ -23,7 +23,7 @@ W = TypeVar("W", bound=MessageWriter)
 class SessionPolicy(Protocol[W]):
     """The decisions the SMTP session asks for; the receiver takes them as they come."""
 
-    def connect(self, client_ip: IpAddress) -> SmtpReply | None:
+    def connect(self, connection: Connection) -> SmtpReply | None:
         """None to greet the client, or the reply that refuses it."""
 
     def recipient(self, address: str, connection: Connection, sender: str) -> SmtpReply:

@@ -103,10 +103,10 @@ class InboundSMTP(SmtpCommands):
         self._counted = True
         self.counter.sessions.add(self)
         try:
-            client_ip = ip_address(self._client_ip)
+            connection = self.connection_facts()
         except ValueError:
             return replies.CLIENT_REFUSED
-        return self.policy.connect(client_ip)
+        return self.policy.connect(connection)
 
     # -- the PROXY protocol (proxy.py) ---------------------------------------------------
 
@@ -198,9 +198,10 @@ class InboundSMTP(SmtpCommands):
             self._counted = False
             self.counter.release(self._client_ip)
 
-    @property
-    def peer_ip(self) -> str:
-        return self._client_ip
+    def peer_fields(self) -> dict[str, str]:
+        if self.proxy_ip is None:
+            return {"client_ip": self._client_ip}
+        return {"client_ip": self._client_ip, "proxy_ip": self.proxy_ip}
 
     # -- shutdown ------------------------------------------------------------------------
 
@@ -367,7 +368,8 @@ class InboundSMTP(SmtpCommands):
         if tls is None or self.lost:
             # Scanners and old clients fail handshakes all day: one line at info with who and
             # OpenSSL's reason code, never the exception's text (it may carry client bytes).
-            emit(log, "tls.failed", client_ip=self._client_ip, reason=handshake_failure(error))
+            fields = {"reason": handshake_failure(error), **self.peer_fields()}
+            emit_fields(log, "tls.failed", fields)
             self.closing = True
             if not transport.is_closing():
                 transport.close()

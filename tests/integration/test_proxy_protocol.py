@@ -187,7 +187,7 @@ def test_a_receipt_filter_judges_the_proxied_address(server: Child) -> None:
     finally:
         blocked.close()
     refused = wait_for(lambda: events_of(server, "connection.refused"), "connection.refused")
-    assert [e["client_ip"] for e in refused] == [BLOCKED]
+    assert [(e["client_ip"], e["proxy_ip"]) for e in refused] == [(BLOCKED, BALANCER)]
     # The balancer's own health check (v2 LOCAL) is judged as the balancer: let in.
     check = Client(server.port, header=v2(None))
     try:
@@ -211,6 +211,18 @@ def test_connections_are_counted_per_proxied_address(server: Child) -> None:
     finally:
         first.close()
         second.close()
+
+
+def test_a_limited_session_is_logged_with_its_balancer(server: Child) -> None:
+    client = Client(server.port, header=v1("203.0.113.9"))
+    try:
+        assert client.reply().startswith("220 mx.test")
+        replies = [client.command(f"BOGUS{n}") for n in range(5)]
+        assert replies[-1].startswith("421 4.7.0")
+    finally:
+        client.close()
+    limited = wait_for(lambda: events_of(server, "session.limited"), "session.limited")
+    assert [(e["client_ip"], e["proxy_ip"]) for e in limited] == [("203.0.113.9", BALANCER)]
 
 
 def refusals(child: Child, reason: str) -> list[dict[str, object]]:
