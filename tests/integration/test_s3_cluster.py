@@ -119,9 +119,14 @@ def test_a_cluster_survives_a_receiver_and_a_consumer_killed(
     # succeeded and before the S3 ledger recorded it runs that action again (at least once,
     # README). Only the messages the killed consumer had in hand (--concurrency 3) can.
     repeated = [i for i in accepted.values() if kept[f"kept/{i}"] + published[i] > 2]
+    unreplied = sum(1 for code, _ in replies.values() if code == 0)
+    print(  # for a run with -s: what the kills did
+        f"cluster: {len(accepted)} got 250, {len(refused)} refused, {unreplied} no reply;"
+        f" {len(kept)} stored by the S3 action, {sum(published.values())} SNS notifications;"
+        f" actions repeated for {len(repeated)} message(s) {repeated}"
+    )
     assert len(repeated) <= CONCURRENCY, repeated
     # Nothing else ran but what got no reply at all (a receiver killed in the middle).
-    unreplied = sum(1 for code, _ in replies.values() if code == 0)
     assert len(kept) - len(accepted) <= unreplied
     for token in refused:
         assert not any(token.encode() in get(s["out"], key) for key in kept), token
