@@ -18,6 +18,10 @@ Order, per message, and why:
    harmless because the consumer's ledger records every step it finished (the object and the
    ledger are simply written again, the ledger merged, never emptied).
 
+`--concurrency N` hands N messages over at once (each is two or three round trips to S3 and
+SQS, so one at a time a large spool takes long); every message keeps the order above, and the
+local spool is changed by one thread at a time.
+
 Dead letters stay: the dispatcher gave up on them, and moving them would run them again on
 the consumers; `inbound spool retry` makes one queued, and a drain then takes it. The drain
 holds the data directory's lock throughout: while `inbound serve` runs it refuses (exit 2), as
@@ -29,6 +33,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +52,8 @@ from inbound.stages import DataDirInUse, lock_data_dir
 # Per request, as `serve --spool s3://` bounds a commit by --data-timeout: nobody waits on a
 # drain, so a generous bound; a dead endpoint still fails fast (connection refused).
 TIMEOUT = 60.0
+CONCURRENCY = 8
+MAX_CONCURRENCY = 64
 
 
 def add_parser(sub: Any, data_dir: argparse.ArgumentParser) -> None:
@@ -61,6 +69,13 @@ def add_parser(sub: Any, data_dir: argparse.ArgumentParser) -> None:
     )
     drain.add_argument(
         "--queue", required=True, metavar="URL", help="the SQS queue `ses consume` reads"
+    )
+    drain.add_argument(
+        "--concurrency",
+        type=int,
+        default=CONCURRENCY,
+        metavar="N",
+        help=f"hand up to N messages over at once (default {CONCURRENCY})",
     )
     drain.set_defaults(run=run)
 
@@ -88,12 +103,14 @@ class Drain:
         self.committer = committer
         self.state_prefix = state_prefix
         self._digests: set[str] = set()
+        self._local = threading.Lock()  # the local spool's writes, one thread at a time
 
     def message(self, message_id: str) -> int:
         """Hand one message over; the number of finished steps carried to its ledger."""
         meta = self.spool.meta(message_id)
         if meta.rules_digest not in self._digests:
-            # The committer stores the text once per digest; the digest is the spool's own.
+            # The committer puts the text in S3 once per digest, before the first message
+            # that names it (two threads reading it here both is harmless).
             digest = self.committer.save_rules(self.spool.load_rules(meta.rules_digest))
             if digest != meta.rules_digest:
                 raise InputError(f"rules/{meta.rules_digest}.txt does not have that digest")
@@ -101,7 +118,8 @@ class Drain:
         carried = self._carry_steps(message_id)
         head = self.committer.store(self.spool.source(message_id), meta)
         self.committer.notify(head, meta)
-        self.spool.finish(message_id)  # only now: both are in S3 and SQS
+        with self._local:
+            self.spool.finish(message_id)  # only now: both are in S3 and SQS
         return carried
 
     def _carry_steps(self, message_id: str) -> int:
@@ -126,6 +144,8 @@ class Drain:
 
 def run(args: argparse.Namespace) -> int:
     where = S3Spool.parse(args.spool, args.queue)
+    if not 1 <= args.concurrency <= MAX_CONCURRENCY:
+        raise InputError(f"--concurrency {args.concurrency}: expected 1 to {MAX_CONCURRENCY}")
     if not (args.data_dir / "spool").is_dir():
         raise InputError(f"{args.data_dir}: no spool here (give the receiver's --data-dir)")
     restrict_umask()
@@ -141,26 +161,36 @@ def run(args: argparse.Namespace) -> int:
         committer = S3Committer(where, Path(args.data_dir) / "s3-tmp", timeout=TIMEOUT)
         # The prefix `ses consume` keeps its step ledgers under (the same variable).
         prefix = os.environ.get("INBOUND_SES_STATE_PREFIX", DEFAULT_STATE_PREFIX)
-        return _drain_all(Drain(spool, committer, prefix), spool)
+        return _drain_all(Drain(spool, committer, prefix), spool, args.concurrency)
     finally:
         lock.close()
 
 
-def _drain_all(drain: Drain, spool: Spool) -> int:
+def _drain_all(drain: Drain, spool: Spool, concurrency: int) -> int:
     due, now = spool.due(), utc_now()
     done = Drained(dead=len(spool.dead()))
-    for message_id in spool.queued():
-        when = due.get(message_id)
-        kind = "deferred" if when is not None and when > now else "queued"
-        try:
-            carried = drain.message(message_id)
-        except Exception as exc:  # botocore's errors, an unreadable file: this one stays here
-            print(f"{message_id}: not drained ({kind}, kept here): {_reason(exc)}")
-            done.failed += 1
-            continue
-        steps = f", {carried} finished step{'s' if carried != 1 else ''} carried" if carried else ""
-        print(f"{message_id}: drained ({kind}{steps})")
-        done.drained += 1
+    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="inbound-drain")
+    try:
+        running: dict[str, Future[int]] = {
+            message_id: pool.submit(drain.message, message_id) for message_id in spool.queued()
+        }
+        # One line per message, in the spool's order, each as soon as it and those before
+        # it are done.
+        for message_id, future in running.items():
+            when = due.get(message_id)
+            kind = "deferred" if when is not None and when > now else "queued"
+            try:
+                carried = future.result()
+            except Exception as exc:  # botocore's errors, an unreadable file: it stays here
+                print(f"{message_id}: not drained ({kind}, kept here): {_reason(exc)}", flush=True)
+                done.failed += 1
+                continue
+            steps = f", {carried} finished step{'s' if carried != 1 else ''} carried"
+            print(f"{message_id}: drained ({kind}{steps if carried else ''})", flush=True)
+            done.drained += 1
+    finally:
+        # Ctrl-C: the messages not started stay here; those in flight finish their order.
+        pool.shutdown(cancel_futures=True)
     print(done.summary())
     return 1 if done.failed else 0
 

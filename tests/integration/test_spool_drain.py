@@ -91,7 +91,11 @@ def test_drain_hands_queued_and_deferred_mail_to_s3_and_sqs_processed_once(
     assert count(s["queue"]) == 0
     assert [k for k in keys(s["spool"]) if not k.startswith("in/rules/")] == []
 
-    code, out, err = spool(data_dir, *target)
+    code, out, err = spool(data_dir, *target, "--concurrency", "0")
+    assert (code, out) == (2, ""), err
+    assert "--concurrency 0: expected 1 to 64" in err
+
+    code, out, err = spool(data_dir, *target)  # all three at once (--concurrency 8)
     assert code == 0, (out, err)
     assert f"{ids[0]}: drained (queued, 1 finished step carried)" in out
     assert f"{ids[1]}: drained (deferred, 1 finished step carried)" in out
