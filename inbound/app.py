@@ -105,7 +105,12 @@ def build(settings: ServeSettings, role: Role, worker: WorkerWiring | None = Non
     on_queued: Callable[[str], None] | None = None
     if isinstance(metrics, DispatchMetrics) and spool is not None:
         dispatcher = Dispatcher(
-            spool, book, build_services(s, book), metrics=metrics, sns_oversize=s.sns_oversize
+            spool,
+            book,
+            build_services(s, book),
+            metrics=metrics,
+            sns_oversize=s.sns_oversize,
+            mime_limits=s.mime_limits,
         )
         scheduler = Scheduler(spool, dispatcher.process, metrics=metrics, policy=s.retry)
         on_queued = scheduler.notify

@@ -19,7 +19,7 @@ from datetime import datetime
 from inbound.batch import Batcher
 from inbound.core.clock import utc_now
 from inbound.core.errors import ActionError, PermanentActionError
-from inbound.core.message import MessageFacts
+from inbound.core.message import MessageFacts, MimeLimits
 from inbound.core.ports import MessageSource, SpoolPort
 from inbound.core.services import Services
 from inbound.core.steps import StepKey, StepRecord
@@ -61,6 +61,7 @@ class Dispatcher:
         metrics: DispatchMetrics,
         sns_max_bytes: int = 150 * 1024,
         sns_oversize: str = "bounce",
+        mime_limits: MimeLimits | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.spool = spool
@@ -69,6 +70,7 @@ class Dispatcher:
         self.metrics = metrics
         self.sns_max_bytes = sns_max_bytes
         self.sns_oversize = sns_oversize
+        self.mime_limits = mime_limits or MimeLimits()
         self.clock = clock
         self._loads: Batcher[str, Loaded] = Batcher("dispatch-load", self._load_many)
         # Successes recorded before the next action runs (a success earlier in the message
@@ -133,6 +135,7 @@ class Dispatcher:
             sns_max_bytes=self.sns_max_bytes,
             sns_oversize=self.sns_oversize,
             dmarc_published=_policy(meta.auth.dmarc_policy),
+            mime_limits=self.mime_limits,
         )
         ledger = SpoolLedger(self.spool, message_id, state, record=self._record)
         result = await run_message(

@@ -20,6 +20,7 @@ from typing import ClassVar, get_args
 
 from pydantic import BaseModel, ConfigDict
 
+from inbound.core.message import MimeLimits
 from inbound.core.reply import SmtpReply
 from inbound.core.services import BounceRequest, Services
 from inbound.core.steps import CONTINUE, Outcome, StepKey
@@ -60,6 +61,9 @@ class ActionContext:
     # whatever the result (None: unknown), for a forward's `when_dmarc`.
     verdicts: Verdicts = field(default_factory=Verdicts)
     dmarc_published: DmarcPolicy | None = None
+    # How far a webhook's `parsed` payload walks the MIME tree (`serve --max-mime-parts` and
+    # `--max-mime-depth`, as the receiver's own parse).
+    mime_limits: MimeLimits = field(default_factory=MimeLimits)
     # The receiver's host name (None on the SES side): a forward's loop marker.
     hostname: str | None = None
     # The recipient patterns of the step's rule, for a forward's `\1` destinations.

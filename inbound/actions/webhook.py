@@ -38,7 +38,6 @@ from inbound.actions.base import ActionContext, ActionModel, JsonObject
 from inbound.actions.s3 import BucketName
 from inbound.config.fields import ByteSize, HeaderName, HeaderValue, duration_in_seconds
 from inbound.core.errors import PermanentActionError, TransientActionError
-from inbound.core.message import MimeLimits
 from inbound.core.services import HttpRequest, HttpResponse, Services
 from inbound.core.steps import Outcome
 from inbound.message.notification import encode_content, ses_timestamp
@@ -227,9 +226,9 @@ class WebhookAction(ActionModel):
         inlined are stored in `attachments_bucket` (deterministic keys: a retry overwrites)."""
         if len(ctx.content) > OFF_LOOP_BYTES:
             # A 20 MB message takes about half a second to parse: not on the event loop.
-            parsed = await asyncio.to_thread(parse_for_webhook, ctx.content, limits=MimeLimits())
+            parsed = await asyncio.to_thread(parse_for_webhook, ctx.content, limits=ctx.mime_limits)
         else:
-            parsed = parse_for_webhook(ctx.content, limits=MimeLimits())
+            parsed = parse_for_webhook(ctx.content, limits=ctx.mime_limits)
         store = None
         if self.attachments_bucket is not None:
             store = AttachmentStore(services.blobs, self.attachments_bucket)

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from inbound.actions.base import ActionContext, JsonObject
+from inbound.core.message import MimeLimits
 from inbound.core.services import BounceRequest
 from inbound.core.steps import StepKey
 from inbound.core.verdicts import DmarcPolicy, Verdicts
@@ -54,6 +55,7 @@ class RunSubject:
     sns_oversize: str = "bounce"
     # The DMARC policy the From domain publishes, as measured at receipt (None: unknown).
     dmarc_published: DmarcPolicy | None = None
+    mime_limits: MimeLimits = field(default_factory=MimeLimits)
     headers: bytes = field(init=False)
     # The `mail` object of each content the actions saw (by identity: add_header makes a new
     # one), so a message with several notifying actions has its header block parsed once.
@@ -144,6 +146,7 @@ def action_context(
         step=step if step is not None else StepKey(0, 0),
         verdicts=verdicts,
         dmarc_published=subject.dmarc_published,
+        mime_limits=subject.mime_limits,
         hostname=subject.hostname,
         patterns=tuple(patterns),
     )

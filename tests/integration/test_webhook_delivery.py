@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from inbound.core.message import MimeLimits
 from inbound.spool.retry import RetryPolicy
 from tests.integration.receiver import Running, in_process, settings_for, wait_for
 from tests.integration.webhook_server import Answer, Hook, webhook_server
@@ -245,3 +246,31 @@ def test_parsed_format_with_attachments_inline_and_stored(tmp_path: Path, hook: 
     fetched = Path(unquote(url.path)).read_bytes()
     assert hashlib.sha256(fetched).hexdigest() == stored["sha256"]
     assert fetched == large
+
+
+def test_parsed_payload_walks_only_as_far_as_the_receivers_mime_limits(
+    tmp_path: Path, hook: Hook
+) -> None:
+    """`--max-mime-parts 4`: the payload lists the parts the rules saw, and the rest of the
+    message once, as received, saying which limit stopped the walk."""
+    message = EmailMessage()
+    message["From"] = "alice@sender.example"
+    message["To"] = "support@example.com"
+    message["Subject"] = "many parts"
+    message.set_content("Hello, app.\n")
+    for n in range(6):
+        message.add_attachment(f"part {n}\n".encode(), "text", "plain", filename=f"p{n}.txt")
+    settings = settings_for(
+        tmp_path, rules(hook.url(), fmt="parsed"), retry=FAST, mime_limits=MimeLimits(4, 8)
+    )
+    with in_process(settings) as running:
+        with smtplib.SMTP("127.0.0.1", running.port, timeout=10) as client:
+            client.send_message(message, "alice@sender.example", ["support@example.com"])
+        (request,) = hook.wait(1)
+        running.wait_idle()
+    attachments = Webhook(SECRET).verify(request.body, request.headers)["attachments"]
+    named = [a["filename"] for a in attachments if a.get("filename")]
+    assert named == ["p0.txt", "p1.txt"], attachments
+    (rest,) = [a for a in attachments if not a.get("filename")]
+    assert rest["error"] == "more than 4 MIME parts: the rest of the message, as received"
+    assert b'filename="p5.txt"' in base64.b64decode(rest["content"])
