@@ -137,9 +137,12 @@ def test_the_consumers_commands_read_that_queue_with_the_receivers_rules() -> No
     endpoints(job, found)
     assert job["depends_on"]["make-bucket"]["condition"] == "service_completed_successfully"
     assert "elasticmq" in job["depends_on"]
-    # Every queued notification survives a restart of ElasticMQ, on its volume.
+    # Every queued notification survives a restart of ElasticMQ (or `down` and `up`): in a
+    # database on a named volume.
     assert re.search(r"messages-storage \{[^}]*enabled = true", elasticmq_conf(found))
-    assert any(v.endswith(":/data") for v in found["elasticmq"]["volumes"])
+    assert 'uri = "jdbc:h2:/data/' in elasticmq_conf(found)
+    mounts = dict(reversed(v.split(":")[:2]) for v in found["elasticmq"]["volumes"])
+    assert mounts["/data"] in yaml.safe_load(COMPOSE.read_text())["volumes"]
 
 
 def test_docker_compose_accepts_the_cluster_profile() -> None:
