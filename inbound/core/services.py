@@ -53,8 +53,10 @@ class BlobStore(Protocol):
         *,
         kms_key_arn: str | None,
         iam_role_arn: str | None,
+        content_type: str = "message/rfc822",
     ) -> None:
-        """Put `content` at `key` in `bucket` (overwriting: keys are deterministic)."""
+        """Put `content` at `key` in `bucket` (overwriting: keys are deterministic), served
+        as `content_type` (a message unless said otherwise)."""
 
     async def url(self, bucket: str, key: str, *, expires_in: int) -> str:
         """A URL that GETs the object at `key` for `expires_in` seconds (webhook attachments)."""

@@ -50,6 +50,8 @@ URL_SECONDS = 7 * 24 * 3600
 # What a key's file name keeps: S3's "safe characters" for object keys, at most this long.
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_KEY_NAME = 100
+# type/subtype in RFC 6838 section 4.2's characters, as an attachment's URL may serve it.
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +63,19 @@ class AttachmentStore:
     bucket: str
     expires_in: int = URL_SECONDS
 
-    async def put(self, key: str, content: bytes) -> str:
-        """Store `content` at `key` and return the URL it can be fetched from."""
-        await self.blobs.store(self.bucket, key, content, kms_key_arn=None, iam_role_arn=None)
+    async def put(self, key: str, content: bytes, content_type: str) -> str:
+        """Store `content` at `key` and return the URL it can be fetched from, which serves
+        it as `content_type` (application/octet-stream unless that is a plain media type)."""
+        if not _MEDIA_TYPE.fullmatch(content_type):
+            content_type = "application/octet-stream"  # the sender's text, unfit for a header
+        await self.blobs.store(
+            self.bucket,
+            key,
+            content,
+            kms_key_arn=None,
+            iam_role_arn=None,
+            content_type=content_type,
+        )
         return await self.blobs.url(self.bucket, key, expires_in=self.expires_in)
 
 
@@ -156,5 +168,5 @@ async def _attachment(
         entry["omitted"] = f"{why}, and no attachments_bucket to store it in"
     else:
         key = attachment_key(message_id, index, attachment.filename)
-        entry["url"] = await store.put(key, attachment.content)
+        entry["url"] = await store.put(key, attachment.content, attachment.content_type)
     return entry

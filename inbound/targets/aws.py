@@ -113,8 +113,9 @@ class AwsTargets:
         *,
         kms_key_arn: str | None,
         iam_role_arn: str | None,
+        content_type: str = "message/rfc822",
     ) -> None:
-        extra: dict[str, str] = {"ContentType": "message/rfc822"}
+        extra: dict[str, str] = {"ContentType": content_type}
         if kms_key_arn:
             extra |= {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_arn}
 

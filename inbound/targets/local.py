@@ -87,6 +87,7 @@ class LocalTargets:
         *,
         kms_key_arn: str | None,
         iam_role_arn: str | None,
+        content_type: str = "message/rfc822",
     ) -> None:
         path = self._inside("s3", bucket, key.lstrip("/"))
         await self._writes.submit((path, content))

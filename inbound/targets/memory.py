@@ -42,6 +42,8 @@ class _Fake:
 class MemoryBlobStore(_Fake):
     # (bucket, key) -> content, as last stored.
     objects: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    # (bucket, key) -> the content type it is served as.
+    content_types: dict[tuple[str, str], str] = field(default_factory=dict)
 
     async def store(
         self,
@@ -51,9 +53,11 @@ class MemoryBlobStore(_Fake):
         *,
         kms_key_arn: str | None,
         iam_role_arn: str | None,
+        content_type: str = "message/rfc822",
     ) -> None:
         self._called()
         self.objects[(bucket, key)] = content
+        self.content_types[(bucket, key)] = content_type
 
     async def url(self, bucket: str, key: str, *, expires_in: int) -> str:
         self._called()

@@ -96,7 +96,9 @@ def test_a_5_mb_attachment_is_stored_on_s3_and_its_presigned_url_serves_it(aws: 
     # A plain GET, no credentials: what the application does with the URL.
     with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - moto on loopback
         served = response.read()
+        served_as = response.headers["Content-Type"]
     assert hashlib.sha256(served).hexdigest() == attachment["sha256"]
+    assert served_as == attachment["content_type"] == "application/pdf"
 
 
 def test_locally_the_file_url_names_a_private_file_with_the_announced_bytes(tmp_path: Path) -> None:

@@ -27,6 +27,30 @@ def test_over_max_inline_bytes_goes_to_the_store_under_a_deterministic_key() -> 
     assert "url" not in pdf
 
 
+@pytest.mark.parametrize(
+    ("declared", "served"),
+    [
+        ("image/png", "image/png"),
+        ("Application/VND.ms-excel", "application/vnd.ms-excel"),
+        ("image/p ng", "application/octet-stream"),
+        ("\u00edmage/png", "application/octet-stream"),
+    ],
+)
+def test_a_stored_attachment_is_served_as_its_own_type(declared: str, served: str) -> None:
+    raw = (
+        "From: a@example.com\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        "--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+        f"--b\r\nContent-Type: {declared}\r\n"
+        'Content-Disposition: attachment; filename="x"\r\n\r\nBYTES\r\n--b--\r\n'
+    ).encode()
+    fakes = MemoryServices()
+    store = AttachmentStore(fakes.blobs, "b")
+    (attachment,) = attachments_of(render(parsed(raw), attachments="url", store=store))
+    assert attachment["url"] == f"memory://b/{MESSAGE_ID}/0-x"
+    assert fakes.blobs.content_types[("b", f"{MESSAGE_ID}/0-x")] == served
+
+
 def test_attachments_url_and_omit_and_no_store() -> None:
     message = parsed((CORPUS_EML / "real" / "mailpit__mime_attachment.eml").read_bytes())
     store = AttachmentStore(MemoryServices().blobs, "b")
