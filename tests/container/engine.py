@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import boto3
 import pytest
 
 from tests.conftest import ROOT
@@ -51,6 +52,17 @@ def wait_for(check: Callable[[], T | None], what: str, deadline: float = DEADLIN
         if time.monotonic() >= end:
             raise AssertionError(f"timed out after {deadline:g} s waiting for {what}")
         time.sleep(0.1)
+
+
+def moto_client(service: str, endpoint: str) -> Any:
+    """A boto3 client of `service` on the moto server at `endpoint` (any credentials do)."""
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",  # noqa: S106 - moto accepts any
+    )
 
 
 def free_port() -> int:

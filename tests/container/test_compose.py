@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import boto3
 import pytest
 import yaml
 
@@ -30,6 +29,7 @@ from tests.container.engine import (
     Docker,
     build,
     free_port,
+    moto_client,
     wait_for,
 )
 from tests.unavailable import unavailable
@@ -108,13 +108,7 @@ def test_the_bucket_job_creates_the_bucket_and_finds_it_again(run: Containers, m
         done = run.run(*job["entrypoint"][1:], *job["command"], options=tuple(options))
         assert done.returncode == 0, f"{attempt}: {done.stderr}"
         assert f"bucket {bucket} is ready" in done.stdout
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",  # noqa: S106 - moto accepts any
-    )
+    s3 = moto_client("s3", moto)
     assert bucket in [b["Name"] for b in s3.list_buckets()["Buckets"]]
 
 

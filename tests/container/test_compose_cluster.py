@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import boto3
 import pytest
 import yaml
 
@@ -29,7 +28,14 @@ from inbound.cli.ses import MAX_CONCURRENCY, run_consume
 from inbound.rules.load import load_rule_set
 from inbound.ses.rulesets import connection_issues
 from tests.conftest import ROOT
-from tests.container.engine import Container, Containers, Docker, free_port, wait_for
+from tests.container.engine import (
+    Container,
+    Containers,
+    Docker,
+    free_port,
+    moto_client,
+    wait_for,
+)
 from tests.container.test_compose import COMPOSE, GTUBE, send, services
 from tests.integration.daemons import Daemons, start_daemons
 from tests.unavailable import unavailable
@@ -203,20 +209,8 @@ def test_the_cluster_runs_mail_from_both_receivers_through_the_consumers(
     unique = uuid.uuid4().hex[:8]
     bucket, queue_name = f"cluster-{unique}", f"inbound-{unique}"
     aws = {"AWS_ENDPOINT_URL_S3": moto, "AWS_ENDPOINT_URL_SQS": moto, "INBOUND_BUCKET": bucket}
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",  # noqa: S106 - moto accepts any
-    )
-    sqs = boto3.client(
-        "sqs",
-        endpoint_url=moto,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",  # noqa: S106 - moto accepts any
-    )
+    s3 = moto_client("s3", moto)
+    sqs = moto_client("sqs", moto)
 
     # The jobs, in compose's order: the bucket, then the queues (twice: `up` runs it again).
     options, command = as_run(found["make-bucket"], aws, {})

@@ -11,10 +11,16 @@ import smtplib
 import uuid
 from pathlib import Path
 
-import boto3
 import pytest
 
-from tests.container.engine import Container, Containers, Docker, free_port, wait_for
+from tests.container.engine import (
+    Container,
+    Containers,
+    Docker,
+    free_port,
+    moto_client,
+    wait_for,
+)
 from tests.unavailable import unavailable
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(600)]
@@ -144,13 +150,7 @@ def test_a_new_container_delivers_what_a_stopped_one_left_queued(
     run: Containers, moto: str, tmp_path: Path
 ) -> None:
     bucket = f"mail-{uuid.uuid4().hex[:8]}"
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",  # noqa: S106 - moto accepts any
-    )
+    s3 = moto_client("s3", moto)
     s3.create_bucket(Bucket=bucket)
     volume = run.volume()
     options = (*mounts(tmp_path, rules(bucket), volume), "--network=host")
