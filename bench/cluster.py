@@ -1,0 +1,340 @@
+"""Messages per second and CPU per message of a cluster (SPEC 7b) against moto server, with 1, 2
+and 3 receivers (`inbound serve --spool s3:// --queue`) and 1, 2 and 3 consumers (`inbound ses
+consume --named-rules-only --concurrency K`), and where the bottleneck is.
+
+Per count N: a fresh moto server of this run's own (one Python process standing in for S3, SQS
+and SNS: its CPU is measured, so a shared one would not do), a spool bucket, a queue, and a rule
+set with an S3 action (a versioned bucket) and an SNS action (a topic with a queue subscribed).
+Then two phases, measured apart so each role's rate is its own:
+
+- receive: N receivers, the smtp-source load split across them (one smtp-source per receiver,
+  SESSIONS/N sessions each, a new connection per message); SPF, DKIM and DMARC answered from a
+  `--dns-zone` file (no DNS traffic). Wall time from the first connection to the last
+  smtp-source's exit; CPU until the receivers and moto are idle again.
+- consume: N consumers started on the full queue; measured from the moment all N are consuming
+  (their `sqs.consuming` line) until every message's `sqs.succeeded` line, over the messages
+  done in that window.
+
+Per phase: msg/s, the role's CPU ms per message (all its processes), the busiest of its
+processes (fraction of one core), moto's CPU ms per message, moto's busy fraction of one core
+and its share of the phase's CPU, and the machine's busy cores (what other processes took). The
+bottleneck line says which of these limited the rate. Checks: every message got a 250, is in
+the spool once with its notification, and after the consumers every one is stored once (one
+object version) and published once, and the queue is empty. Exit status 1 when a check failed.
+
+Run it as `bash bench/cluster.sh` (which installs what is missing); all traffic on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+from cluster_lab import TICKS, Child, Lab, Resources, create_resources, machine_ticks, settle
+from cluster_lab import tree_ticks as ticks_of
+from cluster_report import Phase, Row, report
+
+DOMAIN = "example.com"
+SENDER = "bench@sender.example"
+# SPF passes for 127.0.0.1 (RFC 7208 ip4); DMARC passes through the aligned SPF identity
+# (smtp-source's From: is the envelope sender). Every other name is NXDOMAIN: no DNS traffic.
+ZONE = """\
+sender.example         TXT  "v=spf1 ip4:127.0.0.1 -all"
+_dmarc.sender.example  TXT  "v=DMARC1; p=reject"
+"""
+
+
+def rules(res: Resources) -> str:
+    return f"""\
+version: 1
+name: bench-cluster
+domains: [{DOMAIN}]
+rules:
+  - name: keep
+    recipients: [{DOMAIN}]
+    actions:
+      - {{type: s3, bucket: {res.out}, prefix: kept/}}
+      - {{type: sns, topic_arn: "{res.topic}"}}
+"""
+
+
+@dataclass
+class Options:
+    messages: int
+    sessions: int
+    size: int
+    counts: list[int]
+    concurrency: int
+    workers: int
+    python: str = sys.executable
+
+
+def note(text: str) -> None:
+    print(f"cluster: {text}", file=sys.stderr, flush=True)
+
+
+def split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def wait_event(children: list[Child], event: str, deadline: float) -> None:
+    end = time.monotonic() + deadline
+    while not all(c.count(event)[event] for c in children):
+        for c in children:
+            if c.process.poll() is not None or time.monotonic() > end:
+                raise SystemExit(f"{c.name} never logged {event}: {c.log.read_text()[-2000:]}")
+        time.sleep(0.05)
+
+
+def start_receivers(lab: Lab, res: Resources, opts: Options, n: int) -> list[Child]:
+    work = lab.work
+    (work / "rules.yaml").write_text(rules(res))
+    (work / "bench.zone").write_text(ZONE)
+    receivers = []
+    for i in range(n):
+        name = f"receiver-{n}-{i}"
+        argv = [opts.python, "-m", "inbound", "serve", "--rules", str(work / "rules.yaml")]
+        argv += ["--data-dir", str(work / name), "--listen", "127.0.0.1:0"]
+        argv += ["--hostname", "bench.test", "--dns-zone", str(work / "bench.zone")]
+        argv += ["--workers", str(opts.workers), "--spool", f"s3://{res.spool}/in/"]
+        argv += ["--queue", res.queue]
+        receivers.append(lab.start(name, argv, lab.aws_env()))
+    wait_event(receivers, "server.started", 90)
+    for r in receivers:
+        (started,) = r.lines("server.started")
+        r.port = int(started["listen"].rpartition(":")[2])
+    return receivers
+
+
+def send_load(lab: Lab, receivers: list[Child], opts: Options, row: Row) -> float:
+    """One smtp-source per receiver, SESSIONS/N sessions and MESSAGES/N messages each, all at
+    once; returns when the last one exited, with their CPU seconds (rusage when reaped)."""
+    n = len(receivers)
+    sources = []
+    for r, sessions, messages in zip(
+        receivers, split(opts.sessions, n), split(opts.messages, n), strict=True
+    ):
+        argv = ["smtp-source", "-s", str(max(sessions, 1)), "-m", str(messages)]
+        argv += ["-l", str(opts.size), "-f", SENDER, "-t", f"rcpt@{DOMAIN}"]
+        argv += ["-M", "client.sender.example", f"127.0.0.1:{r.port}"]
+        sources.append(lab.start(f"smtp-source-{n}-{r.port}", argv))
+    load = 0.0
+    pending = {s.pid: s for s in sources}
+    end = time.monotonic() + 300 + opts.messages / 5
+    while pending and time.monotonic() < end:
+        for pid, source in list(pending.items()):
+            got, status, usage = os.wait4(pid, os.WNOHANG)
+            if got:
+                source.process.returncode = code = os.waitstatus_to_exitcode(status)
+                load += usage.ru_utime + usage.ru_stime
+                del pending[pid]
+                lab.children.remove(source)
+                if code != 0:
+                    tail = source.log.read_text(errors="replace")[-300:]
+                    row.failures.append(f"{source.name} exited {code}: {tail}")
+        time.sleep(0.02)
+    for source in pending.values():
+        row.failures.append(f"{source.name} did not finish")
+        lab.stop(source)
+    return load
+
+
+def receive(lab: Lab, moto: Child, res: Resources, opts: Options, row: Row) -> set[str]:
+    """The receive phase of row N; the message IDs that got a 250."""
+    n = row.n
+    receivers = start_receivers(lab, res, opts, n)
+    pids = [r.pid for r in receivers]
+    settle([*pids, moto.pid])
+    before, moto0, machine0 = ticks_of(pids), ticks_of([moto.pid]), machine_ticks()
+    t0 = time.monotonic()
+    load = send_load(lab, receivers, opts, row)
+    t1 = time.monotonic()
+    settle([*pids, moto.pid])
+    after, moto1, machine1 = ticks_of(pids), ticks_of([moto.pid]), machine_ticks()
+
+    codes: Counter[int] = Counter()
+    accepted: set[str] = set()
+    for r in receivers:
+        codes.update(int(line["code"]) for line in r.lines("message.received"))
+        accepted.update(str(line["message_id"]) for line in r.lines("message.spooled"))
+        lab.stop(r)
+    if codes != Counter({250: opts.messages}) or len(accepted) != opts.messages:
+        row.failures.append(f"SMTP replies {dict(codes)}, {len(accepted)} spooled")
+    wall = t1 - t0
+    row.receive = Phase(
+        role="receivers",
+        n=n,
+        messages=opts.messages,
+        wall=wall,
+        role_ticks=sum(after.values()) - sum(before.values()),
+        busiest=max((after[p] - before[p]) / TICKS / wall for p in pids),
+        moto_ticks=moto1[moto.pid] - moto0[moto.pid],
+        load_ticks=round(load * TICKS),
+        machine_ticks=machine1 - machine0,
+    )
+    note(f"{n} receiver(s): {opts.messages / wall:.0f} msg/s")
+
+    stored = spool_ids(lab, res)
+    if stored != accepted:
+        row.failures.append(f"{len(stored)} messages in the spool, {len(accepted)} accepted")
+    queued = queue_depth(lab, res.queue)
+    if queued != len(accepted):
+        row.failures.append(f"{queued} notifications queued for {len(accepted)} messages")
+    return accepted
+
+
+def consume(lab: Lab, moto: Child, res: Resources, opts: Options, row: Row) -> None:
+    """The consume phase of row N: N consumers drain the full queue."""
+    n = row.n
+    consumers = []
+    for i in range(n):
+        argv = [opts.python, "-m", "inbound", "ses", "consume", "--queue", res.queue]
+        argv += ["--named-rules-only", "--concurrency", str(opts.concurrency), "--wait", "10"]
+        consumers.append(lab.start(f"consumer-{n}-{i}", argv, lab.aws_env()))
+    wait_event(consumers, "sqs.consuming", 90)
+    pids = [c.pid for c in consumers]
+    before, moto0, machine0 = ticks_of(pids), ticks_of([moto.pid]), machine_ticks()
+    t0 = time.monotonic()
+    done0 = sum(c.count("sqs.succeeded")["sqs.succeeded"] for c in consumers)
+    end = t0 + 300 + opts.messages / 2
+    done = failed = 0
+    while time.monotonic() < end:
+        counts = [c.count("sqs.succeeded", "sqs.failed") for c in consumers]
+        done = sum(c["sqs.succeeded"] for c in counts)
+        failed = sum(c["sqs.failed"] for c in counts)
+        if done >= opts.messages:
+            break
+        time.sleep(0.05)
+    t1 = time.monotonic()
+    after, moto1, machine1 = ticks_of(pids), ticks_of([moto.pid]), machine_ticks()
+    for c in consumers:
+        lab.stop(c)
+    if done != opts.messages or failed:
+        row.failures.append(f"consumers: {done} succeeded, {failed} failed")
+    wall = t1 - t0
+    row.consume = Phase(
+        role="consumers",
+        n=n,
+        messages=max(done - done0, 1),
+        wall=wall,
+        role_ticks=sum(after.values()) - sum(before.values()),
+        busiest=max((after[p] - before[p]) / TICKS / wall for p in pids),
+        moto_ticks=moto1[moto.pid] - moto0[moto.pid],
+        load_ticks=0,
+        machine_ticks=machine1 - machine0,
+        before_window=done0,
+    )
+    note(f"{n} consumer(s): {(done - done0) / wall:.0f} msg/s")
+
+
+def spool_ids(lab: Lab, res: Resources) -> set[str]:
+    found: set[str] = set()
+    for page in (
+        lab.client("s3").get_paginator("list_objects_v2").paginate(Bucket=res.spool, Prefix="in/")
+    ):
+        found.update(o["Key"][3:] for o in page.get("Contents", []))
+    return {key for key in found if not key.startswith("rules/")}
+
+
+def queue_depth(lab: Lab, url: str) -> int:
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    got = lab.client("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=names)
+    return sum(int(v) for v in got["Attributes"].values())
+
+
+def check_actions(lab: Lab, res: Resources, accepted: set[str], row: Row) -> None:
+    """Every accepted message stored once (one object version) and published once; nothing
+    else; the queue empty."""
+    versions: Counter[str] = Counter()
+    for page in lab.client("s3").get_paginator("list_object_versions").paginate(Bucket=res.out):
+        versions.update(v["Key"].removeprefix("kept/") for v in page.get("Versions", []))
+    published: Counter[str] = Counter()
+    sqs = lab.client("sqs")
+    while batch := sqs.receive_message(
+        QueueUrl=res.topic_queue, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=3600
+    ).get("Messages", []):
+        for message in batch:
+            notification = json.loads(json.loads(message["Body"])["Message"])
+            published[notification["mail"]["messageId"]] += 1
+    once = Counter(dict.fromkeys(accepted, 1))
+    if versions != once:
+        row.failures.append(
+            f"S3 action: {sum(versions.values())} versions of {len(versions)} keys "
+            f"for {len(accepted)} messages"
+        )
+    if published != once:
+        row.failures.append(
+            f"SNS action: {sum(published.values())} notifications of {len(published)} "
+            f"messages for {len(accepted)}"
+        )
+    if (left := queue_depth(lab, res.queue)) != 0:
+        row.failures.append(f"{left} notifications left in the queue")
+
+
+def run(lab: Lab, opts: Options) -> list[Row]:
+    rows = []
+    for n in opts.counts:
+        row = Row(n)
+        rows.append(row)
+        moto = lab.start_moto(f"moto-{n}")
+        res = create_resources(lab)
+        accepted = receive(lab, moto, res, opts, row)
+        consume(lab, moto, res, opts, row)
+        check_actions(lab, res, accepted, row)
+        lab.stop(moto)
+        for failure in row.failures:
+            note(f"FAILED with {n}: {failure}")
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("messages", type=int, nargs="?", default=2000)
+    parser.add_argument("sessions", type=int, nargs="?", default=10)
+    parser.add_argument("size", type=int, nargs="?", default=10240)
+    parser.add_argument("--counts", default="1,2,3", help="receiver/consumer counts (1,2,3)")
+    parser.add_argument("--concurrency", type=int, default=8, help="each consumer's (8)")
+    parser.add_argument("--workers", type=int, default=1, help="each receiver's (1)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args()
+    opts = Options(
+        messages=args.messages,
+        sessions=args.sessions,
+        size=args.size,
+        counts=[int(c) for c in args.counts.split(",")],
+        concurrency=args.concurrency,
+        workers=args.workers,
+    )
+    # SIGTERM ends the run like ^C: the processes it started are stopped (finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    work = Path(tempfile.mkdtemp(prefix="inbound-cluster."))
+    lab = Lab(work)
+    try:
+        rows = run(lab, opts)
+    finally:
+        lab.close()
+        if args.keep:
+            note(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    conditions = (
+        f"{opts.messages} messages of {opts.size} bytes per count; SMTP: smtp-source, "
+        f"{opts.sessions} sessions split across the receivers, a new connection per message; "
+        f"receivers --workers {opts.workers}; consumers --concurrency {opts.concurrency}"
+    )
+    failed = report(rows, conditions, version("moto"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
