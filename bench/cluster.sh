@@ -13,7 +13,7 @@
 # tree, of moto's, and of the whole machine (what other work took). bench/cluster.py does the
 # work and prints the table; this script installs what is missing and runs it.
 #
-#   bash bench/cluster.sh [MESSAGES] [SESSIONS] [SIZE_BYTES]    (default 2000 10 10240)
+#   bash bench/cluster.sh [MESSAGES] [SESSIONS] [SIZE_BYTES]    (default 1000 10 10240)
 #   env: QUICK=1 (300 messages: a quick look), COUNTS ("1 2 3"), CONCURRENCY (8, per
 #        consumer), WORKERS (1, per receiver), PYTHON (python3), KEEP=1 (keep the temporary
 #        directory: every process's log)
@@ -24,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 QUICK=${QUICK:-}
-MESSAGES=${1:-${MESSAGES:-$([ -n "$QUICK" ] && echo 300 || echo 2000)}}
+MESSAGES=${1:-${MESSAGES:-$([ -n "$QUICK" ] && echo 300 || echo 1000)}}
 SESSIONS=${2:-${SESSIONS:-10}}
 SIZE=${3:-${SIZE:-10240}}
 COUNTS=${COUNTS:-1 2 3}

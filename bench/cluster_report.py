@@ -28,8 +28,15 @@ class Phase:
     busiest: float  # the busiest role process, fraction of one core
     moto_ticks: int
     load_ticks: int  # smtp-source
-    machine_ticks: int  # every process on the machine
+    machine_ticks: int  # every process on the machine, over the wall time
+    # The role's and moto's ticks over the wall time (the totals above include the receivers'
+    # tail, until they and moto were idle): the busy fractions are of these.
+    role_window_ticks: int
+    moto_window_ticks: int
     before_window: int = 0  # consumers: messages done before all N were consuming
+    # consumers: moto's CPU ms/msg over the first half of the window (the queue deeper) and
+    # over the second
+    moto_halves: tuple[float, float] | None = None
 
     @property
     def rate(self) -> float:
@@ -43,7 +50,7 @@ class Phase:
 
     @property
     def moto_busy(self) -> float:
-        return self.cores(self.moto_ticks)
+        return self.cores(self.moto_window_ticks)
 
     @property
     def moto_share(self) -> float:
@@ -54,7 +61,7 @@ class Phase:
     @property
     def others(self) -> float:
         """Cores that processes outside this phase used (this script, other work)."""
-        ours = self.role_ticks + self.moto_ticks + self.load_ticks
+        ours = self.role_window_ticks + self.moto_window_ticks + self.load_ticks
         return self.cores(max(self.machine_ticks - ours, 0))
 
 
@@ -85,7 +92,7 @@ def bottleneck(p: Phase) -> str:
     elif machine >= MACHINE_SATURATED * cpus():
         verdict = (
             f"the CPU: {machine:.1f} of {cpus()} cores busy ({p.role} "
-            f"{p.cores(p.role_ticks):.2f}, moto {p.moto_busy:.2f}, smtp-source "
+            f"{p.cores(p.role_window_ticks):.2f}, moto {p.moto_busy:.2f}, smtp-source "
             f"{p.cores(p.load_ticks):.2f}, other processes {p.others:.2f}), so more {p.role} "
             f"cannot go faster on these cores"
         )
@@ -163,9 +170,21 @@ def report(rows: list[Row], conditions: str, moto_version: str) -> bool:
             + ", ".join(f"x{p.n} did {p.before_window}" for p in consumed)
             + " messages before all of them were consuming; those are not in the window)"
         )
+    halves = [
+        f"x{p.n} {p.moto_halves[0]:.1f} then {p.moto_halves[1]:.1f}"
+        for row in rows
+        if (p := row.consume) is not None and p.moto_halves is not None
+    ]
     print(
-        "  moto's SQS scans the whole queue on every receive and delete, so its consume cost "
-        "per message grows with the queue's depth (the MESSAGES argument); real SQS does not."
+        "  moto's SQS scans the whole queue on every receive and delete, so its cost per "
+        "consumed message grows with the queue's depth (the MESSAGES argument); real SQS does "
+        "not."
+        + (
+            " Moto's CPU ms/msg while the queue was in its deeper half, then its shallower: "
+            + ", ".join(halves)
+            if halves
+            else ""
+        )
     )
     print(
         "\nchecked that every message got a 250 and was spooled with one notification, that the "
