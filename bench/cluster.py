@@ -117,9 +117,12 @@ def start_receivers(lab: Lab, res: Resources, opts: Options, n: int) -> list[Chi
     return receivers
 
 
-def send_load(lab: Lab, receivers: list[Child], opts: Options, row: Row) -> float:
+def send_load(
+    lab: Lab, receivers: list[Child], moto: Child, opts: Options, row: Row
+) -> tuple[float, tuple[int, int] | None]:
     """One smtp-source per receiver, SESSIONS/N sessions and MESSAGES/N messages each, all at
-    once; returns when the last one exited, with their CPU seconds (rusage when reaped)."""
+    once; returns when the last one exited, with their CPU seconds (rusage when reaped) and
+    (messages spooled, moto's ticks) once half of them were (the queue half as deep)."""
     n = len(receivers)
     sources = []
     for r, sessions, messages in zip(
@@ -130,6 +133,7 @@ def send_load(lab: Lab, receivers: list[Child], opts: Options, row: Row) -> floa
         argv += ["-M", "client.sender.example", f"127.0.0.1:{r.port}"]
         sources.append(lab.start(f"smtp-source-{n}-{r.port}", argv))
     load = 0.0
+    halfway: tuple[int, int] | None = None
     pending = {s.pid: s for s in sources}
     end = time.monotonic() + 300 + opts.messages / 5
     while pending and time.monotonic() < end:
@@ -143,11 +147,15 @@ def send_load(lab: Lab, receivers: list[Child], opts: Options, row: Row) -> floa
                 if code != 0:
                     tail = source.log.read_text(errors="replace")[-300:]
                     row.failures.append(f"{source.name} exited {code}: {tail}")
+        if halfway is None:
+            spooled = sum(r.count("message.spooled")["message.spooled"] for r in receivers)
+            if spooled >= opts.messages / 2:
+                halfway = (spooled, ticks_of([moto.pid])[moto.pid])
         time.sleep(0.02)
     for source in pending.values():
         row.failures.append(f"{source.name} did not finish")
         lab.stop(source)
-    return load
+    return load, halfway
 
 
 def receive(lab: Lab, moto: Child, res: Resources, opts: Options, row: Row) -> set[str]:
@@ -158,7 +166,7 @@ def receive(lab: Lab, moto: Child, res: Resources, opts: Options, row: Row) -> s
     settle([*pids, moto.pid])
     before, moto0, machine0 = ticks_of(pids), ticks_of([moto.pid]), machine_ticks()
     t0 = time.monotonic()
-    load = send_load(lab, receivers, opts, row)
+    load, halfway = send_load(lab, receivers, moto, opts, row)
     t1 = time.monotonic()
     # Rates over the wall time; CPU per message until the receivers and moto are idle again.
     at_t1, machine1 = ticks_of([*pids, moto.pid]), machine_ticks()
@@ -187,6 +195,10 @@ def receive(lab: Lab, moto: Child, res: Resources, opts: Options, row: Row) -> s
         role_window_ticks=sum(at_t1[p] - before[p] for p in pids),
         moto_window_ticks=at_t1[moto.pid] - moto0[moto.pid],
     )
+    if halfway is not None and 0 < halfway[0] < opts.messages:
+        first = (halfway[1] - moto0[moto.pid]) * 1000 / TICKS / halfway[0]
+        second = (moto1[moto.pid] - halfway[1]) * 1000 / TICKS / (opts.messages - halfway[0])
+        row.receive.moto_halves = (first, second)
     note(f"{n} receiver(s): {opts.messages / wall:.0f} msg/s")
 
     stored = spool_ids(lab, res)

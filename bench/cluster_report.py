@@ -34,8 +34,8 @@ class Phase:
     role_window_ticks: int
     moto_window_ticks: int
     before_window: int = 0  # consumers: messages done before all N were consuming
-    # consumers: moto's CPU ms/msg over the first half of the window (the queue deeper) and
-    # over the second
+    # moto's CPU ms/msg over the first half of the messages and over the second (receive: the
+    # queue growing, consume: shrinking)
     moto_halves: tuple[float, float] | None = None
 
     @property
@@ -106,7 +106,8 @@ def bottleneck(p: Phase) -> str:
         verdict = (
             f"nothing saturated (moto {p.moto_busy:.0%} of its core, the busiest {one} "
             f"{p.busiest:.0%}, the machine {machine:.1f} of {cpus()} cores): the {waits} "
-            f"waiting on the S3/SQS/SNS round trips (and on each other for the cores) bound it"
+            f"waiting on the S3/SQS/SNS round trips bound it, or a process's GIL (a Python "
+            f"process with many threads can be held below a full core by it)"
         )
     moto_cap, role_cap = 1000 / p.ms(p.moto_ticks), 1000 / p.ms(p.role_ticks)
     if moto_cap < role_cap:
@@ -171,20 +172,17 @@ def report(rows: list[Row], conditions: str, moto_version: str) -> bool:
             + " messages before all of them were consuming; those are not in the window)"
         )
     halves = [
-        f"x{p.n} {p.moto_halves[0]:.1f} then {p.moto_halves[1]:.1f}"
+        f"{p.role} x{p.n} {p.moto_halves[0]:.1f} then {p.moto_halves[1]:.1f}"
         for row in rows
-        if (p := row.consume) is not None and p.moto_halves is not None
+        for p in (row.receive, row.consume)
+        if p is not None and p.moto_halves is not None
     ]
     print(
-        "  moto's SQS scans the whole queue on every receive and delete, so its cost per "
-        "consumed message grows with the queue's depth (the MESSAGES argument); real SQS does "
-        "not."
-        + (
-            " Moto's CPU ms/msg while the queue was in its deeper half, then its shallower: "
-            + ", ".join(halves)
-            if halves
-            else ""
-        )
+        "  moto's SQS scans the whole queue on every send, receive and delete (moto 5.2 works "
+        "out the queue's attributes, visiting every message, on each SendMessage), so its cost "
+        "per message grows with the queue's depth, up to MESSAGES; real SQS does not. Moto's "
+        "CPU ms/msg in the first and the second half of each phase (receive: the queue "
+        "growing; consume: shrinking): " + ", ".join(halves)
     )
     print(
         "\nchecked that every message got a 250 and was spooled with one notification, that the "
