@@ -73,6 +73,7 @@ class Row:
     receive: Phase | None = None
     consume: Phase | None = None
     failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what moto did on its own
 
 
 def cpus() -> int:
@@ -137,6 +138,7 @@ def report(rows: list[Row], conditions: str, moto_version: str) -> bool:
     failed = False
     for row in rows:
         check = "ok" if not row.failures else "FAILED: " + "; ".join(row.failures)
+        check += " (note below)" if row.notes else ""
         failed = failed or bool(row.failures)
         for p in (row.receive, row.consume):
             if p is None:
@@ -184,6 +186,9 @@ def report(rows: list[Row], conditions: str, moto_version: str) -> bool:
         "CPU ms/msg in the first and the second half of each phase (receive: the queue "
         "growing; consume: shrinking): " + ", ".join(halves)
     )
+    for row in rows:
+        for text in row.notes:
+            print(f"  note, x{row.n}: {text}")
     print(
         "\nchecked that every message got a 250 and was spooled with one notification, that the "
         "consumers stored (one S3 version) and published (one SNS notification) each exactly "
