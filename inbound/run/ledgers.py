@@ -8,8 +8,9 @@ version is read as it was meant: a restart after an upgrade repeats no succeeded
   (failed ones too, with their attempts, saved when the message is deferred); `flush` appends
   the successes not on disk yet to the spool's step journal (through `record`, which the
   dispatcher batches with other messages' successes: one write and one fdatasync per batch).
-- `S3Ledger` (the SES Lambda handler, `ses consume`): `{"messageId", "steps": {KEY: result}}`
-  in the bucket the message came from; only successes are kept.
+- `S3Ledger` (the SES Lambda handler, `ses consume`): `{"messageId", "steps": {KEY: result},
+  "claim": {"owner", "until"}}` in the bucket the message came from; only successes are kept,
+  and every write is conditional, so two runs of one message at once cannot both run it.
 - `MemoryLedger` (tests, and anything that needs no durability).
 
 This module owns those formats; it must not decide what runs (the runner does) nor when a
@@ -20,9 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from botocore.exceptions import ClientError
+
+from inbound.core.errors import InboundError
 from inbound.core.ports import SpoolPort
 from inbound.core.steps import StepKey, StepRecord
 from inbound.spool.retry import DispatchState, SpoolMeta
@@ -93,8 +99,36 @@ class SpoolLedger:
             raise
 
 
+class MessageBusyError(InboundError):
+    """Another run holds this message's claim (a duplicate delivery running at the same time):
+    this one must not run it; it is delivered again once `until` (epoch seconds) has passed."""
+
+    def __init__(self, message_id: str, until: float) -> None:
+        super().__init__(f"message {message_id} is being run elsewhere until {until:.0f}")
+        self.message_id = message_id
+        self.until = until
+
+
+class ClaimLostError(InboundError):
+    """This run's claim expired and another run took the message over: it records nothing
+    more (the other run decides what is left)."""
+
+
+# S3's answers to a conditional write that lost: the object changed since it was read (412),
+# or another conditional write to the key is under way (409).
+_LOST_RACE = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+
+
 class S3Ledger:
-    """The succeeded steps of one SES message (`KEY` -> recorded result), in an S3 object.
+    """The succeeded steps of one SES message (`KEY` -> recorded result), in an S3 object, and
+    the claim of the run that is running it.
+
+    Every write is conditional on the object being as this run last saw it (`If-Match` its
+    ETag, or `If-None-Match: *` when there was none), so two runs of the same message at the
+    same time (SQS delivers a notification twice; Lambda retries an invocation) cannot both
+    go on: `claim` writes `{"claim": {"owner", "until"}}` first, and the run that loses the
+    race, or finds a live claim of another, gets `MessageBusyError` before it runs any action. A
+    claim ends with `release` (the run is over, failed or not) or at `until` (its run died).
 
     With no bucket (inline content and no `INBOUND_SES_BUCKET`) nothing is kept: a redelivered
     event runs every action again."""
@@ -105,6 +139,9 @@ class S3Ledger:
         self.key = key
         self.message_id = message_id
         self.steps: dict[str, str | None] = {}
+        self.claim_of: dict[str, Any] | None = None  # as loaded or written
+        self.owner = uuid.uuid4().hex
+        self._etag: str | None = None  # None: no object (yet)
         self._unsaved = False
 
     @classmethod
@@ -113,14 +150,43 @@ class S3Ledger:
         if bucket is None:
             return ledger
         try:
-            data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            response = s3.get_object(Bucket=bucket, Key=key)
         except s3.exceptions.NoSuchKey:
             return ledger
-        loaded = json.loads(data)
+        loaded = json.loads(response["Body"].read())
+        ledger._etag = response.get("ETag")
         steps = loaded.get("steps", {}) if isinstance(loaded, dict) else {}
         if isinstance(steps, dict):
             ledger.steps = {str(k): v if isinstance(v, str) else None for k, v in steps.items()}
+        claim = loaded.get("claim") if isinstance(loaded, dict) else None
+        if isinstance(claim, dict) and isinstance(claim.get("until"), int | float):
+            ledger.claim_of = claim
         return ledger
+
+    def claim(self, hold: float, *, now: float | None = None) -> None:
+        """Take the message for `hold` seconds, or raise `MessageBusyError`."""
+        if self.bucket is None:
+            return
+        now = time.time() if now is None else now
+        held = self.claim_of
+        if held is not None and held.get("owner") != self.owner and held["until"] > now:
+            raise MessageBusyError(self.message_id, float(held["until"]))
+        self.claim_of = {"owner": self.owner, "until": round(now + hold, 3)}
+        try:
+            self._write()
+        except ClaimLostError:
+            raise MessageBusyError(self.message_id, now + hold) from None
+
+    @property
+    def holding(self) -> bool:
+        """This run's claim is (as far as it knows) in force."""
+        return self.claim_of is not None and self.claim_of.get("owner") == self.owner
+
+    def release(self) -> None:
+        """The run is over: the next delivery need not wait (written by the next `flush`)."""
+        if self.holding:
+            self.claim_of = None
+            self._unsaved = True
 
     def get(self, key: StepKey) -> StepRecord | None:
         text = str(key)
@@ -136,12 +202,24 @@ class S3Ledger:
     async def flush(self) -> None:
         if not self._unsaved or self.bucket is None:
             return
-        body = json.dumps({"messageId": self.message_id, "steps": self.steps}, sort_keys=True)
-        await asyncio.to_thread(
-            self.s3.put_object,
-            Bucket=self.bucket,
-            Key=self.key,
-            Body=body.encode(),
-            ContentType="application/json",
-        )
+        await asyncio.to_thread(self._write)
+
+    def _write(self) -> None:
+        document: dict[str, Any] = {"messageId": self.message_id, "steps": self.steps}
+        if self.claim_of is not None:
+            document["claim"] = self.claim_of
+        condition = {"IfMatch": self._etag} if self._etag else {"IfNoneMatch": "*"}
+        try:
+            response = self.s3.put_object(
+                Bucket=self.bucket,
+                Key=self.key,
+                Body=json.dumps(document, sort_keys=True).encode(),
+                ContentType="application/json",
+                **condition,
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _LOST_RACE:
+                raise ClaimLostError(f"message {self.message_id}: {self.key} changed") from None
+            raise
+        self._etag = response.get("ETag")
         self._unsaved = False

@@ -31,10 +31,13 @@ a permanent one (the queue deleted, access revoked) still stops the loop.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +48,7 @@ from botocore.parsers import ResponseParserError
 from inbound.core.errors import InboundError
 from inbound.message.notification import DIGEST_ATTRIBUTE
 from inbound.observe.log import emit
+from inbound.run.ledgers import MessageBusyError
 from inbound.ses.event import SesEventError, parse_event
 from inbound.ses.handler import lambda_handler
 from inbound.targets.aws import NO_REGION, aws_session
@@ -58,6 +62,7 @@ DEFAULT_VISIBILITY = 300
 DEFAULT_RETRY_DELAY = 1.0
 MAX_RETRY_DELAY = 60.0
 SQS_BATCH_MAX = 10  # receive_message's MaxNumberOfMessages ceiling
+SQS_MAX_VISIBILITY = 12 * 3600  # ChangeMessageVisibility's ceiling
 
 Handler = Callable[[object, object], dict[str, str]]
 
@@ -73,10 +78,23 @@ class ConsumeStats:
     succeeded: int = 0
     failed: int = 0
     ignored: int = 0
+    # Left for later: another run of the same message was under way (a duplicate delivery).
+    busy: int = 0
 
     @property
     def handled(self) -> int:
-        return self.succeeded + self.failed + self.ignored
+        return self.succeeded + self.failed + self.ignored + self.busy
+
+
+class _Visibility:
+    """The handler's Lambda context here: the time this consumer holds the notification (its
+    visibility timeout from the receive), which is how long the message's claim may last."""
+
+    def __init__(self, seconds: int) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.deadline - time.monotonic()) * 1000))
 
 
 def sns_event(
@@ -142,6 +160,7 @@ class Consumer:
         self._stats_lock = threading.Lock()
         self.stopping = threading.Event()
         self.stats = ConsumeStats()
+        self._running: set[str] = set()  # message IDs being run by this process
         self._received = False  # has a receive ever succeeded?
         self._failures = 0  # transient receive failures in a row
 
@@ -181,6 +200,7 @@ class Consumer:
             succeeded=self.stats.succeeded,
             failed=self.stats.failed,
             ignored=self.stats.ignored,
+            busy=self.stats.busy,
         )
         return self.stats
 
@@ -241,6 +261,7 @@ class Consumer:
         sqs_id = str(message.get("MessageId", ""))
         attributes = message.get("Attributes", {})
         receive_count = attributes.get("ApproximateReceiveCount")
+        held = _Visibility(self.visibility)
         try:
             event = sns_event(
                 str(message.get("Body", "")), sqs_id, message.get("MessageAttributes")
@@ -251,8 +272,12 @@ class Consumer:
                 self._count("ignored")
                 emit(log, "sqs.setup_notification_ignored", sqs_message_id=sqs_id)
                 return
-            result = self.handle(event, None)
+            with self._own(found.message_id):
+                result = self.handle(event, held)
             self._delete(message)
+        except MessageBusyError as busy:
+            self._later(message, busy)
+            return
         except Exception as exc:  # any failure: the redrive policy decides what happens next
             self._count("failed")
             emit(
@@ -272,6 +297,42 @@ class Consumer:
             message_id=found.message_id,
             disposition=result.get("disposition"),
         )
+
+    @contextlib.contextmanager
+    def _own(self, message_id: str) -> Iterator[None]:
+        """A second notification of a message this process is running is left for later at
+        once (the S3 claim stops one from another process)."""
+        with self._stats_lock:
+            if message_id in self._running:
+                raise MessageBusyError(message_id, time.time() + self.visibility)
+            self._running.add(message_id)
+        try:
+            yield
+        finally:
+            with self._stats_lock:
+                self._running.discard(message_id)
+
+    def _later(self, message: dict[str, Any], busy: MessageBusyError) -> None:
+        """Another run of the message is under way: this notification comes back when that
+        run's claim ends (by then the run recorded its steps, and this one runs none of them,
+        or it died and this one takes over); not a failure, and not deleted."""
+        self._count("busy")
+        wait = min(SQS_MAX_VISIBILITY, max(1, math.ceil(busy.until - time.time())))
+        emit(
+            log,
+            "sqs.busy",
+            sqs_message_id=message.get("MessageId"),
+            message_id=busy.message_id,
+            retry_in=wait,
+        )
+        try:
+            self.sqs.change_message_visibility(
+                QueueUrl=self.queue_url,
+                ReceiptHandle=message["ReceiptHandle"],
+                VisibilityTimeout=wait,
+            )
+        except Exception as exc:  # it comes back when its visibility timeout ends
+            emit(log, "sqs.release_failed", level=logging.WARNING, error_type=type(exc).__name__)
 
     def _count(self, outcome: str) -> None:
         with self._stats_lock:  # `--concurrency`: several threads count

@@ -50,7 +50,13 @@ handler writes `INBOUND_SES_STATE_PREFIX` (default `inbound-state/`) + messageId
 bucket the message came from (or `INBOUND_SES_BUCKET`): the succeeded step keys
 (`RULE:ACTION`) with any recorded result (a Lambda disposition). A second run skips those steps
 and replays the recorded dispositions. An action interrupted between its success and the state
-write runs again (at least once). With no bucket at all (inline `content` and no
+write runs again (at least once). Two runs of one message at the same time (SQS hands out a
+notification twice; Lambda retries an invocation still running) cannot both run it: before any
+action a run claims the message in that object, with S3 conditional writes (`If-Match` /
+`If-None-Match`), until its invocation's time is up (`ses consume`: the visibility timeout); the
+other gets `MessageBusyError` (Lambda: the invocation fails and is retried; `ses consume` leaves
+the notification until the claim ends), and the claim is released when the run ends. With no
+bucket at all (inline `content` and no
 `INBOUND_SES_BUCKET`) nothing is recorded: a redelivered event runs every action again (S3 puts
 are overwritten with the same object, but SNS publishes, Lambda invocations and bounces repeat).
 """
@@ -114,6 +120,9 @@ __all__ = [
 log = logging.getLogger("inbound.ses")
 
 DEFAULT_STATE_PREFIX = "inbound-state/"
+# A run that cannot say how long it has (no Lambda context) holds its message at most this
+# long: a Lambda invocation's own limit (15 minutes).
+LONGEST_RUN = 900.0
 # Connection facts SES does not give: see the module docstring.
 UNKNOWN_CLIENT = Connection.of("0.0.0.0", "unknown", tls=True)  # noqa: S104 - not a bind address
 CONTINUE = {"disposition": "CONTINUE"}
@@ -225,9 +234,14 @@ def lambda_handler(event: object, context: object) -> dict[str, str]:
     prefix = env.get("INBOUND_SES_STATE_PREFIX", DEFAULT_STATE_PREFIX)
     s3 = _s3() if bucket is not None else None
     ledger = S3Ledger.load(s3, bucket, f"{prefix}{found.message_id}.json", found.message_id)
+    ledger.claim(_hold(context))  # MessageBusyError: a run of this message is under way
     targets = _targets()
     services = Services.of(targets, ses_outbound=SesOutbound(targets))
-    result = asyncio.run(run_receipt(rules, found, raw, ledger, services))
+    try:
+        result = asyncio.run(run_receipt(rules, found, raw, ledger, services))
+    finally:
+        if ledger.holding:  # refused, or an error before the run's end: let the next one in
+            _let_go(ledger)
     plan = result.plan
     stopped = plan.refused is not None or any(
         run.stop in ("Stop", "STOP_RULE_SET") for run in plan.rules
@@ -314,10 +328,29 @@ async def run_receipt(
         ses_mail=dict(mail),
     )
     result = await run_message(walk, subject, services, ledger, _ActionLog(found.message_id))
+    ledger.release()  # over, whatever the outcome: a later delivery need not wait for the claim
+    await ledger.flush()
     if result.failed is not None:
         raise result.failed
-    await ledger.flush()
     return result
+
+
+def _hold(context: object) -> float:
+    """How long this run may hold the message: the invocation's remaining time (Lambda's
+    context; `ses consume` gives its visibility timeout the same way), else Lambda's most."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if callable(remaining):
+        return max(1.0, float(remaining()) / 1000)
+    return LONGEST_RUN
+
+
+def _let_go(ledger: S3Ledger) -> None:
+    """Best effort: an error here must not hide the one that ended the run."""
+    ledger.release()
+    try:
+        asyncio.run(ledger.flush())
+    except Exception as exc:  # the claim then ends at its `until`
+        emit(log, "ses.release_failed", level=logging.WARNING, error_type=type(exc).__name__)
 
 
 class _ActionLog:
