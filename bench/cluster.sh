@@ -45,20 +45,8 @@ if ! "$PYTHON" -c 'import moto.server, flask, boto3' 2>/dev/null; then
   note "installing moto server (moto[server], pinned by constraints.txt)"
   "$PYTHON" -m pip install -q -c constraints.txt 'moto[server]'
 fi
-if ! command -v smtp-source >/dev/null 2>&1; then
-  # Debian's postfix package with "No configuration": it writes no /etc/postfix/main.cf and
-  # starts nothing (a policy-rc.d denying every start makes sure while it installs); only its
-  # smtp-source is used. bench/smtp.sh does the same.
-  note "installing Debian's postfix for smtp-source (No configuration, nothing started)"
-  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-  added_policy=no
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
-    added_policy=yes
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 postfix >/dev/null
-  [ "$added_policy" = yes ] && rm -f /usr/sbin/policy-rc.d
-fi
+. bench/postfix-install.sh
+install_postfix_binaries  # for smtp-source
 
 # --- the run: bench/cluster.py stops every process it started, however it ends ---------------
 args=("$MESSAGES" "$SESSIONS" "$SIZE" --counts "$(echo "$COUNTS" | tr ' ' ',')"

@@ -39,30 +39,8 @@ note() { echo "smtp.sh: $*" >&2; }
 want() { case " $TARGETS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 # --- installation (only what is missing) --------------------------------------------------
-system_master_running() {
-  local pidfile=/var/spool/postfix/pid/master.pid
-  [ -r "$pidfile" ] && kill -0 "$(tr -d ' ' <"$pidfile")" 2>/dev/null
-}
-
-if ! command -v smtp-source >/dev/null 2>&1 || ! command -v postfix >/dev/null 2>&1; then
-  note "installing Debian's postfix (smtp-source, smtp-sink, the private instance's binaries)"
-  was_running=no
-  system_master_running && was_running=yes
-  # "No configuration": the package writes no /etc/postfix/main.cf and does not start Postfix;
-  # a policy-rc.d denying every start makes sure of it while the package installs.
-  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-  added_policy=no
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
-    added_policy=yes
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 postfix >/dev/null
-  [ "$added_policy" = yes ] && rm -f /usr/sbin/policy-rc.d
-  if [ "$was_running" = no ] && system_master_running; then
-    note "the postfix package started the system's Postfix: stopping it (postfix stop)"
-    postfix stop >/dev/null 2>&1 || true
-  fi
-fi
+. bench/postfix-install.sh
+install_postfix_binaries
 
 HARAKA_DIR="$CACHE/haraka-$HARAKA_VERSION"
 HARAKA="$HARAKA_DIR/node_modules/.bin/haraka"
