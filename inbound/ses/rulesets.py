@@ -40,6 +40,9 @@ class SesRuleSetError(InboundError):
 
 _lock = threading.Lock()
 _rules: dict[str, CompiledRuleSet] = {}
+# Held while a rule set is read and compiled: `ses consume --concurrency N` threads that all
+# need a new one wait for one read, not N.
+_loading = threading.Lock()
 
 
 def clear_rules() -> None:
@@ -53,9 +56,14 @@ def rules_at(path: str) -> CompiledRuleSet:
         cached = _rules.get(path)
     if cached is not None:
         return cached
-    compiled = _usable(load_rule_set(Path(path)), path)
-    with _lock:
-        _rules[path] = compiled
+    with _loading:
+        with _lock:
+            cached = _rules.get(path)
+        if cached is not None:
+            return cached
+        compiled = _usable(load_rule_set(Path(path)), path)
+        with _lock:
+            _rules[path] = compiled
     return compiled
 
 
@@ -68,6 +76,15 @@ def rules_by_digest(s3: Any, bucket: str, prefix: str, digest: str) -> CompiledR
         cached = _rules.get(digest)
     if cached is not None:
         return cached
+    with _loading:
+        return _read_by_digest(s3, bucket, prefix, digest)
+
+
+def _read_by_digest(s3: Any, bucket: str, prefix: str, digest: str) -> CompiledRuleSet:
+    with _lock:
+        cached = _rules.get(digest)
+    if cached is not None:
+        return cached  # read while this one waited
     key = f"{prefix}rules/{digest}.yaml"
     try:
         text = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")

@@ -35,6 +35,7 @@ from typing import Any, BinaryIO, cast
 from urllib.parse import urlsplit
 
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from inbound.core.errors import InputError
 from inbound.core.ports import MessageSource, SpoolError, SpoolWriteError
@@ -178,6 +179,8 @@ class S3Committer:
         self._texts: dict[str, str] = {}
         self._stored: set[str] = set()
         self._lock = threading.Lock()
+        # Held while a rule set is put: the first commits under a new one wait for one PUT.
+        self._storing = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
 
     # -- the rule book's store: texts in memory, each put in S3 before its first message -----
@@ -254,18 +257,29 @@ class S3Committer:
         return self._upload(source, meta)
 
     def _store_rules(self, digest: str) -> None:
+        """PREFIX + rules/DIGEST.yaml once per digest (SPEC 7b): once in this process, and
+        not again over another receiver's copy (`If-None-Match: *`; the same bytes anyway)."""
         with self._lock:
             if digest in self._stored:
                 return
-            text = self._texts[digest]
-        self.s3.put_object(
-            Bucket=self.where.bucket,
-            Key=self.where.rules_key(digest),
-            Body=text.encode("utf-8"),
-            ContentType="application/yaml",
-        )
-        with self._lock:
-            self._stored.add(digest)
+        with self._storing:
+            with self._lock:
+                if digest in self._stored:
+                    return  # stored while this commit waited
+                text = self._texts[digest]
+            try:
+                self.s3.put_object(
+                    Bucket=self.where.bucket,
+                    Key=self.where.rules_key(digest),
+                    Body=text.encode("utf-8"),
+                    ContentType="application/yaml",
+                    IfNoneMatch="*",
+                )
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "PreconditionFailed":
+                    raise
+            with self._lock:
+                self._stored.add(digest)
 
     def _upload(self, source: MessageSource, meta: SpoolMeta) -> bytes:
         """The message with its prepended headers at PREFIX + ID; its new header block."""

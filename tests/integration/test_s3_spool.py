@@ -21,6 +21,7 @@ import pytest
 from inbound.cli.main import main
 from inbound.message.notification import DIGEST_ATTRIBUTE
 from inbound.ses.consume import Consumer
+from inbound.ses.rulesets import rules_by_digest
 from tests.integration.receiver import Child, start_child, wait_for
 from tests.integration.test_aws_receive import Gate
 from tests.integration.test_ses_consume import queue, receive, sqs
@@ -333,6 +334,34 @@ def test_workers_store_through_s3_too(setup: dict[str, str], tmp_path: Path) -> 
     assert noticed == ids
 
 
+def test_the_rule_set_is_stored_once_per_digest(setup: dict[str, str], tmp_path: Path) -> None:
+    """Eight sessions at once on a fresh receiver's first messages, then a second receiver:
+    one version of rules/DIGEST.yaml in a versioned bucket (SPEC 7b: stored once)."""
+    s = setup
+    spool = bucket(versioned=True)
+    ids: list[str] = []
+
+    def one(port: int) -> None:
+        ids.append(queued_id(send(port)[1]))
+
+    for name in ("first", "second"):
+        home = tmp_path / name
+        home.mkdir()
+        child = serve(home, s["rules"], f"s3://{spool}/in/", s["queue"])
+        try:
+            senders = [threading.Thread(target=one, args=(child.port,)) for _ in range(8)]
+            for sender in senders:
+                sender.start()
+            for sender in senders:
+                sender.join(60)
+        finally:
+            child.kill()
+    assert len(ids) == 16
+    versions = s3().list_object_versions(Bucket=spool, Prefix="in/rules/")["Versions"]
+    digest = hashlib.sha256(s["rules"].encode()).hexdigest()
+    assert [v["Key"] for v in versions] == [f"in/rules/{digest}.yaml"]
+
+
 @pytest.mark.parametrize(
     ("flags", "said"),
     [
@@ -375,3 +404,38 @@ def test_rules_a_consumer_cannot_evaluate_are_refused_at_start(
     assert "rules.yaml:" in err
     assert "client_ip" in err
     assert "receipt filters" in err
+
+
+class CountingS3:
+    """A real S3 client that counts the reads (and makes each take a moment, as a real one
+    does, so threads that all need a rule set do overlap)."""
+
+    def __init__(self) -> None:
+        self.s3 = s3()
+        self.reads = 0
+
+    def get_object(self, **request: Any) -> Any:
+        self.reads += 1
+        time.sleep(0.05)
+        return self.s3.get_object(**request)
+
+
+def test_consumer_threads_needing_a_new_rule_set_read_it_once(setup: dict[str, str]) -> None:
+    s = setup
+    digest = hashlib.sha256(s["rules"].encode()).hexdigest()
+    s3().put_object(Bucket=s["spool"], Key=f"in/rules/{digest}.yaml", Body=s["rules"].encode())
+    counting, start = CountingS3(), threading.Barrier(8)
+    found: list[object] = []
+
+    def consumer_thread() -> None:
+        start.wait()
+        found.append(rules_by_digest(counting, s["spool"], "in/", digest))
+
+    threads = [threading.Thread(target=consumer_thread) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(found) == 8
+    assert len({id(rules) for rules in found}) == 1
+    assert counting.reads == 1
