@@ -15,12 +15,15 @@ messageId and the error's type, and leaves the message in the queue: when the vi
 timeout (`--visibility`) expires it is received again, and once it has been received
 `maxReceiveCount` times the queue's redrive policy moves it to the dead-letter queue. A queue
 without a redrive policy keeps retrying it until its retention period ends. SES's setup
-notification (`AMAZON_SES_SETUP_NOTIFICATION`) runs nothing and is deleted.
+notification (`AMAZON_SES_SETUP_NOTIFICATION`) runs nothing and is deleted. A copy of a message
+that another run holds (its S3 claim, or this process running it) is neither failed nor
+deleted: `sqs.busy`, and its visibility is set to the end of that claim, after which it runs
+only what is left.
 
-**Stopping.** After `max_messages` messages (succeeded, failed or ignored), or when `stop()` is
-called (the command calls it on SIGTERM and SIGINT): the message in hand is finished first;
-messages received in the same batch but not started are made visible again at once. A stop
-during a long poll takes effect when the poll returns (at most `--wait` seconds).
+**Stopping.** After `max_messages` messages (succeeded, failed, ignored or busy), or when
+`stop()` is called (the command calls it on SIGTERM and SIGINT): the message in hand is finished
+first; messages received in the same batch but not started are made visible again at once. A
+stop during a long poll takes effect when the poll returns (at most `--wait` seconds).
 
 **A queue that cannot be read.** At the first receive, any failure (no region, no such queue,
 no connection, no credentials) stops the loop with `ConsumeError`: the command is set up wrong.
