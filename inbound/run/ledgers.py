@@ -32,6 +32,7 @@ from inbound.core.errors import InboundError
 from inbound.core.ports import SpoolPort
 from inbound.core.steps import StepKey, StepRecord
 from inbound.spool.retry import DispatchState, SpoolMeta
+from inbound.targets.aws_errors import lost_conditional_write
 
 
 class MemoryLedger:
@@ -112,11 +113,6 @@ class MessageBusyError(InboundError):
 class ClaimLostError(InboundError):
     """This run's claim expired and another run took the message over: it records nothing
     more (the other run decides what is left)."""
-
-
-# S3's answers to a conditional write that lost: the object changed since it was read (412),
-# or another conditional write to the key is under way (409).
-_LOST_RACE = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 
 
 class S3Ledger:
@@ -218,7 +214,7 @@ class S3Ledger:
                 **condition,
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in _LOST_RACE:
+            if lost_conditional_write(exc):
                 raise ClaimLostError(f"message {self.message_id}: {self.key} changed") from None
             raise
         self._etag = response.get("ETag")

@@ -51,6 +51,7 @@ from inbound.message.read import MAX_HEADER_BYTES
 from inbound.message.source import BytesSource, FileSource, header_end
 from inbound.spool.retry import SpoolMeta
 from inbound.targets.aws import NO_REGION, aws_session
+from inbound.targets.aws_errors import lost_conditional_write
 
 # S3's smallest part (but the last) is 5 MiB; 8 MiB parts keep a 40 MB message to 5 requests.
 MIN_PART_BYTES = 5 * 1024 * 1024
@@ -276,7 +277,7 @@ class S3Committer:
                     IfNoneMatch="*",
                 )
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "PreconditionFailed":
+                if not lost_conditional_write(exc):  # else another receiver stored it
                     raise
             with self._lock:
                 self._stored.add(digest)

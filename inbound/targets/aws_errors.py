@@ -130,3 +130,13 @@ def classify(exc: BaseException) -> ActionError:
             return TransientActionError(text) if transient else PermanentActionError(text)
     # Unknown exception: transient, for the same reason as an unknown error code above.
     return TransientActionError(f"{type(exc).__name__}: {exc}")
+
+
+# S3's answers to a conditional PutObject that lost: the object changed since it was read, or
+# exists already (412), or another conditional write to the key is under way (409).
+_LOST_RACE = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+
+
+def lost_conditional_write(exc: ClientError) -> bool:
+    """An `If-Match` / `If-None-Match` PutObject that found the object not as expected."""
+    return exc.response.get("Error", {}).get("Code") in _LOST_RACE
